@@ -1,0 +1,589 @@
+"""Checkpoint I/O in the Hugging Face directory layout: hub/cache resolution, lazy safetensors
+(or ``pytorch_model.bin``) reading and atomic, sharded safetensors writing.
+
+Follows the reference's ``save_pretrained`` layout: ``config.json``, ``generation_config.json``,
+``model.safetensors`` or ``model-0000k-of-0000n.safetensors`` + ``model.safetensors.index.json``.
+Imports numpy, safetensors and huggingface_hub only; torch is imported lazily, and only to read
+``pytorch_model.bin`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+GENERATION_CONFIG_NAME = "generation_config.json"
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+WEIGHTS_NAME = "pytorch_model.bin"
+WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt"]
+# Files of an old checkpoint that must not survive an overwrite: they would contradict the new
+# weights (a stale tf_model.h5 next to a fresh model.safetensors, a shard of a longer series, …).
+_STALE_WEIGHTS = re.compile(
+    r"^(model|pytorch_model|tf_model|flax_model)(-\d+-of-\d+)?"
+    r"\.(safetensors|bin|h5|msgpack)(\.index\.json)?$"
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be found, read or written; the message names the file and key."""
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_offline() -> bool:
+    if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
+        return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _default_cache_dir() -> str | None:
+    # huggingface_hub reads HF_HUB_CACHE once, at import; honour a value set later as well.
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+def _check_files(directory: Path, filenames: Iterable[str], what: str) -> Path:
+    for name in filenames:
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{what} {str(directory)!r} has no {name}")
+    return directory
+
+
+def resolve_checkpoint(
+    path_or_id: str | os.PathLike,
+    *,
+    filenames: Iterable[str] = (CONFIG_NAME,),
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Return the local directory of a checkpoint given as a local path or a hub repo id.
+
+    A local directory is returned as is (after checking that it holds ``filenames``). Anything
+    else is treated as a hub id and resolved with ``huggingface_hub.snapshot_download``, offline
+    when ``HF_HUB_OFFLINE`` is set or the network fails.
+    """
+    filenames = tuple(filenames)
+    text = os.fspath(path_or_id)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _check_files(path, filenames, "checkpoint directory")
+    if path.exists():
+        raise CheckpointError(f"{text!r} is a file; a checkpoint is a directory with {CONFIG_NAME}")
+
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        raise CheckpointError(
+            f"checkpoint directory {text!r} does not exist (and it is not a valid hub id)"
+        ) from None
+
+    from huggingface_hub import snapshot_download
+
+    cache = os.fspath(cache_dir) if cache_dir is not None else _default_cache_dir()
+    kwargs = dict(revision=revision, cache_dir=cache, allow_patterns=_HUB_PATTERNS)
+    error: Exception | None = None
+    snapshot = None
+    if not _hub_offline():
+        try:
+            snapshot = snapshot_download(text, **kwargs)
+        except Exception as e:  # network down, repo gone, …: fall back to the local cache
+            error = e
+    if snapshot is None:
+        try:
+            snapshot = snapshot_download(text, local_files_only=True, **kwargs)
+        except Exception as e:
+            error = error or e
+    if snapshot is None:
+        where = cache or "the default hub cache"
+        raise CheckpointError(
+            f"{text!r} is not a local directory and is not in the local hub cache ({where}); "
+            f"download it first (`hf download {text}` with network access) or pass the path "
+            f"of a local checkpoint directory [{type(error).__name__}: {error}]"
+        ) from error
+    return _check_files(Path(snapshot), filenames, f"hub checkpoint {text!r} at")
+
+
+def read_config_dict(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read ``config.json`` of a checkpoint directory (or a json file given directly)."""
+    path = Path(directory)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    return _read_json_object(path)
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} cannot be read: {e}") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+class _SafetensorsFile:
+    """One safetensors file, opened lazily; reads one tensor per call."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._handle = None
+        self._header: dict | None = None
+        self._data_start = 0
+
+    def _open(self):
+        if self._handle is None:
+            try:
+                self._handle = safe_open(str(self.path), framework="numpy")
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{self.path} is not a readable safetensors file: {e}") from e
+        return self._handle
+
+    def keys(self) -> list[str]:
+        return list(self._open().keys())
+
+    def metadata(self) -> dict[str, str]:
+        return self._open().metadata() or {}
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._open().get_slice(key).get_shape())
+
+    def get(self, key: str) -> np.ndarray:
+        handle = self._open()
+        if handle.get_slice(key).get_dtype() == "BF16":
+            return self._get_bf16(key)
+        try:
+            return handle.get_tensor(key)
+        except (SafetensorError, TypeError, OSError) as e:
+            raise CheckpointError(f"{self.path}: cannot read tensor {key!r}: {e}") from e
+
+    def _get_bf16(self, key: str) -> np.ndarray:
+        # numpy has no bfloat16: read the raw bits and widen them (exact) to float32.
+        if self._header is None:
+            with open(self.path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                self._header = json.loads(f.read(n))
+                self._data_start = 8 + n
+        info = self._header[key]
+        begin, end = info["data_offsets"]
+        count = (end - begin) // 2
+        bits = np.fromfile(self.path, dtype="<u2", count=count, offset=self._data_start + begin)
+        logger.info("%s: %s is bfloat16; returned as float32 (exact)", self.path, key)
+        return _bf16_bits_to_f32(bits).reshape(info["shape"])
+
+    def close(self) -> None:
+        self._handle = None
+
+
+class _TorchBinFile:
+    """One ``pytorch_model.bin``, loaded with ``torch.load(weights_only=True, mmap=True)``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._state: dict | None = None
+
+    def _load(self) -> dict:
+        if self._state is None:
+            import torch  # lazily: only this reader needs torch
+
+            kwargs = dict(weights_only=True, map_location="cpu")
+            try:
+                try:
+                    state = torch.load(self.path, mmap=True, **kwargs)
+                except RuntimeError as e:  # legacy (non-zip) format cannot be memory-mapped
+                    if "mmap" not in str(e):
+                        raise
+                    state = torch.load(self.path, **kwargs)
+            except Exception as e:
+                raise CheckpointError(f"{self.path} cannot be loaded with torch.load: {e}") from e
+            if not isinstance(state, Mapping):
+                raise CheckpointError(f"{self.path} does not hold a state dict")
+            self._state = dict(state)
+        return self._state
+
+    def keys(self) -> list[str]:
+        return list(self._load())
+
+    def metadata(self) -> dict[str, str]:
+        return {"format": "pt"}
+
+    def _tensor(self, key: str):
+        import torch
+
+        value = self._load()[key]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{self.path}: {key!r} is a {type(value).__name__}, not a tensor")
+        return value
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._tensor(key).shape)
+
+    def get(self, key: str) -> np.ndarray:
+        import torch
+
+        t = self._tensor(key).detach()
+        if t.dtype == torch.bfloat16:
+            logger.info("%s: %s is bfloat16; returned as float32 (exact)", self.path, key)
+            t = t.float()
+        return t.numpy().copy()  # own the memory: do not keep the file's mapping alive
+
+    def close(self) -> None:
+        self._state = None
+
+
+class StateDictReader(Mapping[str, np.ndarray]):
+    """Read-only mapping from canonical weight names to numpy arrays, one tensor per lookup.
+
+    Listing keys is cheap (file headers only); ``reader[key]`` reads one tensor. bfloat16
+    tensors come back as float32 (bf16 -> fp32 is exact).
+    """
+
+    def __init__(self, weight_map: Mapping[str, str | os.PathLike], *, index: Path | None = None):
+        self._files: dict[Path, _SafetensorsFile | _TorchBinFile] = {}
+        self._map: dict[str, Path] = {}
+        for key, file in weight_map.items():
+            path = Path(file)
+            if path not in self._files:
+                if not path.is_file():
+                    where = f"{index} lists {key!r} in {path.name}, which" if index else str(path)
+                    raise CheckpointError(f"{where} does not exist")
+                kind = _TorchBinFile if path.suffix == ".bin" else _SafetensorsFile
+                self._files[path] = kind(path)
+            self._map[key] = path
+        self.index = index
+
+    @classmethod
+    def from_files(cls, files: Iterable[str | os.PathLike]) -> StateDictReader:
+        """Reader over whole weight files (``.safetensors`` or ``.bin``), keys read from each."""
+        weight_map: dict[str, Path] = {}
+        for file in files:
+            path = Path(file)
+            if not path.is_file():
+                raise CheckpointError(f"{path} does not exist")
+            kind = _TorchBinFile if path.suffix == ".bin" else _SafetensorsFile
+            for key in kind(path).keys():
+                if key in weight_map:
+                    raise CheckpointError(f"{key!r} is in both {weight_map[key]} and {path}")
+                weight_map[key] = path
+        return cls(weight_map)
+
+    @classmethod
+    def from_index(cls, index: str | os.PathLike) -> StateDictReader:
+        """Reader over a sharded checkpoint described by an ``*.index.json`` file."""
+        index = Path(index)
+        data = _read_json_object(index)
+        weight_map = data.get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no 'weight_map' object")
+        return cls({k: index.parent / v for k, v in weight_map.items()}, index=index)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        path = self._map[key]  # KeyError for an unknown key, as a Mapping must
+        file = self._files[path]
+        try:
+            return file.get(key)
+        except CheckpointError:
+            raise
+        except KeyError:
+            raise CheckpointError(f"{path} does not hold {key!r} (see {self.index})") from None
+        except SafetensorError as e:
+            raise CheckpointError(f"{path}: cannot read tensor {key!r}: {e}") from e
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._map
+
+    def source(self, key: str) -> Path:
+        """The file that holds ``key``."""
+        return self._map[key]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """Shape of ``key`` without reading its data."""
+        try:
+            return self._files[self._map[key]].shape(key)
+        except SafetensorError as e:
+            raise CheckpointError(f"{self._map[key]}: {key!r}: {e}") from e
+
+    @property
+    def files(self) -> list[Path]:
+        return list(self._files)
+
+    def metadata(self) -> dict[str, str]:
+        """Metadata of the first weight file (safetensors ``__metadata__``)."""
+        return next(iter(self._files.values())).metadata() if self._files else {}
+
+    def close(self) -> None:
+        for file in self._files.values():
+            file.close()
+
+    def __enter__(self) -> StateDictReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"StateDictReader({len(self)} tensors in {len(self._files)} file(s))"
+
+
+def _validate_safetensors(path: Path) -> None:
+    """Fail early, naming the file, on a truncated or corrupt safetensors file."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path} is truncated ({size} bytes): no safetensors header")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise CheckpointError(
+                    f"{path} is truncated or corrupt: header claims {n} bytes, file has {size}"
+                )
+            header = json.loads(f.read(n))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} has a corrupt safetensors header: {e}") from e
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise CheckpointError(
+            f"{path} is truncated: its tensors need {8 + n + end} bytes, the file has {size}"
+        )
+
+
+def open_state_dict(directory: str | os.PathLike) -> StateDictReader:
+    """Open the weights of a checkpoint directory, preferring safetensors over ``.bin``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    if (directory / SAFE_WEIGHTS_NAME).is_file():
+        reader = StateDictReader.from_files([directory / SAFE_WEIGHTS_NAME])
+    elif (directory / SAFE_WEIGHTS_INDEX_NAME).is_file():
+        reader = StateDictReader.from_index(directory / SAFE_WEIGHTS_INDEX_NAME)
+    elif (directory / WEIGHTS_NAME).is_file():
+        reader = StateDictReader.from_files([directory / WEIGHTS_NAME])
+    elif (directory / WEIGHTS_INDEX_NAME).is_file():
+        reader = StateDictReader.from_index(directory / WEIGHTS_INDEX_NAME)
+    else:
+        raise CheckpointError(
+            f"checkpoint directory {directory} has no weights: expected {SAFE_WEIGHTS_NAME}, "
+            f"{SAFE_WEIGHTS_INDEX_NAME}, {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}"
+        )
+    for path in reader.files:
+        if path.suffix == ".safetensors":
+            _validate_safetensors(path)
+    return reader
+
+
+# ----------------------------------------------------------------------------- writing
+
+_UNITS = {
+    "": 1, "B": 1,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}  # fmt: skip
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes in ``size``: an int, or a string such as ``"5GB"``, ``"500MB"``, ``"1.5GiB"``."""
+    if isinstance(size, bool):
+        raise ValueError(f"invalid size {size!r}")
+    if isinstance(size, int):
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([A-Za-z]*)\s*", str(size))
+    unit = match and match.group(2).upper()
+    if not match or unit not in _UNITS:
+        raise ValueError(f"invalid size {size!r}; expected e.g. 5GB, 500MB, 2GiB or an int")
+    value = math.floor(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return value
+
+
+def _items(tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]]):
+    return tensors.items() if isinstance(tensors, Mapping) else tensors
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: Mapping) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _write_shards(
+    tmp: Path,
+    tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
+    max_bytes: int,
+    metadata: dict[str, str],
+) -> None:
+    """Stream tensors into shards of at most ``max_bytes`` (a bigger tensor gets its own)."""
+    shards: list[list[str]] = []
+    seen: set[str] = set()
+    current: dict[str, np.ndarray] = {}
+    current_bytes = total = 0
+
+    def flush() -> None:
+        nonlocal current, current_bytes
+        if current:
+            save_file(current, str(tmp / f".shard-{len(shards):05d}"), metadata=metadata)
+            shards.append(list(current))
+            current, current_bytes = {}, 0
+
+    for name, array in _items(tensors):
+        if not isinstance(name, str):
+            raise CheckpointError(f"tensor names must be str, got {name!r}")
+        if name in seen:
+            raise CheckpointError(f"tensor {name!r} is given twice")
+        if not isinstance(array, np.ndarray):
+            raise CheckpointError(f"tensor {name!r} is a {type(array).__name__}, not a numpy array")
+        seen.add(name)
+        array = np.ascontiguousarray(array)
+        if current and current_bytes + array.nbytes > max_bytes:
+            flush()
+        current[name] = array
+        current_bytes += array.nbytes
+        total += array.nbytes
+    flush()
+    if not shards:  # an empty model still gets a (valid, empty) weights file
+        save_file({}, str(tmp / ".shard-00000"), metadata=metadata)
+        shards.append([])
+
+    if len(shards) == 1:
+        os.replace(tmp / ".shard-00000", tmp / SAFE_WEIGHTS_NAME)
+        _fsync(tmp / SAFE_WEIGHTS_NAME)
+        return
+    weight_map = {}
+    for k, names in enumerate(shards):
+        file = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        os.replace(tmp / f".shard-{k:05d}", tmp / file)
+        _fsync(tmp / file)
+        weight_map.update(dict.fromkeys(names, file))
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    _write_json(tmp / SAFE_WEIGHTS_INDEX_NAME, index)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write_checkpoint(
+    directory: str | os.PathLike,
+    tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
+    *,
+    config: Mapping[str, Any],
+    generation_config: Mapping[str, Any] | None = None,
+    max_shard_size: int | str = "5GB",
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically and return its path.
+
+    ``tensors`` may be a mapping or an iterable of ``(name, array)`` pairs, consumed once,
+    shard by shard, so a backend can stream its weights without a second full copy. Everything
+    is written into a temporary sibling directory that then replaces ``directory``; on any error
+    the temporary directory is removed and ``directory`` is left as it was. Files of an existing
+    ``directory`` that are not weights or configs (tokenizer files, README, …) are kept.
+    """
+    target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"cannot write a checkpoint to {target}: it is a file")
+    max_bytes = parse_size(max_shard_size)
+    meta = {"format": "pt", **dict(metadata or {})}
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    old: Path | None = None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; give it a normal directory mode
+        _write_shards(tmp, tensors, max_bytes, meta)
+        _write_json(tmp / CONFIG_NAME, dict(config))
+        if generation_config is not None:
+            _write_json(tmp / GENERATION_CONFIG_NAME, dict(generation_config))
+        if target.is_dir():
+            for entry in target.iterdir():
+                if (tmp / entry.name).exists() or _STALE_WEIGHTS.match(entry.name):
+                    continue
+                if entry.name in (CONFIG_NAME, GENERATION_CONFIG_NAME):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy)
+                else:
+                    _link_or_copy(str(entry), str(tmp / entry.name))
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
+            os.replace(target, old)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                old = None
+                raise
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not target.exists():
+            os.replace(old, target)
+            old = None
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
