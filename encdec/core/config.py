@@ -1,0 +1,348 @@
+"""Model and generation configs that read and write the reference's `config.json` files.
+
+Field names and defaults follow transformers' `BertConfig`, `GPT2Config`, `EncoderDecoderConfig`
+and `GenerationConfig`. Configs are mutable dataclasses; keys we do not model are kept in
+`extra` and written back unchanged, so a `config.json` round-trips with every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .checkpoint import CONFIG_NAME, GENERATION_CONFIG_NAME, read_config_dict, resolve_checkpoint
+
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message names the field (and the file, when read from one)."""
+
+
+def _check(cls_name: str, name: str, ok: bool, value: Any, want: str) -> None:
+    if not ok:
+        raise ConfigError(f"{cls_name}.{name}: expected {want}, got {value!r}")
+
+
+@dataclass
+class _Config:
+    """Shared behaviour: unknown keys in `extra`, dict/json I/O, field validation."""
+
+    model_type: ClassVar[str] = ""
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __getattr__(self, name: str) -> Any:  # only called when normal lookup fails
+        extra = self.__dict__.get("extra")
+        if extra is not None and name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    @classmethod
+    def _field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **overrides: Any):
+        """Build from a `config.json` dict; `overrides` win over `d`."""
+        d = {**d, **overrides}
+        mt = d.pop("model_type", cls.model_type)
+        if cls.model_type and mt != cls.model_type:
+            raise ConfigError(f"{cls.__name__}: model_type is {mt!r}, expected {cls.model_type!r}")
+        names = set(cls._field_names())
+        known = {k: v for k, v in d.items() if k in names}
+        extra = {**d.pop("extra", {}), **{k: v for k, v in d.items() if k not in names}}
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self._field_names():
+            value = getattr(self, name)
+            out[name] = value.to_dict() if isinstance(value, _Config) else value
+        if self.model_type:
+            out["model_type"] = self.model_type
+        out.update(self.extra)
+        return out
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def update(self, **kwargs: Any) -> None:
+        """Set fields (or extra keys) by name, then re-validate."""
+        for k, v in kwargs.items():
+            if k in self._field_names():
+                setattr(self, k, v)
+            else:
+                self.extra[k] = v
+        self.__post_init__()
+
+    def __post_init__(self) -> None:
+        pass
+
+
+@dataclass
+class ModelConfig(_Config):
+    """Fields every backbone config has (the reference's `PretrainedConfig` subset we use)."""
+
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self) -> None:
+        n = type(self).__name__
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
+            value = getattr(self, name)
+            _check(n, name, isinstance(value, int) and value > 0, value, "a positive int")
+        _check(n, "num_attention_heads", self.hidden_size % self.num_attention_heads == 0,
+               self.num_attention_heads, f"a divisor of hidden_size={self.hidden_size}")
+        act = self.activation
+        _check(n, "activation", act in ACTIVATIONS, act, f"one of {ACTIVATIONS}")
+        for name in ("pad_token_id", "bos_token_id"):
+            value = getattr(self, name)
+            _check(n, name, value is None or isinstance(value, int), value, "an int or None")
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **overrides: Any):
+        directory = resolve_checkpoint(path_or_id)
+        d = read_config_dict(directory)
+        return config_from_dict(d, source=directory / CONFIG_NAME, expect=cls, **overrides)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        _write_json(Path(directory) / CONFIG_NAME, self.to_dict())
+
+
+@dataclass
+class BertConfig(ModelConfig):
+    """transformers' `BertConfig` (absolute position embeddings only)."""
+
+    model_type: ClassVar[str] = "bert"
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    classifier_dropout: float | None = None
+    pad_token_id: int | None = 0
+
+    @property
+    def activation(self) -> str:
+        return self.hidden_act
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        pet = self.extra.get("position_embedding_type", "absolute")
+        _check("BertConfig", "position_embedding_type", pet == "absolute", pet, "'absolute'")
+
+
+@dataclass
+class GPT2Config(ModelConfig):
+    """transformers' `GPT2Config`; `hidden_size` etc. are read-only aliases as in the reference."""
+
+    model_type: ClassVar[str] = "gpt2"
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None
+    activation_function: str = "gelu_new"
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    summary_type: str = "cls_index"
+    summary_use_proj: bool = True
+    summary_activation: str | None = None
+    summary_proj_to_labels: bool = True
+    summary_first_dropout: float = 0.1
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    reorder_and_upcast_attn: bool = False
+    bos_token_id: int | None = 50256
+    eos_token_id: int | list[int] | None = 50256
+
+    hidden_size = property(lambda self: self.n_embd)
+    num_hidden_layers = property(lambda self: self.n_layer)
+    num_attention_heads = property(lambda self: self.n_head)
+    max_position_embeddings = property(lambda self: self.n_positions)
+    intermediate_size = property(lambda self: self.n_inner or 4 * self.n_embd)
+    layer_norm_eps = property(lambda self: self.layer_norm_epsilon)
+    activation = property(lambda self: self.activation_function)
+
+
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = {"bert": BertConfig, "gpt2": GPT2Config}
+
+
+def config_from_dict(d: dict[str, Any], *, source: Any = "config", expect: type | None = None,
+                     **overrides: Any):
+    """Dispatch on `model_type`; errors name the source file and the field."""
+    mt = d.get("model_type")
+    classes: dict[str, type[_Config]] = {**MODEL_CONFIGS, "encoder-decoder": EncoderDecoderConfig}
+    if mt not in classes:
+        raise ConfigError(f"{source}: unknown model_type {mt!r}; supported: {sorted(classes)}")
+    cls = classes[mt]
+    if expect is not None and not issubclass(cls, expect):
+        raise ConfigError(f"{source}: model_type {mt!r} is not a {expect.__name__}")
+    try:
+        return cls.from_dict(d, **overrides)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+@dataclass
+class EncoderDecoderConfig(_Config):
+    """transformers' `EncoderDecoderConfig`: an encoder and a decoder config plus seq2seq ids."""
+
+    model_type: ClassVar[str] = "encoder-decoder"
+    encoder: ModelConfig = field(default_factory=BertConfig)
+    decoder: ModelConfig = field(default_factory=lambda: BertConfig(is_decoder=True,
+                                                                    add_cross_attention=True))
+    is_encoder_decoder: bool = True
+    decoder_start_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    @property
+    def tie_encoder_decoder(self) -> bool:
+        """Share the encoder's weights with the decoder's base model (kept in `extra`)."""
+        return bool(self.extra.get("tie_encoder_decoder", False))
+
+    @tie_encoder_decoder.setter
+    def tie_encoder_decoder(self, value: bool) -> None:
+        self.extra["tie_encoder_decoder"] = bool(value)
+
+    def __post_init__(self) -> None:
+        for side in ("encoder", "decoder"):
+            value = getattr(self, side)
+            if isinstance(value, dict):
+                setattr(self, side, config_from_dict(value, source=f"EncoderDecoderConfig.{side}"))
+            elif not isinstance(value, ModelConfig):
+                raise ConfigError(f"EncoderDecoderConfig.{side}: expected a model config, got "
+                                  f"{type(value).__name__}")
+        if not (self.decoder.is_decoder and self.decoder.add_cross_attention):
+            raise ConfigError("EncoderDecoderConfig.decoder: needs is_decoder=True and "
+                              "add_cross_attention=True (use from_encoder_decoder_configs)")
+
+    @classmethod
+    def from_encoder_decoder_configs(cls, encoder_config: ModelConfig,
+                                     decoder_config: ModelConfig, **kwargs: Any):
+        """As the reference: the decoder is switched to a causal decoder with cross-attention."""
+        decoder_config.is_decoder = True
+        decoder_config.add_cross_attention = True
+        return cls(encoder=encoder_config, decoder=decoder_config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **overrides: Any):
+        directory = resolve_checkpoint(path_or_id)
+        return config_from_dict(read_config_dict(directory), source=directory / CONFIG_NAME,
+                                expect=cls, **overrides)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        _write_json(Path(directory) / CONFIG_NAME, self.to_dict())
+
+
+@dataclass
+class GenerationConfig(_Config):
+    """transformers' `GenerationConfig` (the fields encdec implements; others kept in `extra`)."""
+
+    max_length: int = 20
+    max_new_tokens: int | None = None
+    min_length: int = 0
+    min_new_tokens: int | None = None
+    early_stopping: bool | str = False
+    do_sample: bool = False
+    num_beams: int = 1
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    bad_words_ids: list[list[int]] | None = None
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | list[int] | None = None
+    num_return_sequences: int = 1
+    output_scores: bool = False
+    return_dict_in_generate: bool = False
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    decoder_start_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        n = "GenerationConfig"
+        for name in ("max_length", "num_beams", "num_return_sequences"):
+            v = getattr(self, name)
+            _check(n, name, isinstance(v, int) and v > 0, v, "a positive int")
+        for name in ("max_new_tokens", "min_new_tokens"):
+            v = getattr(self, name)
+            _check(n, name, v is None or (isinstance(v, int) and v >= 0), v, "an int >= 0 or None")
+        _check(n, "early_stopping", self.early_stopping in (True, False, "never"),
+               self.early_stopping, "True, False or 'never'")
+        _check(n, "temperature", self.temperature > 0, self.temperature, "a float > 0")
+        _check(n, "top_p", 0 < self.top_p <= 1, self.top_p, "a float in (0, 1]")
+        _check(n, "num_return_sequences", self.num_return_sequences <= max(self.num_beams, 1)
+               or self.do_sample, self.num_return_sequences, f"<= num_beams={self.num_beams}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Only non-default fields, as the reference writes `generation_config.json`."""
+        default = GenerationConfig()
+        out = {k: v for k, v in super().to_dict().items()
+               if k in self.extra or getattr(default, k, object()) != v}
+        return out
+
+    @classmethod
+    def from_model_config(cls, config: EncoderDecoderConfig) -> GenerationConfig:
+        """Ids from the model config, as the reference does when no generation_config.json."""
+        dec = config.decoder
+        return cls(
+            decoder_start_token_id=config.decoder_start_token_id,
+            pad_token_id=config.pad_token_id if config.pad_token_id is not None
+            else dec.pad_token_id,
+            eos_token_id=config.extra.get("eos_token_id", dec.eos_token_id),
+            bos_token_id=dec.bos_token_id,
+        )
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike) -> GenerationConfig:
+        directory = resolve_checkpoint(path_or_id)
+        path = directory / GENERATION_CONFIG_NAME
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read generation config: {e}") from None
+        try:
+            return cls.from_dict(d)
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        _write_json(Path(directory) / GENERATION_CONFIG_NAME, self.to_dict())
+
+    def merged(self, **overrides: Any) -> GenerationConfig:
+        """A copy with per-call overrides applied (unknown names are an error)."""
+        unknown = sorted(set(overrides) - set(self._field_names()))
+        if unknown:
+            raise TypeError(f"generate() got unknown generation arguments: {unknown}")
+        return dataclasses.replace(self, extra=dict(self.extra),
+                                   **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _write_json(path: Path, d: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")

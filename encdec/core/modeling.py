@@ -1,0 +1,122 @@
+"""Backend-independent steps of `from_pretrained`, `from_encoder_decoder_pretrained` and
+`save_pretrained` (the reference's `EncoderDecoderModel` class methods).
+
+A backend supplies only a `Dialect` and two callables: `assign(path, array)` writes a
+parameter given its dialect path and layout, `get(path)` reads one back as numpy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import (
+    CONFIG_NAME,
+    GENERATION_CONFIG_NAME,
+    open_state_dict,
+    read_config_dict,
+    resolve_checkpoint,
+    write_checkpoint,
+)
+from .config import EncoderDecoderConfig, GenerationConfig, ModelConfig, config_from_dict
+from .seq2seq import split_kwargs
+from .weights import (
+    Dialect,
+    LoadReport,
+    Table,
+    decoder_table,
+    encoder_decoder_table,
+    encoder_table,
+    export_state,
+    load_state,
+)
+
+logger = logging.getLogger("encdec")
+
+Assign = Callable[[str, np.ndarray], None]
+Get = Callable[[str], np.ndarray]
+
+
+@dataclass
+class Pretrained:
+    """A resolved composite checkpoint: where it is and its configs."""
+
+    directory: Path
+    config: EncoderDecoderConfig
+    generation_config: GenerationConfig
+
+
+def read_pretrained(path_or_id: str | os.PathLike, config: EncoderDecoderConfig | None = None,
+                    **config_overrides: Any) -> Pretrained:
+    """Resolve a composite checkpoint and read its config and generation config."""
+    directory = resolve_checkpoint(path_or_id)
+    if config is None:
+        config = config_from_dict(read_config_dict(directory), source=directory / CONFIG_NAME,
+                                  expect=EncoderDecoderConfig, **config_overrides)
+    gen_path = directory / GENERATION_CONFIG_NAME
+    generation = (GenerationConfig.from_pretrained(directory) if gen_path.exists()
+                  else GenerationConfig.from_model_config(config))
+    return Pretrained(directory, config, generation)
+
+
+def load_weights(table: Table, directory: Path, dialect: Dialect, assign: Assign, *,
+                 strict: bool = True) -> LoadReport:
+    """Load every parameter of `table` from the checkpoint in `directory`, one tensor at a time."""
+    with open_state_dict(directory) as state:
+        return load_state(table, state, dialect, assign, strict=strict, source=directory)
+
+
+def read_backbone_config(path_or_id: str | os.PathLike, **overrides: Any) -> tuple[Path, ModelConfig]:
+    """A single-model checkpoint's directory and config (`overrides` applied)."""
+    directory = resolve_checkpoint(path_or_id)
+    config = config_from_dict(read_config_dict(directory), source=directory / CONFIG_NAME,
+                              expect=ModelConfig, **overrides)
+    return directory, config
+
+
+def prepare_warm_start(encoder_path: str | os.PathLike, decoder_path: str | os.PathLike,
+                       **kwargs: Any) -> tuple[EncoderDecoderConfig, Path, Path]:
+    """Configs for `from_encoder_decoder_pretrained`: `encoder_*` / `decoder_*` kwargs go to that
+    side's config, the rest to the composite; the decoder becomes a cross-attending decoder."""
+    enc_kwargs, dec_kwargs, rest = split_kwargs(kwargs)
+    enc_dir, enc_config = read_backbone_config(encoder_path, **enc_kwargs)
+    if enc_config.is_decoder or enc_config.add_cross_attention:
+        logger.info("encoder config had is_decoder/add_cross_attention set: turning them off")
+        enc_config.is_decoder = enc_config.add_cross_attention = False
+    dec_kwargs = {"is_decoder": True, "add_cross_attention": True, **dec_kwargs}
+    dec_dir, dec_config = read_backbone_config(decoder_path, **dec_kwargs)
+    config = EncoderDecoderConfig.from_encoder_decoder_configs(enc_config, dec_config, **rest)
+    return config, enc_dir, dec_dir
+
+
+def warm_start_weights(config: EncoderDecoderConfig, encoder_dir: Path, decoder_dir: Path,
+                       dialect: Dialect, assign: Assign) -> dict[str, LoadReport]:
+    """Load the two backbones into a composite; log what was newly initialised or dropped."""
+    reports = {}
+    for side, table, directory in (("encoder", encoder_table(config.encoder), encoder_dir),
+                                   ("decoder", decoder_table(config.decoder), decoder_dir)):
+        reports[side] = load_weights(table, directory, dialect,
+                                     lambda path, a, side=side: assign(f"{side}.{path}", a),
+                                     strict=False)
+        text = reports[side].summary(f"the {side} ({directory})")
+        if text:
+            logger.warning("%s\nYou should probably fine-tune this model before using it.", text)
+    return reports
+
+
+def save_pretrained(directory: str | os.PathLike, config: EncoderDecoderConfig,
+                    generation_config: GenerationConfig | None, dialect: Dialect, get: Get, *,
+                    max_shard_size: int | str = "5GB") -> Path:
+    """Write the composite checkpoint atomically in the reference's layout and names."""
+    table = encoder_decoder_table(config)
+    config_dict = {"architectures": ["EncoderDecoderModel"], **config.to_dict()}
+    return write_checkpoint(directory, export_state(table, get, dialect), config=config_dict,
+                            generation_config=generation_config.to_dict()
+                            if generation_config is not None else None,
+                            max_shard_size=max_shard_size)

@@ -1,0 +1,342 @@
+"""The weight-name table: every parameter of every architecture, as data.
+
+Canonical names are the reference's PyTorch state-dict names (`encoder.encoder.layer.0.
+attention.self.query.weight`, `decoder.transformer.h.0.crossattention.q_attn.weight`, …) and
+canonical layouts are PyTorch's. Each backend derives its own leaf name and layout from a
+parameter's `Role` (`leaf`, `to_dialect`, `from_dialect`); the same table drives loading,
+saving, missing/unexpected/shape reports, tied and ignored keys, and the converter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from .checkpoint import CheckpointError
+from .config import EncoderDecoderConfig, ModelConfig
+
+
+class Role(Enum):
+    LINEAR = "linear"  # torch.nn.Linear weight, (out, in)
+    CONV1D = "conv1d"  # GPT-2 Conv1D weight, already (in, out)
+    EMBEDDING = "embedding"  # (num, dim)
+    NORM = "norm"  # LayerNorm weight
+    NORM_BIAS = "norm_bias"  # LayerNorm bias
+    BIAS = "bias"  # any other bias
+
+
+class Dialect(Enum):
+    PT = "pt"  # torch modules: canonical names and layouts
+    KERAS = "keras"  # keras.layers: Dense kernel/bias, LayerNormalization gamma/beta, Embedding embeddings
+    NNX = "nnx"  # flax.nnx: Linear kernel/bias, LayerNorm scale/bias, Embed embedding
+
+
+# (leaf name, transpose?) for the `.weight` / `.bias` leaf of each role, per dialect
+_LEAVES: dict[Dialect, dict[Role, tuple[str, bool]]] = {
+    Dialect.PT: {r: ("bias" if r in (Role.BIAS, Role.NORM_BIAS) else "weight", False)
+                 for r in Role},
+    Dialect.KERAS: {Role.LINEAR: ("kernel", True), Role.CONV1D: ("kernel", False),
+                    Role.EMBEDDING: ("embeddings", False), Role.NORM: ("gamma", False),
+                    Role.NORM_BIAS: ("beta", False), Role.BIAS: ("bias", False)},
+    Dialect.NNX: {Role.LINEAR: ("kernel", True), Role.CONV1D: ("kernel", False),
+                  Role.EMBEDDING: ("embedding", False), Role.NORM: ("scale", False),
+                  Role.NORM_BIAS: ("bias", False), Role.BIAS: ("bias", False)},
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: canonical name, canonical (PyTorch) shape, role; tied ones name their source."""
+
+    name: str
+    shape: tuple[int, ...]
+    role: Role
+    tied_to: str | None = None
+
+
+def leaf(param: Param, dialect: Dialect) -> str:
+    """The parameter's path in `dialect` (dotted, attribute names as in the canonical name)."""
+    stem, _, _ = param.name.rpartition(".")
+    return f"{stem}.{_LEAVES[dialect][param.role][0]}"
+
+
+def to_dialect(param: Param, array: np.ndarray, dialect: Dialect) -> np.ndarray:
+    """Canonical layout -> `dialect` layout."""
+    return array.T if _LEAVES[dialect][param.role][1] else array
+
+
+def from_dialect(param: Param, array: np.ndarray, dialect: Dialect) -> np.ndarray:
+    """`dialect` layout -> canonical layout."""
+    return array.T if _LEAVES[dialect][param.role][1] else array
+
+
+@dataclass(frozen=True)
+class Table:
+    """All parameters of one model class, plus the checkpoint keys it knows how to skip.
+
+    `prefix` is the base-model prefix of a head model (`bert.`, `transformer.`): base
+    checkpoints without it load into the head model. `heads` are key patterns of heads that
+    a base model drops when it reads a head model's checkpoint (reported, never silent).
+    """
+
+    params: tuple[Param, ...]
+    ignored: tuple[str, ...] = ()  # regexes: buffers that old checkpoints carry
+    prefix: str = ""
+    base_prefixes: tuple[str, ...] = ()  # prefixes a base model strips (`bert.`)
+    heads: tuple[str, ...] = ()  # regexes: head keys a base model drops
+    by_name: dict[str, Param] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {p.name: p for p in self.params})
+
+    @property
+    def owned(self) -> tuple[Param, ...]:
+        """Parameters that hold their own storage (tied ones excluded)."""
+        return tuple(p for p in self.params if p.tied_to is None)
+
+    def with_prefix(self, prefix: str) -> Table:
+        return Table(
+            tuple(Param(prefix + p.name, p.shape, p.role, p.tied_to and prefix + p.tied_to)
+                  for p in self.params),
+            ignored=tuple(_prefixed(prefix, r) for r in self.ignored))
+
+
+def _prefixed(prefix: str, regex: str) -> str:
+    return re.escape(prefix) + regex
+
+
+# --- architectures ------------------------------------------------------------------------
+
+def _norm(name: str, h: int) -> list[Param]:
+    return [Param(f"{name}.weight", (h,), Role.NORM), Param(f"{name}.bias", (h,), Role.NORM_BIAS)]
+
+
+def _linear(name: str, n_in: int, n_out: int, role: Role = Role.LINEAR) -> list[Param]:
+    shape = (n_out, n_in) if role is Role.LINEAR else (n_in, n_out)
+    return [Param(f"{name}.weight", shape, role), Param(f"{name}.bias", (n_out,), Role.BIAS)]
+
+
+def _bert_attention(name: str, h: int, kv: int, eps_norm: str) -> list[Param]:
+    return [*_linear(f"{name}.self.query", h, h), *_linear(f"{name}.self.key", kv, h),
+            *_linear(f"{name}.self.value", kv, h), *_linear(f"{name}.output.dense", h, h),
+            *_norm(f"{name}.output.{eps_norm}", h)]
+
+
+def bert_model(c: ModelConfig, *, pooler: bool = True) -> Table:
+    """transformers' `BertModel` (cross-attention when `c.add_cross_attention`)."""
+    h, i = c.hidden_size, c.intermediate_size
+    ps = [Param("embeddings.word_embeddings.weight", (c.vocab_size, h), Role.EMBEDDING),
+          Param("embeddings.position_embeddings.weight", (c.max_position_embeddings, h),
+                Role.EMBEDDING),
+          Param("embeddings.token_type_embeddings.weight", (c.type_vocab_size, h),
+                Role.EMBEDDING),
+          *_norm("embeddings.LayerNorm", h)]
+    for n in range(c.num_hidden_layers):
+        layer = f"encoder.layer.{n}"
+        ps += _bert_attention(f"{layer}.attention", h, h, "LayerNorm")
+        if c.add_cross_attention:
+            ps += _bert_attention(f"{layer}.crossattention", h, h, "LayerNorm")
+        ps += [*_linear(f"{layer}.intermediate.dense", h, i), *_linear(f"{layer}.output.dense", i, h),
+               *_norm(f"{layer}.output.LayerNorm", h)]
+    if pooler:
+        ps += _linear("pooler.dense", h, h)
+    return Table(tuple(ps), ignored=(r"embeddings\.position_ids",), base_prefixes=("bert.",),
+                 heads=(r"cls\..*", r"qa_outputs\..*", r"classifier\..*"))
+
+
+def bert_lm_head_model(c: ModelConfig) -> Table:
+    """transformers' `BertLMHeadModel`: `bert.` (no pooler) + `cls.predictions` (tied decoder)."""
+    h, v = c.hidden_size, c.vocab_size
+    base = bert_model(c, pooler=False)
+    tied = "bert.embeddings.word_embeddings.weight" if c.tie_word_embeddings else None
+    head = [*_linear("cls.predictions.transform.dense", h, h),
+            *_norm("cls.predictions.transform.LayerNorm", h),
+            Param("cls.predictions.bias", (v,), Role.BIAS),
+            Param("cls.predictions.decoder.weight", (v, h), Role.LINEAR, tied_to=tied),
+            Param("cls.predictions.decoder.bias", (v,), Role.BIAS,
+                  tied_to="cls.predictions.bias")]
+    return Table(base.with_prefix("bert.").params + tuple(head),
+                 ignored=(r"bert\.embeddings\.position_ids", r"bert\.pooler\..*"), prefix="bert.")
+
+
+def gpt2_model(c: ModelConfig) -> Table:
+    """transformers' `GPT2Model` (cross-attention when `c.add_cross_attention`)."""
+    h, i = c.hidden_size, c.intermediate_size
+    ps = [Param("wte.weight", (c.vocab_size, h), Role.EMBEDDING),
+          Param("wpe.weight", (c.max_position_embeddings, h), Role.EMBEDDING)]
+    for n in range(c.num_hidden_layers):
+        blk = f"h.{n}"
+        ps += [*_norm(f"{blk}.ln_1", h), *_linear(f"{blk}.attn.c_attn", h, 3 * h, Role.CONV1D),
+               *_linear(f"{blk}.attn.c_proj", h, h, Role.CONV1D), *_norm(f"{blk}.ln_2", h)]
+        if c.add_cross_attention:
+            ps += [*_linear(f"{blk}.crossattention.c_attn", h, 2 * h, Role.CONV1D),
+                   *_linear(f"{blk}.crossattention.q_attn", h, h, Role.CONV1D),
+                   *_linear(f"{blk}.crossattention.c_proj", h, h, Role.CONV1D),
+                   *_norm(f"{blk}.ln_cross_attn", h)]
+        ps += [*_linear(f"{blk}.mlp.c_fc", h, i, Role.CONV1D),
+               *_linear(f"{blk}.mlp.c_proj", i, h, Role.CONV1D)]
+    ps += _norm("ln_f", h)
+    return Table(tuple(ps),
+                 ignored=(r"h\.\d+\.(attn|crossattention)\.(bias|masked_bias)",),
+                 base_prefixes=("transformer.",), heads=(r"lm_head\..*",))
+
+
+def gpt2_lm_head_model(c: ModelConfig) -> Table:
+    """transformers' `GPT2LMHeadModel`: `transformer.` + `lm_head` (tied to `wte`)."""
+    base = gpt2_model(c)
+    tied = "transformer.wte.weight" if c.tie_word_embeddings else None
+    head = Param("lm_head.weight", (c.vocab_size, c.hidden_size), Role.LINEAR, tied_to=tied)
+    return Table(base.with_prefix("transformer.").params + (head,),
+                 ignored=tuple(_prefixed("transformer.", r) for r in base.ignored),
+                 prefix="transformer.")
+
+
+ARCHITECTURES: dict[str, Callable[[ModelConfig], Table]] = {
+    "BertModel": bert_model, "BertLMHeadModel": bert_lm_head_model,
+    "GPT2Model": gpt2_model, "GPT2LMHeadModel": gpt2_lm_head_model,
+}
+ENCODER_ARCHITECTURE = {"bert": "BertModel", "gpt2": "GPT2Model"}
+DECODER_ARCHITECTURE = {"bert": "BertLMHeadModel", "gpt2": "GPT2LMHeadModel"}
+
+
+def encoder_table(c: ModelConfig) -> Table:
+    return ARCHITECTURES[ENCODER_ARCHITECTURE[c.model_type]](c)
+
+
+def decoder_table(c: ModelConfig) -> Table:
+    if not (c.is_decoder and c.add_cross_attention):
+        raise CheckpointError(f"decoder config ({c.model_type}): needs is_decoder=True and "
+                              "add_cross_attention=True to serve as a decoder")
+    return ARCHITECTURES[DECODER_ARCHITECTURE[c.model_type]](c)
+
+
+def encoder_decoder_table(c: EncoderDecoderConfig) -> Table:
+    """transformers' `EncoderDecoderModel`: `encoder.` + `decoder.` (+ `enc_to_dec_proj`)."""
+    enc, dec = encoder_table(c.encoder).with_prefix("encoder."), \
+        decoder_table(c.decoder).with_prefix("decoder.")
+    ps = list(enc.params + dec.params)
+    if c.encoder.hidden_size != c.decoder.hidden_size:
+        ps += _linear("enc_to_dec_proj", c.encoder.hidden_size, c.decoder.hidden_size)
+    if c.tie_encoder_decoder:
+        ps = _tie_encoder_decoder(ps, decoder_table(c.decoder).prefix)
+    return Table(tuple(ps), ignored=enc.ignored + dec.ignored)
+
+
+def _tie_encoder_decoder(ps: list[Param], dec_prefix: str) -> list[Param]:
+    """As the reference's `tie_encoder_decoder`: decoder base weights share the encoder's."""
+    names = {p.name for p in ps}
+    out = []
+    for p in ps:
+        src = "encoder." + p.name.removeprefix("decoder." + dec_prefix)
+        shared = p.name.startswith("decoder." + dec_prefix) and src in names
+        out.append(Param(p.name, p.shape, p.role, src) if shared and p.tied_to is None else p)
+    return out
+
+
+def has_enc_to_dec_proj(c: EncoderDecoderConfig) -> bool:
+    return c.encoder.hidden_size != c.decoder.hidden_size
+
+
+# --- matching checkpoint keys to the table ------------------------------------------------
+
+_LEGACY = ((re.compile(r"\.gamma$"), ".weight"), (re.compile(r"\.beta$"), ".bias"))  # old BERT
+
+
+@dataclass
+class Match:
+    """How a checkpoint's keys map onto a table."""
+
+    keys: dict[str, str]  # canonical name -> checkpoint key
+    missing: list[str]  # owned params the checkpoint lacks
+    unexpected: list[str]  # checkpoint keys nothing claims
+    dropped: list[str]  # head keys a base model dropped (reported)
+    ignored: list[str]  # buffers and tied copies skipped
+
+
+def match_keys(table: Table, keys: Iterable[str]) -> Match:
+    """Map checkpoint keys onto `table`: prefix added or stripped, legacy LayerNorm names."""
+    ignored_re = re.compile("|".join(f"(?:{r})" for r in table.ignored) or "(?!)")
+    heads_re = re.compile("|".join(f"(?:{r})" for r in table.heads) or "(?!)")
+    out = Match({}, [], [], [], [])
+    for key in keys:
+        name = key
+        for pat, rep in _LEGACY:
+            name = pat.sub(rep, name)
+        for bp in table.base_prefixes:
+            name = name.removeprefix(bp) if name.startswith(bp) else name
+        if name not in table.by_name and table.prefix and table.prefix + name in table.by_name:
+            name = table.prefix + name
+        p = table.by_name.get(name)
+        if p is not None and p.tied_to is None:
+            if name in out.keys:
+                raise CheckpointError(f"checkpoint holds {name!r} twice: {out.keys[name]!r} "
+                                      f"and {key!r}")
+            out.keys[name] = key
+        elif p is not None or ignored_re.fullmatch(name):
+            out.ignored.append(key)
+        elif heads_re.fullmatch(name) and table.base_prefixes:
+            out.dropped.append(key)
+        else:
+            out.unexpected.append(key)
+    out.missing = [p.name for p in table.owned if p.name not in out.keys]
+    return out
+
+
+# --- loading and exporting through the table ----------------------------------------------
+
+@dataclass
+class LoadReport:
+    """What a load did; `missing` are the weights initialised randomly (shown to the user)."""
+
+    missing: list[str]
+    dropped: list[str]
+    ignored: list[str]
+
+    def summary(self, what: str) -> str:
+        lines = []
+        if self.missing:
+            lines.append(f"Some weights of {what} were not in the checkpoint and are newly "
+                         f"initialized: {self.missing}")
+        if self.dropped:
+            lines.append(f"Weights of {what} not used (heads the model has no use for): "
+                         f"{self.dropped}")
+        return "\n".join(lines)
+
+
+def load_state(table: Table, state: Mapping[str, np.ndarray], dialect: Dialect,
+               assign: Callable[[str, np.ndarray], None], *, strict: bool = True,
+               source: object = "checkpoint") -> LoadReport:
+    """Read every owned parameter of `table` from `state` into a backend, one tensor at a time.
+
+    `assign(path, array)` receives the dialect's path (`leaf`) and layout. Unexpected keys and
+    shape mismatches always raise; missing keys raise when `strict`, else are reported.
+    """
+    m = match_keys(table, state.keys())
+    if m.unexpected:
+        raise CheckpointError(f"{source}: unexpected keys not used by the model: "
+                              f"{sorted(m.unexpected)[:20]}" + (" …" if len(m.unexpected) > 20 else ""))
+    if strict and m.missing:
+        raise CheckpointError(f"{source}: missing weights: {m.missing[:20]}"
+                              + (" …" if len(m.missing) > 20 else ""))
+    for name, key in m.keys.items():
+        p = table.by_name[name]
+        array = state[key]
+        if tuple(array.shape) != p.shape:
+            raise CheckpointError(f"{source}: {key!r} has shape {tuple(array.shape)}, the model "
+                                  f"expects {p.shape} for {name!r}")
+        assign(leaf(p, dialect), to_dialect(p, array, dialect))
+    return LoadReport(m.missing, m.dropped, m.ignored)
+
+
+def export_state(table: Table, get: Callable[[str], np.ndarray],
+                 dialect: Dialect) -> Iterator[tuple[str, np.ndarray]]:
+    """Canonical (name, array) for every owned parameter, read lazily through `get(path)`."""
+    for p in table.owned:
+        array = np.ascontiguousarray(from_dialect(p, np.asarray(get(leaf(p, dialect))), dialect))
+        if array.shape != p.shape:
+            raise CheckpointError(f"{p.name}: backend holds shape {array.shape}, table says {p.shape}")
+        yield p.name, array
