@@ -34,7 +34,10 @@ SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 WEIGHTS_NAME = "pytorch_model.bin"
 WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt"]
+# Online, safetensors are fetched first; ``*.bin`` only for a repo that has no safetensors
+# weights, so a repo holding both is not downloaded twice.
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt"]
+_HUB_PATTERNS_BIN = [*_HUB_PATTERNS, "*.bin"]
 # Files of an old checkpoint that must not survive an overwrite: they would contradict the new
 # weights (a stale tf_model.h5 next to a fresh model.safetensors, a shard of a longer series, …).
 _STALE_WEIGHTS = re.compile(
@@ -78,6 +81,12 @@ def _check_files(directory: Path, filenames: Iterable[str], what: str) -> Path:
     return directory
 
 
+def _has_safetensors(directory: Path) -> bool:
+    return (directory / SAFE_WEIGHTS_NAME).is_file() or (
+        directory / SAFE_WEIGHTS_INDEX_NAME
+    ).is_file()
+
+
 def resolve_checkpoint(
     path_or_id: str | os.PathLike,
     *,
@@ -111,17 +120,21 @@ def resolve_checkpoint(
     from huggingface_hub import snapshot_download
 
     cache = os.fspath(cache_dir) if cache_dir is not None else _default_cache_dir()
-    kwargs = dict(revision=revision, cache_dir=cache, allow_patterns=_HUB_PATTERNS)
+    kwargs = dict(revision=revision, cache_dir=cache)
     error: Exception | None = None
     snapshot = None
     if not _hub_offline():
         try:
-            snapshot = snapshot_download(text, **kwargs)
+            snapshot = snapshot_download(text, allow_patterns=_HUB_PATTERNS, **kwargs)
+            if not _has_safetensors(Path(snapshot)):
+                snapshot = snapshot_download(text, allow_patterns=_HUB_PATTERNS_BIN, **kwargs)
         except Exception as e:  # network down, repo gone, …: fall back to the local cache
-            error = e
+            error, snapshot = e, None
     if snapshot is None:
         try:
-            snapshot = snapshot_download(text, local_files_only=True, **kwargs)
+            snapshot = snapshot_download(
+                text, local_files_only=True, allow_patterns=_HUB_PATTERNS_BIN, **kwargs
+            )
         except Exception as e:
             error = error or e
     if snapshot is None:
@@ -176,6 +189,7 @@ class _SafetensorsFile:
 
     def _open(self):
         if self._handle is None:
+            _validate_safetensors(self.path)
             try:
                 self._handle = safe_open(str(self.path), framework="numpy")
             except (SafetensorError, OSError) as e:
@@ -227,7 +241,13 @@ class _TorchBinFile:
 
     def _load(self) -> dict:
         if self._state is None:
-            import torch  # lazily: only this reader needs torch
+            try:
+                import torch  # lazily: only this reader needs torch
+            except ImportError:
+                raise CheckpointError(
+                    f"{self.path} is a pytorch_model.bin: reading it needs torch "
+                    "(pip install torch), or save the checkpoint as safetensors"
+                ) from None
 
             kwargs = dict(weights_only=True, map_location="cpu")
             try:

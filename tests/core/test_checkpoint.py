@@ -412,3 +412,69 @@ def test_real_minilm_checkpoint():
         assert reader.shape(key) == (30522, 384)
         for key in list(expected)[:10]:
             np.testing.assert_array_equal(reader[key], expected[key])
+
+
+def test_resolve_hub_id_falls_back_to_cache_when_network_fails(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    snapshot = _fake_hub_cache(cache, "some-org/tiny-bert")
+    real = huggingface_hub.snapshot_download
+    calls = []
+
+    def fake(repo_id, *, local_files_only=False, **kwargs):
+        calls.append(local_files_only)
+        if not local_files_only:
+            raise ConnectionError("no network")
+        return real(repo_id, local_files_only=True, **kwargs)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    resolved = resolve_checkpoint("some-org/tiny-bert", cache_dir=cache)
+    assert resolved.resolve() == snapshot.resolve()
+    assert calls == [False, True]
+
+
+def test_online_download_fetches_bin_only_without_safetensors(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "snap"
+    snapshot.mkdir()
+    (snapshot / CONFIG_NAME).write_text("{}")
+    patterns = []
+
+    def fake(repo_id, *, allow_patterns, **kwargs):
+        patterns.append(sorted(allow_patterns))
+        return str(snapshot)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    assert resolve_checkpoint("org/only-bin") == snapshot
+    assert [("*.bin" in p) for p in patterns] == [False, True]
+    patterns.clear()
+    (snapshot / SAFE_WEIGHTS_NAME).write_bytes(b"")
+    resolve_checkpoint("org/has-safetensors")
+    assert [("*.bin" in p) for p in patterns] == [False]
+
+
+def test_read_legacy_pytorch_model_bin(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save({"w": torch.arange(6.0).reshape(2, 3)}, tmp_path / WEIGHTS_NAME,
+               _use_new_zipfile_serialization=False)  # fmt: skip
+    with open_state_dict(tmp_path) as reader:
+        np.testing.assert_array_equal(reader["w"], np.arange(6.0, dtype=np.float32).reshape(2, 3))
+
+
+def test_corrupt_bin_names_the_file(tmp_path):
+    pytest.importorskip("torch")
+    (tmp_path / WEIGHTS_NAME).write_bytes(b"not a pickle")
+    with pytest.raises(CheckpointError, match=WEIGHTS_NAME):
+        open_state_dict(tmp_path)
