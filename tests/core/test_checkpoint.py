@@ -45,7 +45,7 @@ def _assert_same(reader, tensors):
     assert set(reader) == set(tensors)
     for key, value in tensors.items():
         got = reader[key]
-        assert isinstance(got, np.ndarray)
+        assert isinstance(got, np.ndarray) and got.flags.writeable
         assert got.dtype == value.dtype and got.shape == value.shape, key
         assert got.tobytes() == value.tobytes(), key  # bit-identical
         assert reader.shape(key) == value.shape
