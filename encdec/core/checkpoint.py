@@ -58,8 +58,11 @@ def _env_true(name: str) -> bool:
 
 
 def _hub_offline() -> bool:
+    # The environment as it is now wins over huggingface_hub's copy, taken at its import.
     if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
         return True
+    if "HF_HUB_OFFLINE" in os.environ:
+        return False
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
@@ -138,7 +141,9 @@ def resolve_checkpoint(
         except Exception as e:
             error = error or e
     if snapshot is None:
-        where = cache or "the default hub cache"
+        from huggingface_hub import constants
+
+        where = cache or constants.HF_HUB_CACHE
         raise CheckpointError(
             f"{text!r} is not a local directory and is not in the local hub cache ({where}); "
             f"download it first (`hf download {text}` with network access) or pass the path "
