@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 
 from .checkpoint import CONFIG_NAME, GENERATION_CONFIG_NAME, read_config_dict, resolve_checkpoint
 
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
+# activations every backend implements: exact erf GELU, tanh-approximate GELU (two names), ReLU
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,16 @@ class _Config:
         if extra is not None and name in extra:
             return extra[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Unknown names land in `extra` (and so in config.json), as the reference allows
+        (`model.config.vocab_size = ...`)."""
+        known = name == "extra" or name.startswith("_") or hasattr(type(self), name) \
+            or name in self.__dataclass_fields__
+        if known:
+            object.__setattr__(self, name, value)
+        else:
+            self.extra[name] = value
 
     @classmethod
     def _field_names(cls) -> list[str]:
@@ -320,7 +331,7 @@ class GenerationConfig(_Config):
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike) -> GenerationConfig:
-        directory = resolve_checkpoint(path_or_id)
+        directory = resolve_checkpoint(path_or_id, filenames=(GENERATION_CONFIG_NAME,))
         path = directory / GENERATION_CONFIG_NAME
         try:
             d = json.loads(path.read_text())

@@ -72,7 +72,8 @@ def load_weights(table: Table, directory: Path, dialect: Dialect, assign: Assign
         return load_state(table, state, dialect, assign, strict=strict, source=directory)
 
 
-def read_backbone_config(path_or_id: str | os.PathLike, **overrides: Any) -> tuple[Path, ModelConfig]:
+def read_backbone_config(path_or_id: str | os.PathLike,
+                         **overrides: Any) -> tuple[Path, ModelConfig]:
     """A single-model checkpoint's directory and config (`overrides` applied)."""
     directory = resolve_checkpoint(path_or_id)
     config = config_from_dict(read_config_dict(directory), source=directory / CONFIG_NAME,

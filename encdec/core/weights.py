@@ -31,7 +31,7 @@ class Role(Enum):
 
 class Dialect(Enum):
     PT = "pt"  # torch modules: canonical names and layouts
-    KERAS = "keras"  # keras.layers: Dense kernel/bias, LayerNormalization gamma/beta, Embedding embeddings
+    KERAS = "keras"  # Dense kernel/bias, LayerNormalization gamma/beta, Embedding embeddings
     NNX = "nnx"  # flax.nnx: Linear kernel/bias, LayerNorm scale/bias, Embed embedding
 
 
@@ -50,7 +50,7 @@ _LEAVES: dict[Dialect, dict[Role, tuple[str, bool]]] = {
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter: canonical name, canonical (PyTorch) shape, role; tied ones name their source."""
+    """A parameter: canonical name, canonical (PyTorch) shape, role; a tied one names its source."""
 
     name: str
     shape: tuple[int, ...]
@@ -140,7 +140,8 @@ def bert_model(c: ModelConfig, *, pooler: bool = True) -> Table:
         ps += _bert_attention(f"{layer}.attention", h, h, "LayerNorm")
         if c.add_cross_attention:
             ps += _bert_attention(f"{layer}.crossattention", h, h, "LayerNorm")
-        ps += [*_linear(f"{layer}.intermediate.dense", h, i), *_linear(f"{layer}.output.dense", i, h),
+        ps += [*_linear(f"{layer}.intermediate.dense", h, i),
+               *_linear(f"{layer}.output.dense", i, h),
                *_norm(f"{layer}.output.LayerNorm", h)]
     if pooler:
         ps += _linear("pooler.dense", h, h)
@@ -267,18 +268,18 @@ def match_keys(table: Table, keys: Iterable[str]) -> Match:
         for pat, rep in _LEGACY:
             name = pat.sub(rep, name)
         for bp in table.base_prefixes:
-            name = name.removeprefix(bp) if name.startswith(bp) else name
-        if name not in table.by_name and table.prefix and table.prefix + name in table.by_name:
-            name = table.prefix + name
-        p = table.by_name.get(name)
+            name = name.removeprefix(bp)
+        names = [name] + ([table.prefix + name] if table.prefix and
+                          not name.startswith(table.prefix) else [])
+        p = next((table.by_name[n] for n in names if n in table.by_name), None)
         if p is not None and p.tied_to is None:
-            if name in out.keys:
-                raise CheckpointError(f"checkpoint holds {name!r} twice: {out.keys[name]!r} "
+            if p.name in out.keys:
+                raise CheckpointError(f"checkpoint holds {p.name!r} twice: {out.keys[p.name]!r} "
                                       f"and {key!r}")
-            out.keys[name] = key
-        elif p is not None or ignored_re.fullmatch(name):
+            out.keys[p.name] = key
+        elif p is not None or any(ignored_re.fullmatch(n) for n in names):
             out.ignored.append(key)
-        elif heads_re.fullmatch(name) and table.base_prefixes:
+        elif table.base_prefixes and heads_re.fullmatch(name):
             out.dropped.append(key)
         else:
             out.unexpected.append(key)
@@ -318,10 +319,9 @@ def load_state(table: Table, state: Mapping[str, np.ndarray], dialect: Dialect,
     m = match_keys(table, state.keys())
     if m.unexpected:
         raise CheckpointError(f"{source}: unexpected keys not used by the model: "
-                              f"{sorted(m.unexpected)[:20]}" + (" …" if len(m.unexpected) > 20 else ""))
+                              + _few(sorted(m.unexpected)))
     if strict and m.missing:
-        raise CheckpointError(f"{source}: missing weights: {m.missing[:20]}"
-                              + (" …" if len(m.missing) > 20 else ""))
+        raise CheckpointError(f"{source}: missing weights: " + _few(m.missing))
     for name, key in m.keys.items():
         p = table.by_name[name]
         array = state[key]
@@ -332,11 +332,16 @@ def load_state(table: Table, state: Mapping[str, np.ndarray], dialect: Dialect,
     return LoadReport(m.missing, m.dropped, m.ignored)
 
 
+def _few(names: list[str], n: int = 20) -> str:
+    return ", ".join(names[:n]) + (f" … ({len(names) - n} more)" if len(names) > n else "")
+
+
 def export_state(table: Table, get: Callable[[str], np.ndarray],
                  dialect: Dialect) -> Iterator[tuple[str, np.ndarray]]:
     """Canonical (name, array) for every owned parameter, read lazily through `get(path)`."""
     for p in table.owned:
         array = np.ascontiguousarray(from_dialect(p, np.asarray(get(leaf(p, dialect))), dialect))
         if array.shape != p.shape:
-            raise CheckpointError(f"{p.name}: backend holds shape {array.shape}, table says {p.shape}")
+            raise CheckpointError(f"{p.name}: backend holds shape {array.shape}, "
+                                  f"the table says {p.shape}")
         yield p.name, array
