@@ -1,0 +1,206 @@
+"""`Attention` for BERT and GPT-2 (self and cross), its masks and caches; plus the shared leaf
+layers (`Conv1D`, activations).
+
+Follows transformers' `BertSelfAttention` / `BertCrossAttention` / `GPT2Attention` with the
+reference's default SDPA masks: padding masks act on keys only, the decoder's padding mask is
+and-ed with the causal mask, and a query row with no visible key outputs zeros (what the
+reference's boolean SDPA mask gives). Masks are additive with fill `finfo(dtype).min`.
+
+Two caches: the reference's legacy tuple `(k, v)` grown by concatenation (public forward), and
+the fixed-size static cache of the decoding contract (`step_self` / `step_cross`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+# --- leaf layers --------------------------------------------------------------------------
+
+def _gelu_new(x: Tensor) -> Tensor:  # transformers' NewGELUActivation (tanh approximation)
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _gelu_fast(x: Tensor) -> Tensor:  # transformers' FastGELUActivation
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,  # exact erf GELU
+    "gelu_new": _gelu_new,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": _gelu_fast,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+
+
+class Conv1D(nn.Module):
+    """GPT-2's Conv1D: a linear layer whose weight is stored `(in, out)`."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.empty(n_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)  # (N, out)
+        return out.view(*x.shape[:-1], -1)
+
+
+# --- masks --------------------------------------------------------------------------------
+
+class Mask(NamedTuple):
+    """An additive attention bias and, when rows can be fully masked, which rows keep output."""
+
+    bias: Tensor  # (B|1, 1, Tq, Tk): 0 where allowed, finfo(dtype).min elsewhere
+    keep: Tensor | None  # (B|1, 1, Tq, 1) 1.0 where the row sees some key, else 0.0
+
+
+def make_mask(allowed: Tensor, dtype: torch.dtype, *, may_be_empty: bool) -> Mask:
+    """Boolean `allowed` (.., Tq, Tk) -> `Mask`; `may_be_empty` when padding is involved."""
+    fill = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=allowed.device)
+    bias = torch.where(allowed, torch.zeros((), dtype=dtype, device=allowed.device), fill)
+    keep = allowed.any(-1, keepdim=True).to(dtype) if may_be_empty else None
+    return Mask(bias, keep)
+
+
+def causal_mask(batch: int, q_len: int, past: int | Tensor, kv_len: int, dtype: torch.dtype,
+                padding: Tensor | None = None, device: torch.device | None = None) -> Mask:
+    """Key p is visible to query t iff p <= past + t and (p is not padding); padding (B, kv_len)."""
+    q = torch.arange(q_len, device=device) + past  # (Tq,)
+    k = torch.arange(kv_len, device=device)  # (Tk,)
+    allowed = (k[None, :] <= q[:, None])[None, None]  # (1, 1, Tq, Tk)
+    if padding is not None:
+        allowed = allowed & padding.bool()[:, None, None, :kv_len]  # (B, 1, Tq, Tk)
+    return make_mask(allowed, dtype, may_be_empty=padding is not None)
+
+
+def padding_mask(padding: Tensor | None, dtype: torch.dtype) -> Mask | None:
+    """Bidirectional key-padding mask (B, S) -> Mask (B, 1, 1, S); None without padding."""
+    if padding is None:
+        return None
+    return make_mask(padding.bool()[:, None, None, :], dtype, may_be_empty=True)
+
+
+# --- attention ----------------------------------------------------------------------------
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, *, scale: float,
+           dropout: float = 0.0, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
+    """softmax(q k^T * scale + bias) v; q (B, h, T, d), k/v (B, h, S, d) -> (B, h, T, d)."""
+    bias = None if mask is None else mask.bias
+    if output_attentions:
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, h, T, S)
+        if bias is not None:
+            scores = scores + bias
+        probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+        if mask is not None and mask.keep is not None:
+            probs = probs * mask.keep
+        out = torch.matmul(F.dropout(probs, dropout, training=dropout > 0), v)
+        return out, probs
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale)
+    if mask is not None and mask.keep is not None:
+        out = out * mask.keep
+    return out, None
+
+
+class Attention(nn.Module):
+    """Multi-head attention: BERT (`query`/`key`/`value`) or GPT-2 (`c_attn` [+ `q_attn`],
+    `c_proj`) flavour, self- or cross-attention. BERT's output projection lives in its caller
+    (`attention.output.dense`, as in the reference); GPT-2's `c_proj` is applied here."""
+
+    def __init__(self, hidden_size: int, num_heads: int, *, gpt2: bool, cross: bool,
+                 dropout: float = 0.0, resid_dropout: float = 0.0, scale: float | None = None):
+        super().__init__()
+        self.gpt2, self.cross = gpt2, cross
+        self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
+        self.hidden_size = hidden_size
+        self.scale = self.head_dim ** -0.5 if scale is None else scale
+        self.dropout = dropout
+        if gpt2:
+            self.c_attn = Conv1D(hidden_size, (2 if cross else 3) * hidden_size)
+            if cross:
+                self.q_attn = Conv1D(hidden_size, hidden_size)
+            self.c_proj = Conv1D(hidden_size, hidden_size)
+            self.resid_dropout = nn.Dropout(resid_dropout)
+        else:
+            self.query = nn.Linear(hidden_size, hidden_size)
+            self.key = nn.Linear(hidden_size, hidden_size)
+            self.value = nn.Linear(hidden_size, hidden_size)
+
+    def _heads(self, x: Tensor) -> Tensor:  # (B, T, h*d) -> (B, h, T, d)
+        return x.view(*x.shape[:-1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def project_q(self, x: Tensor) -> Tensor:
+        """Queries (B, h, T, d) of a cross-attention, or of a BERT self-attention."""
+        return self._heads(self.q_attn(x) if self.gpt2 else self.query(x))
+
+    def project_kv(self, states: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values (B, h, S, d) from the attended states (cross-attention)."""
+        if self.gpt2:
+            k, v = self.c_attn(states).split(self.hidden_size, dim=2)
+            return self._heads(k), self._heads(v)
+        return self._heads(self.key(states)), self._heads(self.value(states))
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.gpt2:
+            q, k, v = self.c_attn(x).split(self.hidden_size, dim=2)  # GPT-2's fused projection
+            return self._heads(q), self._heads(k), self._heads(v)
+        return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+
+    def _out(self, ctx: Tensor) -> Tensor:  # (B, h, T, d) -> (B, T, hidden)
+        out = ctx.transpose(1, 2).reshape(ctx.shape[0], ctx.shape[2], self.hidden_size)
+        return self.resid_dropout(self.c_proj(out)) if self.gpt2 else out
+
+    def forward(self, x: Tensor, mask: Mask | None = None, *, states: Tensor | None = None,
+                past: tuple[Tensor, Tensor] | None = None, output_attentions: bool = False,
+                ) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
+        """x (B, T, hidden) -> (out (B, T, hidden), attention probs or None, (k, v) for the cache).
+
+        Self-attention appends its new keys/values to `past`; cross-attention reuses `past`
+        when given, else projects `states` (B, S, hidden).
+        """
+        if self.cross:
+            q = self.project_q(x)
+            k, v = past if past is not None else self.project_kv(states)
+        else:
+            q, k, v = self.project_qkv(x)
+            if past is not None:
+                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        dropout = self.dropout if self.training else 0.0
+        ctx, probs = attend(q, k, v, mask, scale=self.scale, dropout=dropout,
+                            output_attentions=output_attentions)
+        return self._out(ctx), probs, (k, v)
+
+    # --- static cache (decoding contract) ------------------------------------------------
+
+    def step_self(self, x: Tensor, k_buf: Tensor, v_buf: Tensor, cache_index: int | Tensor,
+                  mask: Mask) -> tuple[Tensor, Tensor, Tensor]:
+        """Write the T new keys/values at `cache_index` of the (B, h, max_len, d) buffers (in
+        place) and attend over all max_len positions under `mask` (B|1, 1, T, max_len)."""
+        q, k, v = self.project_qkv(x)  # (B, h, T, d)
+        pos = torch.arange(x.shape[1], device=x.device) + cache_index  # (T,)
+        k_buf.index_copy_(2, pos, k.to(k_buf.dtype))
+        v_buf.index_copy_(2, pos, v.to(v_buf.dtype))
+        ctx, _ = attend(q, k_buf, v_buf, mask, scale=self.scale)
+        return self._out(ctx), k_buf, v_buf
+
+    def step_cross(self, x: Tensor, k: Tensor, v: Tensor, mask: Mask | None) -> Tensor:
+        """Cross-attention against precomputed k/v (Be, h, S, d) for B = Be * beams queries;
+        beams of one example attend together, k/v are never repeated or reordered."""
+        q = self.project_q(x)  # (B, h, T, d)
+        B, h, T, d = q.shape
+        be = k.shape[0]
+        beams = B // be
+        q = q.view(be, beams, h, T, d).transpose(1, 2).reshape(be, h, beams * T, d)
+        ctx, _ = attend(q, k, v, mask, scale=self.scale)  # (Be, h, beams*T, d)
+        ctx = ctx.view(be, h, beams, T, d).transpose(1, 2).reshape(B, h, T, d)
+        return self._out(ctx)

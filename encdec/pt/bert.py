@@ -1,0 +1,336 @@
+"""BERT in PyTorch: `BertModel` (encoder, or causal decoder with cross-attention) and
+`BertLMHeadModel`, following transformers' `modeling_bert.py` (post-LayerNorm blocks, exact
+erf GELU, absolute positions offset by the cache length, token type 0 by default).
+
+Attribute names reproduce the reference's state-dict names (`encoder.layer.0.attention.self.query`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from encdec.core import weights
+from encdec.core.config import BertConfig
+from encdec.core.outputs import BaseModelOutput, CausalLMOutput
+
+from . import params
+from .attention import ACTIVATIONS, Attention, Mask, causal_mask, padding_mask
+
+Past = tuple[Tensor, ...]  # (self_k, self_v[, cross_k, cross_v]), each (B, h, T, d)
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
+        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor | None, token_type_ids: Tensor | None,
+                position_ids: Tensor, inputs_embeds: Tensor | None) -> Tensor:
+        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
+        x = x + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertOutput(nn.Module):
+    """dense -> dropout -> LayerNorm(+ residual): `attention.output` and the FFN's `output`."""
+
+    def __init__(self, c: BertConfig, n_in: int):
+        super().__init__()
+        self.dense = nn.Linear(n_in, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertAttention(nn.Module):
+    """`attention` / `crossattention`: `self` (the `Attention`) + `output` (dense, LayerNorm)."""
+
+    def __init__(self, c: BertConfig, cross: bool):
+        super().__init__()
+        self.self = Attention(c.hidden_size, c.num_attention_heads, gpt2=False, cross=cross,
+                              dropout=c.attention_probs_dropout_prob)
+        self.output = BertOutput(c, c.hidden_size)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.intermediate_size)
+        self.act = ACTIVATIONS[c.hidden_act]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.dense(x))
+
+
+class BertLayer(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(c, cross=False)
+        if c.add_cross_attention:
+            self.crossattention = BertAttention(c, cross=True)
+        self.intermediate = BertIntermediate(c)
+        self.output = BertOutput(c, c.intermediate_size)
+
+    def forward(self, x: Tensor, mask: Mask | None, states: Tensor | None,
+                cross_mask: Mask | None, past: Past | None, output_attentions: bool = False):
+        """-> (x, self probs, cross probs, present (k, v[, ck, cv]))."""
+        a, probs, kv = self.attention.self(x, mask, past=None if past is None else past[:2],
+                                           output_attentions=output_attentions)
+        x = self.attention.output(a, x)
+        cross_probs, present = None, kv
+        if states is not None:
+            if not hasattr(self, "crossattention"):
+                raise ValueError("encoder_hidden_states given, but this BERT has no "
+                                 "cross-attention: set config.add_cross_attention=True")
+            cross_past = past[2:] if past is not None and len(past) == 4 else None
+            a, cross_probs, ckv = self.crossattention.self(
+                x, cross_mask, states=states, past=cross_past, output_attentions=output_attentions)
+            x = self.crossattention.output(a, x)
+            present = kv + ckv
+        x = self.output(self.intermediate(x), x)
+        return x, probs, cross_probs, present
+
+    def step(self, x: Tensor, cache: tuple[Tensor, ...], cache_index, mask: Mask,
+             cross_mask: Mask | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Static-cache step; cache = (k_buf, v_buf, cross_k, cross_v)."""
+        k_buf, v_buf, ck, cv = cache
+        a, k_buf, v_buf = self.attention.self.step_self(x, k_buf, v_buf, cache_index, mask)
+        x = self.attention.output(a, x)
+        x = self.crossattention.output(self.crossattention.self.step_cross(x, ck, cv, cross_mask), x)
+        return self.output(self.intermediate(x), x), (k_buf, v_buf, ck, cv)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(c) for _ in range(c.num_hidden_layers))
+
+
+class BertPooler(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.dense(x[:, 0]))  # first token
+
+
+class BertModel(nn.Module):
+    """transformers' `BertModel`: bidirectional encoder, or (`config.is_decoder`) a causal decoder
+    with cross-attention when `config.add_cross_attention`."""
+
+    config_class = BertConfig
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__()
+        self.config = config
+        self.add_pooling_layer = add_pooling_layer
+        self.gradient_checkpointing = False
+        with params.constructing() as c:
+            self.embeddings = BertEmbeddings(config)
+            self.encoder = BertEncoder(config)
+            self.pooler = BertPooler(config) if add_pooling_layer else None
+        if c.outermost:
+            params.materialize(self, [(self, self.table(), config)])
+
+    def table(self) -> weights.Table:
+        return weights.bert_model(self.config, pooler=self.add_pooling_layer)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, encoder_hidden_states: Tensor | None = None,
+                encoder_attention_mask: Tensor | None = None,
+                past_key_values: tuple[Past, ...] | None = None, use_cache: bool | None = None,
+                output_attentions: bool = False, output_hidden_states: bool = False,
+                return_dict: bool = True) -> BaseModelOutput | tuple:
+        """As the reference's `BertModel.forward`; `past_key_values` in the legacy tuple format."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        c = self.config
+        use_cache = (c.use_cache if use_cache is None else use_cache) and c.is_decoder
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        if position_ids is None:
+            position_ids = (torch.arange(T, device=device) + past_len)[None]  # (1, T)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
+        dtype = x.dtype
+        if c.is_decoder:
+            mask = causal_mask(B, T, past_len, past_len + T, dtype, attention_mask, device)
+        else:
+            mask = padding_mask(attention_mask, dtype)
+        cross_mask = padding_mask(encoder_attention_mask, dtype) \
+            if encoder_hidden_states is not None else None
+        hidden, attns, cross_attns, presents = [], [], [], []
+        for i, layer in enumerate(self.encoder.layer):
+            hidden.append(x)
+            past = None if past_key_values is None else past_key_values[i]
+            if self.gradient_checkpointing and self.training:
+                x, p, cp, present = checkpoint(layer, x, mask, encoder_hidden_states, cross_mask,
+                                               past, output_attentions, use_reentrant=False)
+            else:
+                x, p, cp, present = layer(x, mask, encoder_hidden_states, cross_mask, past,
+                                          output_attentions)
+            attns.append(p)
+            cross_attns.append(cp)
+            presents.append(present)
+        hidden.append(x)
+        out = BaseModelOutput(
+            last_hidden_state=x,
+            pooler_output=self.pooler(x) if self.pooler is not None else None,
+            past_key_values=tuple(presents) if use_cache else None,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+            attentions=tuple(attns) if output_attentions else None,
+            cross_attentions=tuple(cross_attns)
+            if output_attentions and encoder_hidden_states is not None else None)
+        return out if return_dict else out.to_tuple()
+
+    def cross_kv(self, encoder_hidden_states: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
+        """Cross-attention keys/values (Be, h, S, d) of every layer, computed once."""
+        return tuple(layer.crossattention.self.project_kv(encoder_hidden_states)
+                     for layer in self.encoder.layer)
+
+    def step(self, input_ids: Tensor, cache: tuple, cache_index, encoder_attention_mask: Tensor | None,
+             decoder_attention_mask: Tensor | None = None) -> tuple[Tensor, tuple]:
+        """Static-cache decoding step: input_ids (B, T) at positions cache_index + arange(T)."""
+        B, T = input_ids.shape
+        max_len = cache[0][0].shape[2]
+        position_ids = (torch.arange(T, device=input_ids.device) + cache_index)[None]
+        x = self.embeddings(input_ids, None, position_ids, None)
+        mask = causal_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask,
+                           input_ids.device)
+        cross_mask = padding_mask(encoder_attention_mask, x.dtype)
+        new = []
+        for layer, layer_cache in zip(self.encoder.layer, cache):
+            x, layer_cache = layer.step(x, layer_cache, cache_index, mask, cross_mask)
+            new.append(layer_cache)
+        return x, tuple(new)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
+        """Load a single-model checkpoint (non-strict: missing weights are initialised, reported)."""
+        return params.load_backbone(cls, path_or_id, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
+        return params.save_backbone(self, directory, max_shard_size)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+        self.act = ACTIVATIONS[c.hidden_act]
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(c)
+        self.decoder = nn.Linear(c.hidden_size, c.vocab_size)  # bias tied to `bias`
+        self.bias = nn.Parameter(torch.empty(c.vocab_size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.transform(x))
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(c)
+
+
+class BertLMHeadModel(nn.Module):
+    """transformers' `BertLMHeadModel`: `bert` (no pooler) + `cls.predictions`, whose decoder
+    weight is the word embedding matrix when `tie_word_embeddings`."""
+
+    config_class = BertConfig
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        with params.constructing() as c:
+            self.bert = BertModel(config, add_pooling_layer=False)
+            self.cls = BertOnlyMLMHead(config)
+        if c.outermost:
+            params.materialize(self, [(self, self.table(), config)])
+
+    def table(self) -> weights.Table:
+        return weights.bert_lm_head_model(self.config)
+
+    @property
+    def base_model(self) -> BertModel:
+        return self.bert
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.bert.embeddings.word_embeddings
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.cls.predictions(hidden)
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, encoder_hidden_states: Tensor | None = None,
+                encoder_attention_mask: Tensor | None = None, labels: Tensor | None = None,
+                past_key_values: tuple[Past, ...] | None = None, use_cache: bool | None = None,
+                output_attentions: bool = False, output_hidden_states: bool = False,
+                return_dict: bool = True) -> CausalLMOutput | tuple:
+        """As the reference; `labels` give the shifted next-token loss (ignoring -100)."""
+        if labels is not None:
+            use_cache = False
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
+                        output_attentions, output_hidden_states)
+        logits = self.logits(out.last_hidden_state)  # (B, T, V)
+        loss = None if labels is None else causal_lm_loss(logits, labels)
+        result = CausalLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                                hidden_states=out.hidden_states, attentions=out.attentions,
+                                cross_attentions=out.cross_attentions)
+        return result if return_dict else result.to_tuple()
+
+    def cross_kv(self, encoder_hidden_states: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
+        return self.bert.cross_kv(encoder_hidden_states)
+
+    def step(self, input_ids: Tensor, cache: tuple, cache_index, encoder_attention_mask,
+             decoder_attention_mask: Tensor | None = None) -> tuple[Tensor, tuple]:
+        """Static-cache decoding step -> (logits (B, T, V), cache)."""
+        x, cache = self.bert.step(input_ids, cache, cache_index, encoder_attention_mask,
+                                  decoder_attention_mask)
+        return self.logits(x), cache
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
+        """Load a single-model checkpoint (non-strict: missing weights are initialised, reported)."""
+        return params.load_backbone(cls, path_or_id, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
+        return params.save_backbone(self, directory, max_shard_size)
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """The reference's causal-LM loss: predict token t+1 from t, mean over labels != -100."""
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                           labels[:, 1:].reshape(-1), ignore_index=-100)

@@ -1,0 +1,244 @@
+"""`EncoderDecoderModel` in PyTorch: transformers' `EncoderDecoderModel` (encoder + causal
+decoder with cross-attention, `enc_to_dec_proj` when hidden sizes differ, labels shifted into
+decoder inputs, mean cross-entropy ignoring -100), its load/save class methods through
+`encdec.core.modeling`, and the static-cache decoding contract (`init_cache`, `decode_step`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from encdec.core import weights
+from encdec.core.config import EncoderDecoderConfig, GenerationConfig
+from encdec.core.modeling import (
+    load_weights,
+    prepare_warm_start,
+    read_pretrained,
+    save_pretrained,
+    warm_start_weights,
+)
+from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
+from encdec.core.seq2seq import shift_tokens_right
+from encdec.core.weights import Dialect
+
+from . import params
+from .bert import BertLMHeadModel, BertModel
+from .gpt2 import GPT2LMHeadModel, GPT2Model
+
+ENCODERS: dict[str, type[nn.Module]] = {"bert": BertModel, "gpt2": GPT2Model}
+DECODERS: dict[str, type[nn.Module]] = {"bert": BertLMHeadModel, "gpt2": GPT2LMHeadModel}
+
+Cache = tuple[tuple[Tensor, Tensor, Tensor, Tensor], ...]  # per layer (k_buf, v_buf, ck, cv)
+
+
+class EncoderDecoderModel(nn.Module):
+    """An encoder and a cross-attending decoder, numerically identical to the reference."""
+
+    def __init__(self, config: EncoderDecoderConfig | None = None, *,
+                 encoder: nn.Module | None = None, decoder: nn.Module | None = None):
+        super().__init__()
+        if config is None:
+            if encoder is None or decoder is None:
+                raise ValueError("Either a configuration or an encoder and a decoder has to be "
+                                 "provided.")
+            dc = decoder.config
+            if not (dc.is_decoder and dc.add_cross_attention):
+                raise ValueError(f"decoder {type(decoder).__name__}: its config needs "
+                                 "is_decoder=True and add_cross_attention=True (it has no "
+                                 "cross-attention layers to attend to the encoder)")
+            config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, dc)
+        elif not isinstance(config, EncoderDecoderConfig):
+            raise ValueError(f"config: expected an EncoderDecoderConfig, got {type(config).__name__}")
+        self.config = config
+        self.generation_config = GenerationConfig.from_model_config(config)
+        with params.constructing() as c:
+            if encoder is None:
+                encoder = ENCODERS[config.encoder.model_type](config.encoder)
+            if decoder is None:
+                decoder = DECODERS[config.decoder.model_type](config.decoder)
+            self.encoder, self.decoder = encoder, decoder
+            if weights.has_enc_to_dec_proj(config):
+                self.enc_to_dec_proj = nn.Linear(config.encoder.hidden_size,
+                                                 config.decoder.hidden_size)
+        # the backbones share the composite's configs, so `model.config.decoder.x = …` reaches them
+        self.encoder.config, self.decoder.config = config.encoder, config.decoder
+        if c.outermost:
+            self._materialize()
+
+    def _materialize(self) -> None:
+        """Allocate what was built on the meta device, init it (unless loading), tie."""
+        for sub in (self.encoder, self.decoder):
+            if any(p.is_meta for p in sub.parameters()):
+                params.materialize(sub, [(sub, sub.table(), sub.config)])
+        if hasattr(self, "enc_to_dec_proj"):
+            self.enc_to_dec_proj.to_empty(device="cpu")
+            if not params.skipping_init():
+                self._init_proj()
+        self.tie_weights()
+
+    def _init_proj(self) -> None:
+        with torch.no_grad():
+            self.enc_to_dec_proj.weight.normal_(0.0, self.config.decoder.initializer_range)
+            self.enc_to_dec_proj.bias.zero_()
+
+    def table(self) -> weights.Table:
+        return weights.encoder_decoder_table(self.config)
+
+    def tie_weights(self) -> None:
+        """Tie word embeddings inside the decoder and, with `tie_encoder_decoder`, the decoder's
+        base weights to the encoder's (the encoder's values win, as in the reference)."""
+        params.tie_params(self, self.table())
+
+    def get_encoder(self) -> nn.Module:
+        return self.encoder
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each layer in the backward pass (torch.utils.checkpoint, training only)."""
+        for base in (self.encoder, getattr(self.decoder, "base_model", self.decoder)):
+            base.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        for base in (self.encoder, getattr(self.decoder, "base_model", self.decoder)):
+            base.gradient_checkpointing = False
+
+    # --- forward --------------------------------------------------------------------------
+
+    def _project(self, encoder_hidden_states: Tensor) -> Tensor:
+        if hasattr(self, "enc_to_dec_proj"):
+            return self.enc_to_dec_proj(encoder_hidden_states)  # (B, S, H_dec)
+        return encoder_hidden_states
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                decoder_input_ids: Tensor | None = None,
+                decoder_attention_mask: Tensor | None = None,
+                encoder_outputs: tuple | BaseModelOutput | None = None,
+                past_key_values: tuple | None = None, inputs_embeds: Tensor | None = None,
+                decoder_inputs_embeds: Tensor | None = None, labels: Tensor | None = None,
+                use_cache: bool | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None,
+                return_dict: bool | None = None) -> Seq2SeqLMOutput | tuple:
+        """As the reference's forward; `past_key_values` in its legacy per-layer tuple format
+        `(self_k, self_v, cross_k, cross_v)`."""
+        output_attentions = bool(output_attentions)
+        output_hidden_states = bool(output_hidden_states)
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                           inputs_embeds=inputs_embeds,
+                                           output_attentions=output_attentions,
+                                           output_hidden_states=output_hidden_states)
+        elif isinstance(encoder_outputs, tuple):  # as the reference's BaseModelOutput(*tuple)
+            names = ("last_hidden_state", "hidden_states", "attentions")
+            encoder_outputs = BaseModelOutput(**dict(zip(names, encoder_outputs)))
+        states = self._project(encoder_outputs["last_hidden_state"])
+
+        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+            decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+            if decoder_attention_mask is None:
+                decoder_attention_mask = (decoder_input_ids != self.config.pad_token_id).to(
+                    decoder_input_ids.dtype)
+
+        dec = self.decoder(input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
+                           inputs_embeds=decoder_inputs_embeds, encoder_hidden_states=states,
+                           encoder_attention_mask=attention_mask, past_key_values=past_key_values,
+                           use_cache=use_cache, output_attentions=output_attentions,
+                           output_hidden_states=output_hidden_states)
+        loss = None
+        if labels is not None:
+            logits = dec.logits  # (B, T, V)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                   ignore_index=-100)
+        out = Seq2SeqLMOutput(
+            loss=loss, logits=dec.logits, past_key_values=dec.past_key_values,
+            decoder_hidden_states=dec.hidden_states, decoder_attentions=dec.attentions,
+            cross_attentions=dec.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs["last_hidden_state"],
+            encoder_hidden_states=encoder_outputs.get("hidden_states"),
+            encoder_attentions=encoder_outputs.get("attentions"))
+        return out.to_tuple() if return_dict is False else out
+
+    def prepare_decoder_input_ids_from_labels(self, labels: Tensor) -> Tensor:
+        """labels -> decoder_input_ids (core rule: shift right, start id, -100 -> pad)."""
+        ids = shift_tokens_right(labels.detach().cpu().numpy(), self.config.pad_token_id,
+                                 self.config.decoder_start_token_id)
+        return torch.from_numpy(ids).to(labels.device)
+
+    # --- static-cache decoding contract -----------------------------------------------------
+
+    @torch.no_grad()
+    def init_cache(self, encoder_hidden_states: Tensor, encoder_attention_mask: Tensor | None,
+                   batch_size: int, max_length: int) -> Cache:
+        """Per decoder layer (self_k_buf, self_v_buf, cross_k, cross_v): zero self buffers
+        (batch_size, h, max_length, d); cross K/V (Be, h, S, d) computed once from the
+        (projected) encoder states. `batch_size` may be Be * num_beams."""
+        c = self.config.decoder
+        h, d = c.num_attention_heads, c.hidden_size // c.num_attention_heads
+        states = self._project(encoder_hidden_states)
+        dtype, device = states.dtype, states.device
+        cache = []
+        for ck, cv in self.decoder.cross_kv(states):
+            buf = functools.partial(torch.zeros, batch_size, h, max_length, d, dtype=dtype,
+                                    device=device)
+            cache.append((buf(), buf(), ck, cv))
+        return tuple(cache)
+
+    @torch.no_grad()
+    def decode_step(self, decoder_input_ids: Tensor, cache: Cache, cache_index: int | Tensor,
+                    encoder_attention_mask: Tensor | None,
+                    decoder_attention_mask: Tensor | None = None) -> tuple[Tensor, Cache]:
+        """decoder_input_ids (B, T) at positions cache_index + arange(T) -> (logits (B, T, V),
+        cache). Self buffers are written in place; cross K/V are never repeated across beams.
+        `decoder_attention_mask` (B, max_length), optional, masks padded cache positions."""
+        return self.decoder.step(decoder_input_ids, cache, cache_index, encoder_attention_mask,
+                                 decoder_attention_mask)
+
+    # --- loading and saving -------------------------------------------------------------------
+
+    @classmethod
+    def from_encoder_decoder_pretrained(cls, encoder_pretrained_model_name_or_path: str | os.PathLike,
+                                        decoder_pretrained_model_name_or_path: str | os.PathLike,
+                                        *, output_loading_info: bool = False, **kwargs: Any):
+        """Warm-start from two single-model checkpoints (`encoder_*` / `decoder_*` kwargs go to
+        that side's config). Weights a checkpoint lacks are initialised and reported; the
+        model is returned in eval mode (with `{"encoder": report, "decoder": report}`)."""
+        config, enc_dir, dec_dir = prepare_warm_start(
+            encoder_pretrained_model_name_or_path, decoder_pretrained_model_name_or_path, **kwargs)
+        with params.skip_init():
+            model = cls(config=config)
+        reports = warm_start_weights(config, enc_dir, dec_dir, Dialect.PT,
+                                     functools.partial(params.assign, model))
+        for side in ("encoder", "decoder"):
+            sub = getattr(model, side)
+            params.init_params(sub, sub.table(), sub.config, reports[side].missing)
+            params.tie_params(sub, sub.table())
+        if hasattr(model, "enc_to_dec_proj"):
+            model._init_proj()
+        model.tie_weights()
+        model.eval()
+        return (model, reports) if output_loading_info else model
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
+                        **config_overrides: Any) -> EncoderDecoderModel:
+        """Load a composite checkpoint (strict: every weight must be there), in eval mode."""
+        pre = read_pretrained(pretrained_model_name_or_path, **config_overrides)
+        with params.skip_init():
+            model = cls(config=pre.config)
+        model.generation_config = pre.generation_config
+        load_weights(model.table(), pre.directory, Dialect.PT,
+                     functools.partial(params.assign, model), strict=True)
+        model.tie_weights()
+        model.eval()
+        return model
+
+    def save_pretrained(self, save_directory: str | os.PathLike,
+                        max_shard_size: int | str = "5GB") -> os.PathLike:
+        """Write config.json, generation_config.json and safetensors weights atomically."""
+        return save_pretrained(save_directory, self.config, self.generation_config, Dialect.PT,
+                               functools.partial(params.get, self), max_shard_size=max_shard_size)
+

@@ -1,0 +1,149 @@
+"""The PyTorch side of `encdec.core.modeling`: `assign` / `get` over state-dict paths, plus
+table-driven weight init (the reference's `_init_weights`) and weight tying.
+
+Paths are `Dialect.PT` paths, i.e. the reference's state-dict names. Loading writes one tensor
+at a time with `param.copy_` into storage allocated once (models are built on the meta device
+and materialised with `to_empty`), so a load never holds two copies of the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import threading
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from encdec.core.checkpoint import CONFIG_NAME, CheckpointError, write_checkpoint
+from encdec.core.config import ModelConfig
+from encdec.core.modeling import load_weights, read_backbone_config
+from encdec.core.weights import Dialect, Role, Table, export_state
+
+logger = logging.getLogger("encdec")
+
+_state = threading.local()
+
+
+def assign(module: nn.Module, path: str, array: np.ndarray) -> None:
+    """Copy `array` (dialect layout) into the parameter at `path`, in place."""
+    param = module.get_parameter(path)
+    with torch.no_grad():
+        param.copy_(torch.from_numpy(np.asarray(array)))
+
+
+def get(module: nn.Module, path: str) -> np.ndarray:
+    """The parameter at `path` as numpy (no copy for a contiguous CPU float tensor)."""
+    return module.get_parameter(path).detach().cpu().numpy()
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Inside this block, model constructors allocate weights but leave them uninitialised
+    (the caller is about to overwrite them from a checkpoint)."""
+    old = getattr(_state, "skip", False)
+    _state.skip = True
+    try:
+        yield
+    finally:
+        _state.skip = old
+
+
+def skipping_init() -> bool:
+    """Whether constructors should leave weights uninitialised (see `skip_init`)."""
+    return getattr(_state, "skip", False)
+
+
+def materialize(module: nn.Module, tables: Iterable[tuple[nn.Module, Table, ModelConfig]]) -> None:
+    """Allocate a meta-device module on CPU, then (unless in `skip_init`) initialise every
+    parameter of the given (submodule, table, config) triples and tie the tied ones."""
+    module.to_empty(device="cpu")
+    for sub, table, config in tables:
+        if not skipping_init():
+            init_params(sub, table, config)
+        tie_params(sub, table)
+
+
+def init_params(module: nn.Module, table: Table, config: ModelConfig,
+                names: Iterable[str] | None = None) -> None:
+    """The reference's init: normal(0, initializer_range) for matrices (GPT-2's residual
+    `c_proj` scaled by 1/sqrt(2 n_layer)), zeroed BERT padding row, LayerNorm 1/0, biases 0."""
+    wanted = None if names is None else set(names)
+    std = config.initializer_range
+    gpt2 = config.model_type == "gpt2"
+    pad = config.pad_token_id if not gpt2 else None
+    with torch.no_grad():
+        for p in table.owned:
+            if wanted is not None and p.name not in wanted:
+                continue
+            t = module.get_parameter(p.name)
+            if p.role in (Role.LINEAR, Role.CONV1D, Role.EMBEDDING):
+                s = std / math.sqrt(2 * config.num_hidden_layers) \
+                    if gpt2 and p.name.endswith("c_proj.weight") else std
+                t.normal_(0.0, s)
+                if p.role is Role.EMBEDDING and p.name.endswith("word_embeddings.weight") \
+                        and pad is not None and 0 <= pad < t.shape[0]:
+                    t[pad].zero_()
+            elif p.role is Role.NORM:
+                t.fill_(1.0)
+            else:
+                t.zero_()
+
+
+def tie_params(module: nn.Module, table: Table) -> None:
+    """Make every tied parameter of `table` the very Parameter object of its source."""
+    for p in table.params:
+        if p.tied_to is not None:
+            owner_path, _, leaf = p.name.rpartition(".")
+            setattr(module.get_submodule(owner_path), leaf, module.get_parameter(p.tied_to))
+
+
+class constructing:  # noqa: N801 - used as `with params.constructing() as c:`
+    """Build parameters on the meta device; only the outermost model allocates and inits them.
+
+    `with constructing() as c: ...build submodules...` then `if c.outermost: materialize(...)`.
+    """
+
+    def __enter__(self) -> constructing:
+        self.outermost = getattr(_state, "depth", 0) == 0
+        _state.depth = getattr(_state, "depth", 0) + 1
+        self._device = torch.device("meta")
+        self._device.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._device.__exit__(*exc)
+        _state.depth -= 1
+
+
+def load_backbone(cls: type, path_or_id, *, output_loading_info: bool = False, **overrides):
+    """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
+    the checkpoint lacks are initialised and reported), returned in eval mode."""
+    directory, config = read_backbone_config(path_or_id, **overrides)
+    if not isinstance(config, cls.config_class):
+        raise CheckpointError(f"{directory / CONFIG_NAME}: model_type {config.model_type!r} cannot "
+                              f"be loaded into {cls.__name__}")
+    with skip_init():
+        model = cls(config)
+    table = model.table()
+    report = load_weights(table, directory, Dialect.PT, functools.partial(assign, model),
+                          strict=False)
+    init_params(model, table, config, report.missing)
+    tie_params(model, table)
+    text = report.summary(f"{cls.__name__} ({directory})")
+    if text:
+        logger.warning("%s", text)
+    model.eval()
+    return (model, report) if output_loading_info else model
+
+
+def save_backbone(model: nn.Module, directory, max_shard_size: int | str = "5GB"):
+    """`save_pretrained` of a backbone: the reference's layout and names, written atomically."""
+    config = {"architectures": [type(model).__name__], **model.config.to_dict()}
+    return write_checkpoint(directory, export_state(model.table(), functools.partial(get, model),
+                                                    Dialect.PT),
+                            config=config, max_shard_size=max_shard_size)
