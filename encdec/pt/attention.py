@@ -27,19 +27,11 @@ def _gelu_new(x: Tensor) -> Tensor:  # transformers' NewGELUActivation (tanh app
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
-def _gelu_fast(x: Tensor) -> Tensor:  # transformers' FastGELUActivation
-    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
-
-
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {  # encdec.core.config.ACTIVATIONS
     "gelu": F.gelu,  # exact erf GELU
     "gelu_new": _gelu_new,
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": _gelu_fast,
     "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-    "tanh": torch.tanh,
 }
 
 
