@@ -1,0 +1,220 @@
+"""`Attention` for BERT and GPT-2 (self and cross), its masks and caches; plus the shared leaf
+layers (`dense`, `layer_norm`, `embed`, activations) of the Flax NNX backend.
+
+Follows transformers' `BertSelfAttention` / `BertCrossAttention` / `GPT2Attention` with the
+reference's default SDPA masks: padding masks act on keys only, the decoder's padding mask is
+and-ed with the causal mask, and a query row with no visible key outputs zeros (what the
+reference's boolean SDPA mask gives). Masks are additive with fill `finfo(dtype).min`; softmax
+runs in fp32; matmuls use `Precision.HIGHEST` so that accelerators do not drop to tf32/bf16.
+
+Two caches: the reference's legacy tuple `(k, v)` grown by concatenation (public forward), and
+the fixed-size static cache of the decoding contract (`step_self` / `step_cross`), written with
+`lax.dynamic_update_slice` at a (possibly traced) `cache_index`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+PRECISION = jax.lax.Precision.HIGHEST
+
+
+# --- leaf layers --------------------------------------------------------------------------
+
+def _gelu_new(x: jax.Array) -> jax.Array:  # transformers' NewGELUActivation (tanh approximation)
+    return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * jnp.power(x, 3.0))))
+
+
+def _gelu_fast(x: jax.Array) -> jax.Array:  # transformers' FastGELUActivation
+    return 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU
+    "gelu_new": _gelu_new,
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": _gelu_fast,
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def dense(n_in: int, n_out: int, std: float, *, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
+    """A Linear (kernel (in, out)) initialised as the reference: normal(0, std), zero bias.
+
+    Also serves GPT-2's Conv1D, whose weight is already stored (in, out)."""
+    return nnx.Linear(n_in, n_out, use_bias=use_bias, precision=PRECISION,
+                      kernel_init=nnx.initializers.normal(std), rngs=rngs)
+
+
+def layer_norm(size: int, eps: float, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """torch's LayerNorm: two-pass variance (not E[x^2] - E[x]^2), epsilon from the config."""
+    return nnx.LayerNorm(size, epsilon=eps, use_fast_variance=False, rngs=rngs)
+
+
+def embed(num: int, size: int, std: float, *, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(num, size, embedding_init=nnx.initializers.normal(std), rngs=rngs)
+
+
+def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The reference's causal-LM loss: predict token t+1 from t, mean over labels != -100."""
+    return cross_entropy(logits[:, :-1], labels[:, 1:])
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """torch's `CrossEntropyLoss()`: mean token cross-entropy over labels != -100 (fp32)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # (..., V)
+    keep = labels != -100
+    picked = jnp.take_along_axis(logp, jnp.where(keep, labels, 0)[..., None], axis=-1)[..., 0]
+    return -jnp.sum(jnp.where(keep, picked, 0.0)) / jnp.sum(keep)
+
+
+# --- masks --------------------------------------------------------------------------------
+
+class Mask(NamedTuple):
+    """An additive attention bias and, when rows can be fully masked, which rows keep output."""
+
+    bias: jax.Array  # (B|1, 1, Tq, Tk): 0 where allowed, finfo(dtype).min elsewhere
+    keep: jax.Array | None  # (B|1, 1, Tq, 1) 1.0 where the row sees some key, else 0.0
+
+
+def make_mask(allowed: jax.Array, dtype: jnp.dtype, *, may_be_empty: bool) -> Mask:
+    """Boolean `allowed` (.., Tq, Tk) -> `Mask`; `may_be_empty` when padding is involved."""
+    bias = jnp.where(allowed, jnp.zeros((), dtype), jnp.finfo(dtype).min)
+    keep = jnp.any(allowed, axis=-1, keepdims=True).astype(dtype) if may_be_empty else None
+    return Mask(bias, keep)
+
+
+def causal_mask(batch: int, q_len: int, past: int | jax.Array, kv_len: int, dtype: jnp.dtype,
+                padding: jax.Array | None = None) -> Mask:
+    """Key p is visible to query t iff p <= past + t and (p is not padding); padding (B, kv_len)."""
+    q = jnp.arange(q_len) + past  # (Tq,)
+    k = jnp.arange(kv_len)  # (Tk,)
+    allowed = (k[None, :] <= q[:, None])[None, None]  # (1, 1, Tq, Tk)
+    if padding is not None:
+        allowed = allowed & (padding[:, None, None, :kv_len] != 0)  # (B, 1, Tq, Tk)
+    return make_mask(allowed, dtype, may_be_empty=padding is not None)
+
+
+def padding_mask(padding: jax.Array | None, dtype: jnp.dtype) -> Mask | None:
+    """Bidirectional key-padding mask (B, S) -> Mask (B, 1, 1, S); None without padding."""
+    if padding is None:
+        return None
+    return make_mask((padding != 0)[:, None, None, :], dtype, may_be_empty=True)
+
+
+# --- attention ----------------------------------------------------------------------------
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | None, *, scale: float,
+           dropout: nnx.Dropout | None = None) -> tuple[jax.Array, jax.Array]:
+    """softmax(q k^T * scale + bias) v; q (B, h, T, d), k/v (B, h, S, d) -> ((B, h, T, d), probs)."""
+    scores = jnp.einsum("bhtd,bhsd->bhts", q, k, precision=PRECISION) * scale  # (B, h, T, S)
+    if mask is not None:
+        scores = scores + mask.bias
+    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+    if mask is not None and mask.keep is not None:
+        probs = probs * mask.keep
+    dropped = probs if dropout is None else dropout(probs)
+    return jnp.einsum("bhts,bhsd->bhtd", dropped, v, precision=PRECISION), probs
+
+
+class Attention(nnx.Module):
+    """Multi-head attention: BERT (`query`/`key`/`value`) or GPT-2 (`c_attn` [+ `q_attn`],
+    `c_proj`) flavour, self- or cross-attention. BERT's output projection lives in its caller
+    (`attention.output.dense`, as in the reference); GPT-2's `c_proj` is applied here."""
+
+    def __init__(self, hidden_size: int, num_heads: int, *, gpt2: bool, cross: bool,
+                 dropout: float = 0.0, resid_dropout: float = 0.0, scale: float | None = None,
+                 std: float = 0.02, proj_std: float | None = None, rngs: nnx.Rngs):
+        self.gpt2, self.cross = gpt2, cross
+        self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
+        self.hidden_size = hidden_size
+        self.scale = self.head_dim ** -0.5 if scale is None else scale
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        h = hidden_size
+        if gpt2:
+            self.c_attn = dense(h, (2 if cross else 3) * h, std, rngs=rngs)
+            if cross:
+                self.q_attn = dense(h, h, std, rngs=rngs)
+            self.c_proj = dense(h, h, std if proj_std is None else proj_std, rngs=rngs)
+            self.resid_dropout = nnx.Dropout(resid_dropout, rngs=rngs)
+        else:
+            self.query = dense(h, h, std, rngs=rngs)
+            self.key = dense(h, h, std, rngs=rngs)
+            self.value = dense(h, h, std, rngs=rngs)
+
+    def _heads(self, x: jax.Array) -> jax.Array:  # (B, T, h*d) -> (B, h, T, d)
+        return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def project_q(self, x: jax.Array) -> jax.Array:
+        """Queries (B, h, T, d) of a cross-attention, or of a BERT self-attention."""
+        return self._heads(self.q_attn(x) if self.gpt2 else self.query(x))
+
+    def project_kv(self, states: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Keys and values (B, h, S, d) from the attended states (cross-attention)."""
+        if self.gpt2:
+            k, v = jnp.split(self.c_attn(states), 2, axis=-1)
+            return self._heads(k), self._heads(v)
+        return self._heads(self.key(states)), self._heads(self.value(states))
+
+    def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        if self.gpt2:
+            q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)  # GPT-2's fused projection
+            return self._heads(q), self._heads(k), self._heads(v)
+        return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+
+    def _out(self, ctx: jax.Array) -> jax.Array:  # (B, h, T, d) -> (B, T, hidden)
+        out = ctx.transpose(0, 2, 1, 3).reshape(ctx.shape[0], ctx.shape[2], self.hidden_size)
+        return self.resid_dropout(self.c_proj(out)) if self.gpt2 else out
+
+    def __call__(self, x: jax.Array, mask: Mask | None = None, *, states: jax.Array | None = None,
+                 past: tuple[jax.Array, jax.Array] | None = None, output_attentions: bool = False,
+                 ) -> tuple[jax.Array, jax.Array | None, tuple[jax.Array, jax.Array]]:
+        """x (B, T, hidden) -> (out (B, T, hidden), attention probs or None, (k, v) for the cache).
+
+        Self-attention appends its new keys/values to `past`; cross-attention reuses `past`
+        when given, else projects `states` (B, S, hidden).
+        """
+        if self.cross:
+            q = self.project_q(x)
+            k, v = past if past is not None else self.project_kv(states)
+        else:
+            q, k, v = self.project_qkv(x)
+            if past is not None:
+                k = jnp.concatenate([past[0], k], axis=2)  # (B, h, past + T, d)
+                v = jnp.concatenate([past[1], v], axis=2)
+        ctx, probs = attend(q, k, v, mask, scale=self.scale, dropout=self.dropout)
+        return self._out(ctx), probs if output_attentions else None, (k, v)
+
+    # --- static cache (decoding contract) ------------------------------------------------
+
+    def step_self(self, x: jax.Array, k_buf: jax.Array, v_buf: jax.Array,
+                  cache_index: int | jax.Array, mask: Mask) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Write the T new keys/values at `cache_index` of the (B, h, max_len, d) buffers and
+        attend over all max_len positions under `mask` (B|1, 1, T, max_len)."""
+        q, k, v = self.project_qkv(x)  # (B, h, T, d)
+        at = (0, 0, jnp.asarray(cache_index, jnp.int32), 0)
+        k_buf = jax.lax.dynamic_update_slice(k_buf, k.astype(k_buf.dtype), at)
+        v_buf = jax.lax.dynamic_update_slice(v_buf, v.astype(v_buf.dtype), at)
+        ctx, _ = attend(q, k_buf, v_buf, mask, scale=self.scale)
+        return self._out(ctx), k_buf, v_buf
+
+    def step_cross(self, x: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | None) -> jax.Array:
+        """Cross-attention against precomputed k/v (Be, h, S, d) for B = Be * beams queries;
+        beams of one example attend together, k/v are never repeated or reordered."""
+        q = self.project_q(x)  # (B, h, T, d)
+        B, h, T, d = q.shape
+        be = k.shape[0]
+        beams = B // be
+        q = q.reshape(be, beams, h, T, d).transpose(0, 2, 1, 3, 4).reshape(be, h, beams * T, d)
+        ctx, _ = attend(q, k, v, mask, scale=self.scale)  # (Be, h, beams*T, d)
+        ctx = ctx.reshape(be, h, beams, T, d).transpose(0, 2, 1, 3, 4).reshape(B, h, T, d)
+        return self._out(ctx)

@@ -1,0 +1,265 @@
+"""GPT-2 in Flax NNX: `GPT2Model` (with cross-attention when `config.add_cross_attention`) and
+`GPT2LMHeadModel`, following transformers' `modeling_gpt2.py` (pre-LayerNorm blocks, Conv1D
+weights `(in, out)` held as Linear kernels, `gelu_new`, positions `past_length + arange(T)`
+regardless of padding, final `ln_f`, `lm_head` tied to `wte`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from encdec.core import weights
+from encdec.core.config import GPT2Config
+from encdec.core.outputs import BaseModelOutput, CausalLMOutput
+
+from . import params
+from .attention import (
+    ACTIVATIONS,
+    PRECISION,
+    Attention,
+    Mask,
+    causal_lm_loss,
+    causal_mask,
+    dense,
+    embed,
+    layer_norm,
+    padding_mask,
+)
+from .bert import Past, _rngs
+
+
+def _check_supported(c: GPT2Config) -> None:
+    if c.scale_attn_by_inverse_layer_idx:
+        raise NotImplementedError("GPT2Config.scale_attn_by_inverse_layer_idx=True is not supported")
+    if c.reorder_and_upcast_attn:
+        raise NotImplementedError("GPT2Config.reorder_and_upcast_attn=True is not supported")
+
+
+def _proj_std(c: GPT2Config) -> float:
+    """The reference's init of residual projections (`c_proj`): std / sqrt(2 n_layer)."""
+    return c.initializer_range / math.sqrt(2 * c.num_hidden_layers)
+
+
+class GPT2MLP(nnx.Module):
+    def __init__(self, c: GPT2Config, *, rngs: nnx.Rngs):
+        self.c_fc = dense(c.hidden_size, c.intermediate_size, c.initializer_range, rngs=rngs)
+        self.c_proj = dense(c.intermediate_size, c.hidden_size, _proj_std(c), rngs=rngs)
+        self.act = ACTIVATIONS[c.activation_function]
+        self.dropout = nnx.Dropout(c.resid_pdrop, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class GPT2Block(nnx.Module):
+    def __init__(self, c: GPT2Config, *, rngs: nnx.Rngs):
+        h, eps = c.hidden_size, c.layer_norm_epsilon
+        scale = (c.hidden_size // c.num_attention_heads) ** -0.5 if c.scale_attn_weights else 1.0
+        kw = dict(dropout=c.attn_pdrop, resid_dropout=c.resid_pdrop, scale=scale, gpt2=True,
+                  std=c.initializer_range, proj_std=_proj_std(c), rngs=rngs)
+        self.ln_1 = layer_norm(h, eps, rngs=rngs)
+        self.attn = Attention(h, c.num_attention_heads, cross=False, **kw)
+        self.ln_2 = layer_norm(h, eps, rngs=rngs)
+        if c.add_cross_attention:
+            self.crossattention = Attention(h, c.num_attention_heads, cross=True, **kw)
+            self.ln_cross_attn = layer_norm(h, eps, rngs=rngs)
+        self.mlp = GPT2MLP(c, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: Mask | None, states: jax.Array | None,
+                 cross_mask: Mask | None, past: Past | None, output_attentions: bool = False):
+        """-> (x, self probs, cross probs, present (k, v[, ck, cv]))."""
+        a, probs, kv = self.attn(self.ln_1(x), mask, past=None if past is None else past[:2],
+                                 output_attentions=output_attentions)
+        x = x + a
+        cross_probs, present = None, kv
+        if states is not None:
+            if not hasattr(self, "crossattention"):
+                raise ValueError("encoder_hidden_states given, but this GPT-2 has no "
+                                 "cross-attention: set config.add_cross_attention=True")
+            cross_past = past[2:] if past is not None and len(past) == 4 else None
+            a, cross_probs, ckv = self.crossattention(
+                self.ln_cross_attn(x), cross_mask, states=states, past=cross_past,
+                output_attentions=output_attentions)
+            x = x + a
+            present = kv + ckv
+        return x + self.mlp(self.ln_2(x)), probs, cross_probs, present
+
+    def step(self, x: jax.Array, cache: tuple[jax.Array, ...], cache_index, mask: Mask,
+             cross_mask: Mask | None) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        """Static-cache step; cache = (k_buf, v_buf, cross_k, cross_v)."""
+        k_buf, v_buf, ck, cv = cache
+        a, k_buf, v_buf = self.attn.step_self(self.ln_1(x), k_buf, v_buf, cache_index, mask)
+        x = x + a
+        x = x + self.crossattention.step_cross(self.ln_cross_attn(x), ck, cv, cross_mask)
+        return x + self.mlp(self.ln_2(x)), (k_buf, v_buf, ck, cv)
+
+
+class GPT2Model(nnx.Module):
+    """transformers' `GPT2Model`. Built in inference mode."""
+
+    config_class = GPT2Config
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs | None = None):
+        _check_supported(config)
+        rngs = _rngs(rngs)
+        self.config = config
+        std = config.initializer_range
+        self.wte = embed(config.vocab_size, config.hidden_size, std, rngs=rngs)
+        self.wpe = embed(config.max_position_embeddings, config.hidden_size, std, rngs=rngs)
+        self.drop = nnx.Dropout(config.embd_pdrop, rngs=rngs)
+        self.h = nnx.List([GPT2Block(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+        self.ln_f = layer_norm(config.hidden_size, config.layer_norm_epsilon, rngs=rngs)
+        self.eval()
+
+    def table(self) -> weights.Table:
+        return weights.gpt2_model(self.config)
+
+    def get_input_embeddings(self) -> nnx.Embed:
+        return self.wte
+
+    def __call__(self, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
+                 token_type_ids: jax.Array | None = None, position_ids: jax.Array | None = None,
+                 inputs_embeds: jax.Array | None = None,
+                 encoder_hidden_states: jax.Array | None = None,
+                 encoder_attention_mask: jax.Array | None = None,
+                 past_key_values: tuple[Past, ...] | None = None, use_cache: bool | None = None,
+                 output_attentions: bool = False, output_hidden_states: bool = False,
+                 return_dict: bool = True) -> BaseModelOutput | tuple:
+        """As the reference's `GPT2Model.forward` (always causal); legacy-tuple `past_key_values`."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        B, T = x.shape[:2]
+        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        if position_ids is None:
+            position_ids = (jnp.arange(T) + past_len)[None]  # (1, T)
+        x = x + self.wpe(position_ids)
+        if token_type_ids is not None:
+            x = x + self.wte(token_type_ids)
+        x = self.drop(x)
+        mask = causal_mask(B, T, past_len, past_len + T, x.dtype, attention_mask)
+        cross_mask = padding_mask(encoder_attention_mask, x.dtype) \
+            if encoder_hidden_states is not None else None
+        hidden, attns, cross_attns, presents = [], [], [], []
+        for i, block in enumerate(self.h):
+            hidden.append(x)
+            past = None if past_key_values is None else past_key_values[i]
+            x, p, cp, present = block(x, mask, encoder_hidden_states, cross_mask, past,
+                                      output_attentions)
+            attns.append(p)
+            cross_attns.append(cp)
+            presents.append(present)
+        x = self.ln_f(x)
+        hidden.append(x)
+        out = BaseModelOutput(
+            last_hidden_state=x,
+            past_key_values=tuple(presents) if use_cache else None,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+            attentions=tuple(attns) if output_attentions else None,
+            cross_attentions=tuple(cross_attns)
+            if output_attentions and encoder_hidden_states is not None else None)
+        return out if return_dict else out.to_tuple()
+
+    def cross_kv(self, encoder_hidden_states: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
+        """Cross-attention keys/values (Be, h, S, d) of every block, computed once."""
+        return tuple(block.crossattention.project_kv(encoder_hidden_states) for block in self.h)
+
+    def step(self, input_ids: jax.Array, cache: tuple, cache_index,
+             encoder_attention_mask: jax.Array | None,
+             decoder_attention_mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+        """Static-cache decoding step: input_ids (B, T) at positions cache_index + arange(T)."""
+        B, T = input_ids.shape
+        max_len = cache[0][0].shape[2]
+        position_ids = (jnp.arange(T) + cache_index)[None]  # (1, T)
+        x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, H)
+        mask = causal_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask)
+        cross_mask = padding_mask(encoder_attention_mask, x.dtype)
+        new = []
+        for block, layer_cache in zip(self.h, cache):
+            x, layer_cache = block.step(x, layer_cache, cache_index, mask, cross_mask)
+            new.append(layer_cache)
+        return self.ln_f(x), tuple(new)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
+        """Load a single-model checkpoint (non-strict: missing weights are initialised, reported)."""
+        return params.load_backbone(cls, path_or_id, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
+        return params.save_backbone(self, directory, max_shard_size)
+
+
+class GPT2LMHeadModel(nnx.Module):
+    """transformers' `GPT2LMHeadModel`: `transformer` + `lm_head` (no bias; the `wte` matrix when
+    `tie_word_embeddings`, else an own Linear). Built in inference mode."""
+
+    config_class = GPT2Config
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs | None = None):
+        rngs = _rngs(rngs)
+        self.config = config
+        self.transformer = GPT2Model(config, rngs=rngs)
+        self.lm_head = None if config.tie_word_embeddings else \
+            dense(config.hidden_size, config.vocab_size, config.initializer_range,
+                  use_bias=False, rngs=rngs)
+        self.eval()
+
+    def table(self) -> weights.Table:
+        return weights.gpt2_lm_head_model(self.config)
+
+    @property
+    def base_model(self) -> GPT2Model:
+        return self.transformer
+
+    def get_input_embeddings(self) -> nnx.Embed:
+        return self.transformer.wte
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        if self.lm_head is not None:
+            return self.lm_head(hidden)
+        return jnp.einsum("bth,vh->btv", hidden, self.transformer.wte.embedding[...],
+                          precision=PRECISION)  # (B, T, V)
+
+    def __call__(self, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
+                 token_type_ids: jax.Array | None = None, position_ids: jax.Array | None = None,
+                 inputs_embeds: jax.Array | None = None,
+                 encoder_hidden_states: jax.Array | None = None,
+                 encoder_attention_mask: jax.Array | None = None, labels: jax.Array | None = None,
+                 past_key_values: tuple[Past, ...] | None = None, use_cache: bool | None = None,
+                 output_attentions: bool = False, output_hidden_states: bool = False,
+                 return_dict: bool = True) -> CausalLMOutput | tuple:
+        """As the reference; `labels` give the shifted next-token loss (ignoring -100)."""
+        out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids,
+                               inputs_embeds, encoder_hidden_states, encoder_attention_mask,
+                               past_key_values, use_cache, output_attentions, output_hidden_states)
+        logits = self.logits(out.last_hidden_state)  # (B, T, V)
+        loss = None if labels is None else causal_lm_loss(logits, labels)
+        result = CausalLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                                hidden_states=out.hidden_states, attentions=out.attentions,
+                                cross_attentions=out.cross_attentions)
+        return result if return_dict else result.to_tuple()
+
+    def cross_kv(self, encoder_hidden_states: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
+        return self.transformer.cross_kv(encoder_hidden_states)
+
+    def step(self, input_ids: jax.Array, cache: tuple, cache_index, encoder_attention_mask,
+             decoder_attention_mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+        """Static-cache decoding step -> (logits (B, T, V), cache)."""
+        x, cache = self.transformer.step(input_ids, cache, cache_index, encoder_attention_mask,
+                                         decoder_attention_mask)
+        return self.logits(x), cache
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
+        """Load a single-model checkpoint (non-strict: missing weights are initialised, reported)."""
+        return params.load_backbone(cls, path_or_id, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
+        return params.save_backbone(self, directory, max_shard_size)

@@ -1,0 +1,83 @@
+"""The Flax NNX side of `encdec.core.modeling`: `assign` / `get` over the dotted paths of
+`nnx.state(model, nnx.Param)`, plus the backbones' `from_pretrained` / `save_pretrained`.
+
+Paths are `Dialect.NNX` paths (`encoder.layer.0.attention.self.query.kernel`): attribute names
+as the reference's state-dict names, `nnx.List` indices as path segments, NNX leaf names.
+Loading replaces one parameter's value at a time, so a load never holds two copies of the
+weights (the model's random initial value of a parameter is dropped as soon as it is replaced).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from encdec.core.checkpoint import CONFIG_NAME, CheckpointError, write_checkpoint
+from encdec.core.modeling import load_weights, read_backbone_config
+from encdec.core.weights import Dialect, export_state
+
+logger = logging.getLogger("encdec")
+
+
+def variables(model: nnx.Module) -> dict[str, nnx.Param]:
+    """Every parameter of `model` by dotted path (the very Variables the model holds)."""
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    return {".".join(str(k) for k in path): var for path, var in flat}
+
+
+def _variable(model: nnx.Module, path: str) -> nnx.Param:
+    node: Any = model
+    for part in path.split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part, None)
+        if node is None:
+            break
+    if not isinstance(node, nnx.Param):
+        raise CheckpointError(f"{type(model).__name__} has no parameter {path!r}")
+    return node
+
+
+def assign(model: nnx.Module, path: str, array: np.ndarray) -> None:
+    """Replace the value of the parameter at `path` with `array` (dialect layout)."""
+    var = _variable(model, path)
+    if tuple(array.shape) != tuple(var.shape):
+        raise CheckpointError(f"{path}: got shape {tuple(array.shape)}, the model holds "
+                              f"{tuple(var.shape)}")
+    var.value = jnp.asarray(array, dtype=var.dtype)
+
+
+def get(model: nnx.Module, path: str) -> np.ndarray:
+    """The parameter at `path` as numpy."""
+    return np.asarray(_variable(model, path)[...])
+
+
+def load_backbone(cls: type, path_or_id: str | os.PathLike, *, rngs: nnx.Rngs | None = None,
+                  output_loading_info: bool = False, **overrides: Any):
+    """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
+    the checkpoint lacks keep their random init and are reported), returned in eval mode."""
+    directory, config = read_backbone_config(path_or_id, **overrides)
+    if not isinstance(config, cls.config_class):
+        raise CheckpointError(f"{directory / CONFIG_NAME}: model_type {config.model_type!r} cannot "
+                              f"be loaded into {cls.__name__}")
+    model = cls(config, rngs=rngs)
+    report = load_weights(model.table(), directory, Dialect.NNX,
+                          functools.partial(assign, model), strict=False)
+    text = report.summary(f"{cls.__name__} ({directory})")
+    if text:
+        logger.warning("%s", text)
+    model.eval()
+    return (model, report) if output_loading_info else model
+
+
+def save_backbone(model: nnx.Module, directory: str | os.PathLike,
+                  max_shard_size: int | str = "5GB"):
+    """`save_pretrained` of a backbone: the reference's layout and names, written atomically."""
+    config = {"architectures": [type(model).__name__], **model.config.to_dict()}
+    return write_checkpoint(directory, export_state(model.table(), functools.partial(get, model),
+                                                    Dialect.NNX),
+                            config=config, max_shard_size=max_shard_size)
