@@ -4,6 +4,7 @@ next-token logits functions for `encdec.core.generation.generate_reference`."""
 from __future__ import annotations
 
 import functools
+import tempfile
 import warnings
 
 import numpy as np
@@ -70,3 +71,11 @@ def eos_at_step(model, input_ids: np.ndarray, attention_mask: np.ndarray, step: 
     seqs = hf_generate(model, input_ids, attention_mask, max_new_tokens=step + 1,
                        eos_token_id=None, do_sample=False, num_beams=1)
     return int(seqs[0, step])
+
+
+@functools.lru_cache(maxsize=None)
+def checkpoint(name: str, seed: int = 0) -> str:
+    """A directory holding `reference(name, seed)` saved by transformers (per process)."""
+    d = tempfile.mkdtemp(prefix=f"encdec-gen-{name}-{seed}-")
+    reference(name, seed).save_pretrained(d)
+    return d
