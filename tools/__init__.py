@@ -1,0 +1,1 @@
+"""Developer and user tools shipped with encdec: the checkpoint converter (`tools.convert`)."""
