@@ -87,12 +87,19 @@ def static_key(p: gen.GenerationPlan) -> gen.GenerationPlan:
                                return_dict_in_generate=False)
 
 
+def length_penalties(p: gen.GenerationPlan) -> np.ndarray:
+    """(L + 1,) float32: entry n is n ** length_penalty as the reference computes it (a Python
+    float, then float32); entry 0 is unused."""
+    return np.array([1.0] + [float(n) ** p.length_penalty for n in range(1, p.max_length + 1)],
+                    np.float32)
+
+
 def _finish(p: gen.GenerationPlan, out: dict[str, np.ndarray]) -> Any:
     """Crop the fixed-size buffers to what was generated and build the reference's output."""
     cur_len = int(out["cur_len"])
     scores = None
     if p.output_scores and p.return_dict_in_generate:
-        scores = [tf.constant(s) for s in out["scores"][:cur_len - gen.PROMPT_LENGTH]]
+        scores = [tf.constant(s) for s in out["step_scores"][:cur_len - gen.PROMPT_LENGTH]]
     if not p.is_beam:
         return gen.make_output(p, tf.constant(out["sequences"][:, :cur_len], tf.int64),
                                scores=scores)
@@ -224,7 +231,7 @@ def _run(model_ref: weakref.ref, p: gen.GenerationPlan, ids: tf.Tensor, mask: tf
     model = model_ref()
     enc = model.encoder(input_ids=ids, attention_mask=mask)["last_hidden_state"]  # (B, S, H)
     rows = ids.shape[0] * p.expand_size
-    cache = model.init_cache(enc, mask, rows, p.max_length)
+    cache = tuple(tuple(layer) for layer in model.init_cache(enc, mask, rows, p.max_length))
     loop = _beam_loop if p.is_beam else _greedy_loop
     return loop(model, p, ids.shape[0], cache, mask, seed)
 
@@ -244,7 +251,7 @@ def _next_logits(model, ids, cache, cur_len, mask):
     """Logits (N, V) float32 of the token at cur_len - 1 and the updated cache."""
     token = tf.gather(ids, [cur_len - 1], axis=1)  # (N, 1)
     logits, cache = model.decode_step(token, cache, cur_len - 1, mask)  # (N, 1, V)
-    return tf.cast(logits[:, -1], tf.float32), cache
+    return tf.cast(logits[:, -1], tf.float32), tuple(tuple(layer) for layer in cache)
 
 
 def _greedy_loop(model, p: gen.GenerationPlan, batch: int, cache, mask, seed):
@@ -275,7 +282,7 @@ def _greedy_loop(model, p: gen.GenerationPlan, batch: int, cache, mask, seed):
     state = (tf.constant(gen.PROMPT_LENGTH), ids, tf.ones([rows], tf.bool), cache,
              _scores_buffer(p, rows, vocab))
     cur_len, ids, _, _, scores = tf.while_loop(cond, body, state)
-    return dict(sequences=ids, cur_len=cur_len, scores=scores)
+    return dict(sequences=ids, cur_len=cur_len, step_scores=scores)
 
 
 def _beam_loop(model, p: gen.GenerationPlan, batch: int, cache, mask, seed):
@@ -286,7 +293,7 @@ def _beam_loop(model, p: gen.GenerationPlan, batch: int, cache, mask, seed):
              dataclasses.asdict(gen.beam_init(p, batch)).items()}
     state = {name: tf.cast(v, tf.int32) if v.dtype == tf.int64 else v for name, v in state.items()}
     # length ** length_penalty as the reference computes it (float64, then float32), per length
-    penalty = tf.constant(np.float32(np.arange(length + 1, dtype=np.float64) ** p.length_penalty))
+    penalty = tf.constant(length_penalties(p))
     eos = _is_in(p.eos_token_ids, vocab) if p.eos_token_ids else tf.zeros([vocab], tf.bool)
     neg = tf.constant(gen.BEAM_NEG, tf.float32)
     top_k_mask = tf.range(keep) < k  # (2K,) only the top K candidates may finish
@@ -366,4 +373,4 @@ def _beam_loop(model, p: gen.GenerationPlan, batch: int, cache, mask, seed):
     loop = (tf.constant(gen.PROMPT_LENGTH), state, tf.constant(False), cache,
             _scores_buffer(p, batch * k, vocab))
     cur_len, state, _, _, scores = tf.while_loop(cond, body, loop)
-    return dict(state, cur_len=cur_len, scores=scores)
+    return dict(state, cur_len=cur_len, step_scores=scores)
