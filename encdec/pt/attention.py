@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 # --- leaf layers --------------------------------------------------------------------------
 
 def _gelu_new(x: Tensor) -> Tensor:  # transformers' NewGELUActivation (tanh approximation)
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+    inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))
+    return 0.5 * x * (1.0 + torch.tanh(inner))
 
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {  # encdec.core.config.ACTIVATIONS

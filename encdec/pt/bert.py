@@ -111,7 +111,8 @@ class BertLayer(nn.Module):
         k_buf, v_buf, ck, cv = cache
         a, k_buf, v_buf = self.attention.self.step_self(x, k_buf, v_buf, cache_index, mask)
         x = self.attention.output(a, x)
-        x = self.crossattention.output(self.crossattention.self.step_cross(x, ck, cv, cross_mask), x)
+        a = self.crossattention.self.step_cross(x, ck, cv, cross_mask)
+        x = self.crossattention.output(a, x)
         return self.output(self.intermediate(x), x), (k_buf, v_buf, ck, cv)
 
 
@@ -210,7 +211,8 @@ class BertModel(nn.Module):
         return tuple(layer.crossattention.self.project_kv(encoder_hidden_states)
                      for layer in self.encoder.layer)
 
-    def step(self, input_ids: Tensor, cache: tuple, cache_index, encoder_attention_mask: Tensor | None,
+    def step(self, input_ids: Tensor, cache: tuple, cache_index,
+             encoder_attention_mask: Tensor | None,
              decoder_attention_mask: Tensor | None = None) -> tuple[Tensor, tuple]:
         """Static-cache decoding step: input_ids (B, T) at positions cache_index + arange(T)."""
         B, T = input_ids.shape
@@ -221,14 +223,15 @@ class BertModel(nn.Module):
                            input_ids.device)
         cross_mask = padding_mask(encoder_attention_mask, x.dtype)
         new = []
-        for layer, layer_cache in zip(self.encoder.layer, cache):
+        for layer, layer_cache in zip(self.encoder.layer, cache, strict=True):
             x, layer_cache = layer.step(x, layer_cache, cache_index, mask, cross_mask)
             new.append(layer_cache)
         return x, tuple(new)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised, reported)."""
+        """Load a single-model checkpoint (non-strict: missing weights are initialised and
+        reported)."""
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
@@ -323,7 +326,8 @@ class BertLMHeadModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised, reported)."""
+        """Load a single-model checkpoint (non-strict: missing weights are initialised and
+        reported)."""
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):

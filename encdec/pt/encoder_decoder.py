@@ -54,7 +54,8 @@ class EncoderDecoderModel(nn.Module):
                                  "cross-attention layers to attend to the encoder)")
             config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, dc)
         elif not isinstance(config, EncoderDecoderConfig):
-            raise ValueError(f"config: expected an EncoderDecoderConfig, got {type(config).__name__}")
+            raise ValueError("config: expected an EncoderDecoderConfig, got "
+                             f"{type(config).__name__}")
         self.config = config
         self.generation_config = GenerationConfig.from_model_config(config)
         with params.constructing() as c:
@@ -134,7 +135,7 @@ class EncoderDecoderModel(nn.Module):
                                            output_hidden_states=output_hidden_states)
         elif isinstance(encoder_outputs, tuple):  # as the reference's BaseModelOutput(*tuple)
             names = ("last_hidden_state", "hidden_states", "attentions")
-            encoder_outputs = BaseModelOutput(**dict(zip(names, encoder_outputs)))
+            encoder_outputs = BaseModelOutput(**dict(zip(names, encoder_outputs, strict=False)))
         states = self._project(encoder_outputs["last_hidden_state"])
 
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
@@ -200,9 +201,10 @@ class EncoderDecoderModel(nn.Module):
     # --- loading and saving -------------------------------------------------------------------
 
     @classmethod
-    def from_encoder_decoder_pretrained(cls, encoder_pretrained_model_name_or_path: str | os.PathLike,
-                                        decoder_pretrained_model_name_or_path: str | os.PathLike,
-                                        *, output_loading_info: bool = False, **kwargs: Any):
+    def from_encoder_decoder_pretrained(
+            cls, encoder_pretrained_model_name_or_path: str | os.PathLike,
+            decoder_pretrained_model_name_or_path: str | os.PathLike, *,
+            output_loading_info: bool = False, **kwargs: Any):
         """Warm-start from two single-model checkpoints (`encoder_*` / `decoder_*` kwargs go to
         that side's config). Weights a checkpoint lacks are initialised and reported; the
         model is returned in eval mode (with `{"encoder": report, "decoder": report}`)."""

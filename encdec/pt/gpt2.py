@@ -24,7 +24,8 @@ from .bert import Past, causal_lm_loss
 
 def _check_supported(c: GPT2Config) -> None:
     if c.scale_attn_by_inverse_layer_idx:
-        raise NotImplementedError("GPT2Config.scale_attn_by_inverse_layer_idx=True is not supported")
+        raise NotImplementedError("GPT2Config.scale_attn_by_inverse_layer_idx=True is not "
+                                  "supported")
     if c.reorder_and_upcast_attn:
         raise NotImplementedError("GPT2Config.reorder_and_upcast_attn=True is not supported")
 
@@ -116,7 +117,8 @@ class GPT2Model(nn.Module):
                 past_key_values: tuple[Past, ...] | None = None, use_cache: bool | None = None,
                 output_attentions: bool = False, output_hidden_states: bool = False,
                 return_dict: bool = True) -> BaseModelOutput | tuple:
-        """As the reference's `GPT2Model.forward` (always causal); legacy-tuple `past_key_values`."""
+        """As the reference's `GPT2Model.forward` (always causal); `past_key_values` in the
+        legacy tuple format."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -162,7 +164,8 @@ class GPT2Model(nn.Module):
         """Cross-attention keys/values (Be, h, S, d) of every block, computed once."""
         return tuple(block.crossattention.project_kv(encoder_hidden_states) for block in self.h)
 
-    def step(self, input_ids: Tensor, cache: tuple, cache_index, encoder_attention_mask: Tensor | None,
+    def step(self, input_ids: Tensor, cache: tuple, cache_index,
+             encoder_attention_mask: Tensor | None,
              decoder_attention_mask: Tensor | None = None) -> tuple[Tensor, tuple]:
         """Static-cache decoding step: input_ids (B, T) at positions cache_index + arange(T)."""
         B, T = input_ids.shape
@@ -173,14 +176,15 @@ class GPT2Model(nn.Module):
                            input_ids.device)
         cross_mask = padding_mask(encoder_attention_mask, x.dtype)
         new = []
-        for block, layer_cache in zip(self.h, cache):
+        for block, layer_cache in zip(self.h, cache, strict=True):
             x, layer_cache = block.step(x, layer_cache, cache_index, mask, cross_mask)
             new.append(layer_cache)
         return self.ln_f(x), tuple(new)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised, reported)."""
+        """Load a single-model checkpoint (non-strict: missing weights are initialised and
+        reported)."""
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
@@ -244,7 +248,8 @@ class GPT2LMHeadModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised, reported)."""
+        """Load a single-model checkpoint (non-strict: missing weights are initialised and
+        reported)."""
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):

@@ -20,7 +20,7 @@ def max_diff(a, b) -> float:
     """Max abs difference of two tensors, or of two equally long tuples of tensors."""
     if isinstance(a, (tuple, list)):
         assert len(a) == len(b), (len(a), len(b))
-        return max(max_diff(x, y) for x, y in zip(a, b))
+        return max(max_diff(x, y) for x, y in zip(a, b, strict=True))
     return (a.detach().float() - b.detach().float()).abs().max().item()
 
 

@@ -64,7 +64,8 @@ def test_sharded_save_round_trip(reference_dir, tmp_path):
     model.save_pretrained(tmp_path / "s", max_shard_size="10KB")
     assert (tmp_path / "s" / "model.safetensors.index.json").exists()
     again = EncoderDecoderModel.from_pretrained(tmp_path / "s")
-    for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+    for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(),
+                                  strict=True):
         assert torch.equal(a, b), n
 
 

@@ -52,7 +52,7 @@ def test_against_hf_outputs_with_decoder_mask(name, reference_dir, hf_model):
     with torch.no_grad():
         rt, ot = ref(**kw, return_dict=False), ours(**kw, return_dict=False)
     assert len(rt) == len(ot)
-    for x, y in zip(rt, ot):
+    for x, y in zip(rt, ot, strict=True):
         if isinstance(x, torch.Tensor):
             assert max_diff(x, y) < TOL
         elif isinstance(x, tuple) and x and isinstance(x[0], torch.Tensor):

@@ -127,7 +127,8 @@ def test_bert_base_checkpoint_quirks(singles, tmp_path, variant):
     reference = BertModel.from_pretrained(singles / "bert")
     model, report = BertModel.from_pretrained(tmp_path / "ckpt", output_loading_info=True)
     assert report.missing == []
-    for (n, a), (_, b) in zip(reference.state_dict().items(), model.state_dict().items()):
+    for (n, a), (_, b) in zip(reference.state_dict().items(), model.state_dict().items(),
+                                  strict=True):
         assert torch.equal(a, b), n
     # the same base checkpoint in a decoder: heads and cross-attention newly initialised
     dec, report = BertLMHeadModel.from_pretrained(tmp_path / "ckpt", is_decoder=True,
