@@ -145,6 +145,7 @@ class Attention(keras.layers.Layer):
             self.query = dense(hidden_size, "query", std)
             self.key = dense(hidden_size, "key", std)
             self.value = dense(hidden_size, "value", std)
+        self.built = True  # sublayers create their variables on the first call
 
     def _heads(self, x: tf.Tensor) -> tf.Tensor:  # (B, T, h*d) -> (B, h, T, d)
         b, t = tf.shape(x)[0], tf.shape(x)[1]

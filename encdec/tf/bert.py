@@ -53,6 +53,7 @@ class BertEmbeddings(keras.layers.Layer):
             name="token_type_embeddings")
         self.LayerNorm = _layer_norm(c)
         self.dropout = keras.layers.Dropout(c.hidden_dropout_prob, name="dropout")
+        self.built = True  # sublayers create their variables on the first call
 
     def call(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
              past_length: int | tf.Tensor = 0, training: bool = False) -> tf.Tensor:
@@ -76,6 +77,7 @@ class BertSelfOutput(keras.layers.Layer):
         self.dense = dense(c.hidden_size, "dense", c.initializer_range)
         self.LayerNorm = _layer_norm(c)
         self.dropout = keras.layers.Dropout(c.hidden_dropout_prob, name="dropout")
+        self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor, residual: tf.Tensor, training: bool = False) -> tf.Tensor:
         return self.LayerNorm(self.dropout(self.dense(x), training=training) + residual)
@@ -95,6 +97,7 @@ class BertAttention(keras.layers.Layer):
                               dropout=c.attention_probs_dropout_prob, std=c.initializer_range,
                               name="self")
         self.output = BertSelfOutput(c, name="output")
+        self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor, attn_mask: Mask | None = None, *, states=None, past=None,
              output_attentions: bool = False, training: bool = False):
@@ -108,6 +111,7 @@ class BertIntermediate(keras.layers.Layer):
         super().__init__(**kwargs)
         self.dense = dense(c.intermediate_size, "dense", c.initializer_range)
         self.act = ACTIVATIONS[c.hidden_act]
+        self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         return self.act(self.dense(x))
@@ -125,6 +129,7 @@ class BertLayer(keras.layers.Layer):
             self.crossattention = BertAttention(c, cross=True, name="crossattention")
         self.intermediate = BertIntermediate(c, name="intermediate")
         self.output = BertOutput(c, name="output")
+        self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor, attn_mask: Mask | None = None, *, states=None,
              cross_mask: Mask | None = None, past: tuple | None = None,
@@ -163,6 +168,7 @@ class BertEncoder(keras.layers.Layer):
     def __init__(self, c: BertConfig, **kwargs):
         super().__init__(**kwargs)
         self.layer = [BertLayer(c, name=f"layer_{i}") for i in range(c.num_hidden_layers)]
+        self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor, attn_mask: Mask | None = None, *, states=None,
              cross_mask: Mask | None = None, past_key_values=None, use_cache: bool = False,
@@ -191,6 +197,7 @@ class BertPooler(keras.layers.Layer):
     def __init__(self, c: BertConfig, **kwargs):
         super().__init__(**kwargs)
         self.dense = dense(c.hidden_size, "dense", c.initializer_range)
+        self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         return tf.tanh(self.dense(x[:, 0]))  # (B, H) from the first token
@@ -202,6 +209,7 @@ class BertPredictionHeadTransform(keras.layers.Layer):
         self.dense = dense(c.hidden_size, "dense", c.initializer_range)
         self.act = ACTIVATIONS[c.hidden_act]
         self.LayerNorm = _layer_norm(c)
+        self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         return self.LayerNorm(self.act(self.dense(x)))
@@ -216,6 +224,7 @@ class BertLMPredictionHead(keras.layers.Layer):
         self.bias = self.add_weight(shape=(c.vocab_size,), initializer="zeros", name="bias")
         if not c.tie_word_embeddings:
             self.decoder = dense(c.vocab_size, "decoder", c.initializer_range, use_bias=False)
+        self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor, word_embeddings: tf.Tensor) -> tf.Tensor:
         x = self.transform(x)  # (B, T, H)
@@ -228,6 +237,7 @@ class BertOnlyMLMHead(keras.layers.Layer):
     def __init__(self, c: BertConfig, **kwargs):
         super().__init__(**kwargs)
         self.predictions = BertLMPredictionHead(c, name="predictions")
+        self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor, word_embeddings: tf.Tensor) -> tf.Tensor:
         return self.predictions(x, word_embeddings)
@@ -247,6 +257,7 @@ class BertModel(keras.Model):
         self.encoder = BertEncoder(config, name="encoder")
         if add_pooling_layer:
             self.pooler = BertPooler(config, name="pooler")
+        self.built = True  # sublayers create their variables on the first call
         params.build(self, config)
 
     def table(self) -> Table:
@@ -307,6 +318,7 @@ class BertLMHeadModel(keras.Model):
         self.config = config
         self.bert = BertModel(config, add_pooling_layer=False, name="bert")
         self.cls = BertOnlyMLMHead(config, name="cls")
+        self.built = True  # sublayers create their variables on the first call
         params.build(self, config)
 
     def table(self) -> Table:

@@ -84,6 +84,7 @@ class EncoderDecoderModel(keras.Model):
         if weights.has_enc_to_dec_proj(config):
             self.enc_to_dec_proj = dense(config.decoder.hidden_size, "enc_to_dec_proj",
                                          config.decoder.initializer_range)
+        self.built = True  # sublayers create their variables on the first call
         ids = tf.zeros((1, 1), tf.int32)  # build every variable (and mark the model built)
         self(ids, decoder_input_ids=ids, use_cache=False)
 

@@ -47,6 +47,7 @@ class GPT2MLP(keras.layers.Layer):
         self.c_proj = dense(c.hidden_size, "c_proj", proj_std)
         self.act = ACTIVATIONS[c.activation_function]
         self.dropout = keras.layers.Dropout(c.resid_pdrop, name="dropout")
+        self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         return self.dropout(self.c_proj(self.act(self.c_fc(x))), training=training)
@@ -70,6 +71,7 @@ class GPT2Block(keras.layers.Layer):
                                             name="crossattention", **kw)
             self.ln_cross_attn = _layer_norm(c, "ln_cross_attn")
         self.mlp = GPT2MLP(c, name="mlp")
+        self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor, attn_mask: Mask | None = None, *, states=None,
              cross_mask: Mask | None = None, past: tuple | None = None,
@@ -118,6 +120,7 @@ class GPT2Model(keras.Model):
         self.drop = keras.layers.Dropout(config.embd_pdrop, name="drop")
         self.h = [GPT2Block(config, i, name=f"h_{i}") for i in range(config.n_layer)]
         self.ln_f = _layer_norm(config, "ln_f")
+        self.built = True  # sublayers create their variables on the first call
         params.build(self, config)
 
     def table(self) -> Table:
@@ -202,6 +205,7 @@ class GPT2LMHeadModel(keras.Model):
         if not config.tie_word_embeddings:
             self.lm_head = dense(config.vocab_size, "lm_head", config.initializer_range,
                                  use_bias=False)
+        self.built = True  # sublayers create their variables on the first call
         params.build(self, config)
 
     def table(self) -> Table:

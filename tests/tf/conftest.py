@@ -1,0 +1,51 @@
+"""Helpers for the TensorFlow backend tests: transformers (the oracle) loaders and array utilities."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def to_torch(batch: dict[str, np.ndarray]) -> dict:
+    import torch
+
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
+
+
+def to_numpy(x) -> np.ndarray:
+    """A tf / torch tensor or array as float64 numpy."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+    return np.asarray(x, dtype=np.float64)
+
+
+def max_diff(a, b) -> float:
+    """Max abs difference of two tensors, or of two equally long tuples of tensors."""
+    if isinstance(a, (tuple, list)):
+        assert len(a) == len(b), (len(a), len(b))
+        return max(max_diff(x, y) for x, y in zip(a, b))
+    a, b = to_numpy(a), to_numpy(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a - b).max())
+
+
+@pytest.fixture
+def hf_model():
+    """`hf_model(directory, attn="sdpa")`: transformers' EncoderDecoderModel in eval mode.
+
+    "sdpa" is the reference's default; "eager" is the only one that returns attentions.
+    """
+    import torch
+    import transformers as tr
+
+    torch.set_num_threads(2)
+
+    def load(directory, attn: str = "sdpa", **kwargs):
+        return tr.EncoderDecoderModel.from_pretrained(directory, attn_implementation=attn,
+                                                      **kwargs).eval()
+
+    return load
