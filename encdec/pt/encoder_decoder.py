@@ -6,8 +6,10 @@ decoder inputs, mean cross-entropy ignoring -100), its load/save class methods t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -35,6 +37,19 @@ ENCODERS: dict[str, type[nn.Module]] = {"bert": BertModel, "gpt2": GPT2Model}
 DECODERS: dict[str, type[nn.Module]] = {"bert": BertLMHeadModel, "gpt2": GPT2LMHeadModel}
 
 Cache = tuple[tuple[Tensor, Tensor, Tensor, Tensor], ...]  # per layer (k_buf, v_buf, ck, cv)
+
+
+@contextlib.contextmanager
+def _inference(model: nn.Module) -> Iterator[None]:
+    """Dropout off for the duration (decoding never trains), the mode restored afterwards."""
+    training = model.training
+    if training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if training:
+            model.train()
 
 
 class EncoderDecoderModel(nn.Module):
@@ -179,10 +194,12 @@ class EncoderDecoderModel(nn.Module):
         (projected) encoder states. `batch_size` may be Be * num_beams."""
         c = self.config.decoder
         h, d = c.num_attention_heads, c.hidden_size // c.num_attention_heads
-        states = self._project(encoder_hidden_states)
+        with _inference(self):
+            states = self._project(encoder_hidden_states)
+            kv = self.decoder.cross_kv(states)
         dtype, device = states.dtype, states.device
         cache = []
-        for ck, cv in self.decoder.cross_kv(states):
+        for ck, cv in kv:
             buf = functools.partial(torch.zeros, batch_size, h, max_length, d, dtype=dtype,
                                     device=device)
             cache.append((buf(), buf(), ck, cv))
@@ -195,8 +212,9 @@ class EncoderDecoderModel(nn.Module):
         """decoder_input_ids (B, T) at positions cache_index + arange(T) -> (logits (B, T, V),
         cache). Self buffers are written in place; cross K/V are never repeated across beams.
         `decoder_attention_mask` (B, max_length), optional, masks padded cache positions."""
-        return self.decoder.step(decoder_input_ids, cache, cache_index, encoder_attention_mask,
-                                 decoder_attention_mask)
+        with _inference(self):
+            return self.decoder.step(decoder_input_ids, cache, cache_index,
+                                     encoder_attention_mask, decoder_attention_mask)
 
     # --- loading and saving -------------------------------------------------------------------
 

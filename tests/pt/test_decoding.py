@@ -74,18 +74,21 @@ def test_decode_step_equals_full_forward(name, beams, reference_dir):
 
 
 def test_decode_step_chunk_then_tokens(reference_dir):
-    """A prompt of several tokens in one step, then single tokens (cache_index a Python int)."""
+    """A prompt of several tokens in one step, then single tokens (cache_index a Python int);
+    decoding runs without dropout even when the model is in training mode."""
     model = EncoderDecoderModel.from_pretrained(reference_dir("bert2bert"))
     ids, mask, dec = _inputs(seed=3)
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
         states = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        model.train()
         cache = model.init_cache(states, mask, dec.shape[0], max_length=16)
         first, cache = model.decode_step(dec[:, :4], cache, 0, mask)
         rest = []
         for t in range(4, dec.shape[1]):
             step, cache = model.decode_step(dec[:, t:t + 1], cache, t, mask)
             rest.append(step)
+    assert model.training
     assert max_diff(full, torch.cat([first, *rest], dim=1)) < TOL
 
 
