@@ -216,6 +216,13 @@ class EncoderDecoderModel(nn.Module):
             return self.decoder.step(decoder_input_ids, cache, cache_index,
                                      encoder_attention_mask, decoder_attention_mask)
 
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                 **kwargs: Any) -> Any:
+        """Token ids starting with the decoder start id (see `encdec.pt.generation.generate`)."""
+        from .generation import generate  # generation lives apart from the model
+
+        return generate(self, input_ids, attention_mask, **kwargs)
+
     # --- loading and saving -------------------------------------------------------------------
 
     @classmethod
