@@ -242,7 +242,6 @@ class EncoderDecoderModel(nn.Module):
         for side in ("encoder", "decoder"):
             sub = getattr(model, side)
             params.init_params(sub, sub.table(), sub.config, reports[side].missing)
-            params.tie_params(sub, sub.table())
         if hasattr(model, "enc_to_dec_proj"):
             model._init_proj()
         model.tie_weights()
