@@ -1,6 +1,6 @@
 """The checkpoint converter (`encdec-convert`): reference PyTorch / TF / Flax composite
 checkpoints to and from each other, through the core weight-name table, verified numerically."""
 
-from .convert import ConvertError, Source, convert, open_source
+from .converter import ConvertError, Source, convert, open_source
 
 __all__ = ["ConvertError", "Source", "convert", "open_source"]

@@ -12,6 +12,7 @@ import importlib
 import io
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -66,6 +67,23 @@ def quiet() -> None:
         absl.logging.set_verbosity(absl.logging.ERROR)
 
 
+@contextlib.contextmanager
+def _silent_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null: TF's C++ logging writes there at import."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def available(framework: str) -> bool:
     """Whether `framework`'s backend (or transformers) can be imported."""
     try:
@@ -80,11 +98,12 @@ def module(framework: str):
     quiet()
     name = MODULES.get(framework, REFERENCE)
     try:
-        with contextlib.redirect_stderr(io.StringIO()):
+        with _silent_stderr():
             mod = importlib.import_module(name)
             if framework == REFERENCE:
                 importlib.import_module("torch")
                 mod.logging.set_verbosity_error()
+                mod.logging.disable_progress_bar()
     except ImportError as e:
         raise BackendUnavailable(f"{name} cannot be imported ({e}); install it with "
                                  f"pip install 'encdec[{_EXTRA.get(framework, 'test')}]'") from None
@@ -108,7 +127,7 @@ def _tensor(framework: str, array: np.ndarray):
     if framework in ("pt", REFERENCE):
         import torch
 
-        return torch.from_numpy(np.asarray(array, np.int64))
+        return torch.from_numpy(np.ascontiguousarray(array, np.int64))
     if framework == "tf":
         import tensorflow as tf
 

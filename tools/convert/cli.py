@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from encdec.core.checkpoint import parse_size
 
-from .convert import DTYPES, FORMATS, ConvertError, convert
+from .converter import DTYPES, FORMATS, ConvertError, convert
 
 EXIT_CODES = """\
 exit codes:

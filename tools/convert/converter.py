@@ -62,6 +62,10 @@ class ConvertError(Exception):
     code = 1
 
 
+class UsageError(ConvertError):
+    code = 2
+
+
 class InputError(ConvertError):
     code = 3
 
@@ -253,10 +257,6 @@ def write_target(out: Path, source: Source, fmt: str, *, dtype: str = "float32",
                          generation_config=source.generation.to_dict(),
                          max_shard_size=shard_size)
         return
-    if dtype == "bfloat16" and fmt == "tf":
-        raise OutputError("tf_model.h5 cannot hold bfloat16 (HDF5 has no bfloat16 type and the "
-                          "reference's TF classes load float32/float16): use --dtype float16 "
-                          "or float32")
     names = reference_names(source.config, DIALECTS[fmt])
     by_key = {key: (name, layout) for name, (key, layout) in names.items()}
 
@@ -400,9 +400,13 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, source_f
     `force`, and only after success).
     """
     if to not in FORMATS:
-        raise ConvertError(f"unknown target format {to!r}; choose from {FORMATS}")
+        raise UsageError(f"unknown target format {to!r}; choose from {FORMATS}")
     if dtype not in DTYPES:
-        raise ConvertError(f"unknown dtype {dtype!r}; choose from {DTYPES}")
+        raise UsageError(f"unknown dtype {dtype!r}; choose from {DTYPES}")
+    if dtype == "bfloat16" and to == "tf" and not split:
+        raise UsageError("tf_model.h5 cannot hold bfloat16 (HDF5 has no bfloat16 type and the "
+                         "reference's TF classes load float32/float16): use --dtype float16 "
+                         "or float32")
     src, dst = Path(src), Path(dst)
     if dst.exists() and not force:
         raise OutputError(f"destination {dst} exists; pass --force to replace it")
@@ -410,6 +414,17 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, source_f
         raise OutputError(f"destination {dst} is a file, not a checkpoint directory")
     if src.exists() and dst.resolve() in (src.resolve(), *src.resolve().parents):
         raise OutputError(f"destination {dst} would overwrite the source {src}")
+    try:
+        return _convert(src, dst, to, source_format, split, verify_result, dtype, shard_size,
+                        quiet, log)
+    except ImportError as e:
+        raise DependencyError(f"{e.name or e} is needed for this conversion and is not "
+                              f"installed: pip install {e.name or ''}") from None
+
+
+def _convert(src: Path, dst: Path, to: str, source_format: str | None, split: bool,
+             verify_result: bool, dtype: str, shard_size: str | int, quiet: bool,
+             log: Callable[[str], None]) -> Result:
     source = open_source(src, source_format)
     diff = None
     try:

