@@ -15,9 +15,13 @@ from tests.conftest import build_reference, make_batch
 NAMES = ("bert2bert", "bert2gpt2")
 
 
-@functools.lru_cache(maxsize=None)
 def reference(name: str, seed: int = 0):
     """transformers' EncoderDecoderModel with random weights (cached per process)."""
+    return _reference(name, seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(name: str, seed: int):
     return build_reference(name, seed)
 
 
@@ -73,9 +77,13 @@ def eos_at_step(model, input_ids: np.ndarray, attention_mask: np.ndarray, step: 
     return int(seqs[0, step])
 
 
-@functools.lru_cache(maxsize=None)
 def checkpoint(name: str, seed: int = 0) -> str:
     """A directory holding `reference(name, seed)` saved by transformers (per process)."""
+    return _checkpoint(name, seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _checkpoint(name: str, seed: int) -> str:
     d = tempfile.mkdtemp(prefix=f"encdec-gen-{name}-{seed}-")
     reference(name, seed).save_pretrained(d)
     return d
