@@ -173,8 +173,9 @@ class EncoderDecoderModel(keras.Model):
         c = self.config.decoder
         h, d = c.num_attention_heads, c.hidden_size // c.num_attention_heads
         states = self._project(encoder_hidden_states)
-        zeros = tf.zeros((batch_size, h, max_length, d), states.dtype)
-        return tuple((zeros, zeros, ck, cv) for ck, cv in self.decoder.cross_kv(states))
+        shape = (batch_size, h, max_length, d)
+        return tuple((tf.zeros(shape, states.dtype), tf.zeros(shape, states.dtype), ck, cv)
+                     for ck, cv in self.decoder.cross_kv(states))
 
     def decode_step(self, decoder_input_ids: tf.Tensor, cache: Cache, cache_index: int | tf.Tensor,
                     encoder_attention_mask: tf.Tensor | None,
@@ -182,7 +183,8 @@ class EncoderDecoderModel(keras.Model):
         """decoder_input_ids (B, T) at positions cache_index + arange(T) -> (logits (B, T, V),
         new cache). Self buffers are updated with a dynamic-update-slice; cross K/V are never
         repeated across beams. `decoder_attention_mask` (B, max_length), optional, masks padded
-        cache positions."""
+        cache positions. Under XLA, T must be static: slice a traced position with
+        `ids[:, t, None]`, not `ids[:, t:t + 1]` (dynamic length, padded by XLA to its bound)."""
         return self.decoder.step(decoder_input_ids, cache, cache_index, encoder_attention_mask,
                                  decoder_attention_mask)
 
