@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
 logger = logging.getLogger(__name__)
@@ -183,58 +183,70 @@ def _bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
+           "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
 class _SafetensorsFile:
-    """One safetensors file, opened lazily; reads one tensor per call."""
+    """One safetensors file; reads one tensor per call with a plain read into a fresh array.
+
+    No memory map: a mapped file keeps every page it touched resident, so a load would hold
+    the checkpoint and the model at once. Reading tensor by tensor keeps the peak at the
+    model's weights plus one tensor.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self._handle = None
-        self._header: dict | None = None
+        self._header: dict[str, Any] | None = None
         self._data_start = 0
 
-    def _open(self):
-        if self._handle is None:
-            _validate_safetensors(self.path)
-            try:
-                self._handle = safe_open(str(self.path), framework="numpy")
-            except (SafetensorError, OSError) as e:
-                raise CheckpointError(f"{self.path} is not a readable safetensors file: {e}") from e
-        return self._handle
-
-    def keys(self) -> list[str]:
-        return list(self._open().keys())
-
-    def metadata(self) -> dict[str, str]:
-        return self._open().metadata() or {}
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._open().get_slice(key).get_shape())
-
-    def get(self, key: str) -> np.ndarray:
-        handle = self._open()
-        if handle.get_slice(key).get_dtype() == "BF16":
-            return self._get_bf16(key)
-        try:
-            return handle.get_tensor(key)
-        except (SafetensorError, TypeError, OSError) as e:
-            raise CheckpointError(f"{self.path}: cannot read tensor {key!r}: {e}") from e
-
-    def _get_bf16(self, key: str) -> np.ndarray:
-        # numpy has no bfloat16: read the raw bits and widen them (exact) to float32.
+    def _open(self) -> dict[str, Any]:
         if self._header is None:
+            _validate_safetensors(self.path)
             with open(self.path, "rb") as f:
                 (n,) = struct.unpack("<Q", f.read(8))
                 self._header = json.loads(f.read(n))
-                self._data_start = 8 + n
-        info = self._header[key]
+            self._data_start = 8 + n
+        return self._header
+
+    def keys(self) -> list[str]:
+        return [k for k in self._open() if k != "__metadata__"]
+
+    def metadata(self) -> dict[str, str]:
+        return self._open().get("__metadata__") or {}
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._info(key)["shape"])
+
+    def _info(self, key: str) -> dict[str, Any]:
+        try:
+            return self._open()[key]
+        except KeyError:
+            raise CheckpointError(f"{self.path} has no tensor {key!r}") from None
+
+    def get(self, key: str) -> np.ndarray:
+        info = self._info(key)
+        dtype = _DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise CheckpointError(f"{self.path}: tensor {key!r} has unsupported dtype "
+                                  f"{info['dtype']}")
         begin, end = info["data_offsets"]
-        count = (end - begin) // 2
-        bits = np.fromfile(self.path, dtype="<u2", count=count, offset=self._data_start + begin)
-        logger.info("%s: %s is bfloat16; returned as float32 (exact)", self.path, key)
-        return _bf16_bits_to_f32(bits).reshape(info["shape"])
+        out = np.empty(info["shape"], dtype=dtype)
+        if out.nbytes != end - begin:
+            raise CheckpointError(f"{self.path}: tensor {key!r} has {end - begin} bytes, its "
+                                  f"shape {info['shape']} and dtype {info['dtype']} need "
+                                  f"{out.nbytes}")
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + begin)
+            if f.readinto(memoryview(out.reshape(-1)).cast("B")) != out.nbytes:
+                raise CheckpointError(f"{self.path} is truncated at tensor {key!r}")
+        if info["dtype"] == "BF16":  # numpy has no bfloat16: widen the bits (exact)
+            logger.info("%s: %s is bfloat16; returned as float32 (exact)", self.path, key)
+            return _bf16_bits_to_f32(out)
+        return out
 
     def close(self) -> None:
-        self._handle = None
+        self._header = None
 
 
 class _TorchBinFile:
