@@ -1,0 +1,99 @@
+"""The command lines: `encdec-convert --help`, `encdec parity` in-process, and real subprocess
+runs of `encdec-convert` and `encdec demo` (offline, quiet, within its time budget)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from encdec.cli import main as encdec_main
+from tools.convert import backends
+
+from .conftest import fixture_dir
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
+       "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+NOISE = ("oneDNN", "absl::InitializeLog", "cuda", "TensorFlow binary is optimized", "Traceback")
+
+
+def test_help_documents_every_option_and_exit_code(convert):
+    code, out, _ = convert("--help")
+    assert code == 0
+    for option in ("--to", "--from", "--split", "--no-verify", "--dtype", "--shard-size",
+                   "--force"):
+        assert any(line.strip().startswith("encdec-convert") and option in line
+                   for line in out.splitlines()), f"no example for {option}"
+    for code_line in ("0  converted", "1  verification failed", "2  usage", "3  bad input",
+                      "4  output", "5  a framework"):
+        assert code_line in out
+
+
+@pytest.mark.parametrize("fmt", ["pt", "tf", "flax"])
+def test_parity_every_backend(capsys, fmt):
+    code = encdec_main(["parity", str(fixture_dir("bert2gpt2", fmt))])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for label in ("transformers (reference) *", "encdec.pt", "encdec.tf", "encdec.flax"):
+        line = next(line for line in out.splitlines() if line.startswith(label))
+        assert line.endswith("OK") and "agree" in line
+        d_logits, d_loss = (float(x) for x in line[len(label):].split()[:2])
+        assert d_logits <= 1e-5 and d_loss <= 1e-5
+
+
+def test_parity_fails_above_the_bound(capsys, monkeypatch):
+    real = backends.forward
+
+    def drifting(framework, model, batch):
+        out = real(framework, model, batch)
+        if framework == "flax":
+            out["logits"] = out["logits"] + np.float32(2e-5)
+        return out
+
+    monkeypatch.setattr(backends, "forward", drifting)
+    code = encdec_main(["parity", str(fixture_dir("bert2bert", "pt"))])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert next(line for line in out.splitlines() if line.startswith("encdec.flax")).endswith("FAIL")
+
+
+def test_parity_bad_checkpoint(capsys, tmp_path):
+    assert encdec_main(["parity", str(tmp_path)]) == 3
+    assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_encdec_convert_subprocess(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.convert.cli", str(fixture_dir("bert2gpt2", "flax")),
+         str(tmp_path / "pt"), "--to", "pt"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "verify: max |Δlogits|" in proc.stdout and (tmp_path / "pt" / "model.safetensors").is_file()
+    assert not any(n in proc.stdout + proc.stderr for n in NOISE), proc.stderr
+
+
+def test_demo_subprocess(tmp_path):
+    """The README's main job: offline, < 2 minutes, parity within bounds, no framework noise."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "encdec.cli", "demo", "--out", str(tmp_path / "d")],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "parity OK" in out
+    for label in ("encdec.pt", "encdec.tf", "encdec.flax"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(label)
+                    and ("OK" in line or "FAIL" in line))
+        assert line.rstrip().endswith("OK"), line
+    assert not any(n in out + proc.stderr for n in NOISE), proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
+    for fmt, name in (("pt", "model.safetensors"), ("tf", "tf_model.h5"),
+                      ("flax", "flax_model.msgpack")):
+        assert (tmp_path / "d" / fmt / name).is_file()
+    assert elapsed < 120, f"encdec demo took {elapsed:.0f} s"
