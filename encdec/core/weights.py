@@ -50,12 +50,18 @@ _LEAVES: dict[Dialect, dict[Role, tuple[str, bool]]] = {
 
 @dataclass(frozen=True)
 class Param:
-    """A parameter: canonical name, canonical (PyTorch) shape, role; a tied one names its source."""
+    """A parameter: canonical name, canonical (PyTorch) shape, role; a tied one names its source.
+
+    A tied parameter shares its source's storage. It is left out of checkpoints (as the
+    reference does for LM heads) unless `stored`, as for `tie_encoder_decoder`, whose decoder
+    copies the reference writes out in full.
+    """
 
     name: str
     shape: tuple[int, ...]
     role: Role
     tied_to: str | None = None
+    stored: bool = False
 
 
 def leaf(param: Param, dialect: Dialect) -> str:
@@ -98,10 +104,15 @@ class Table:
         """Parameters that hold their own storage (tied ones excluded)."""
         return tuple(p for p in self.params if p.tied_to is None)
 
+    @property
+    def saved(self) -> tuple[Param, ...]:
+        """Parameters a checkpoint holds: the owned ones and the `stored` tied ones."""
+        return tuple(p for p in self.params if p.tied_to is None or p.stored)
+
     def with_prefix(self, prefix: str) -> Table:
         return Table(
-            tuple(Param(prefix + p.name, p.shape, p.role, p.tied_to and prefix + p.tied_to)
-                  for p in self.params),
+            tuple(Param(prefix + p.name, p.shape, p.role, p.tied_to and prefix + p.tied_to,
+                        p.stored) for p in self.params),
             ignored=tuple(_prefixed(prefix, r) for r in self.ignored))
 
 
@@ -234,7 +245,8 @@ def _tie_encoder_decoder(ps: list[Param], dec_prefix: str) -> list[Param]:
     for p in ps:
         src = "encoder." + p.name.removeprefix("decoder." + dec_prefix)
         shared = p.name.startswith("decoder." + dec_prefix) and src in names
-        out.append(Param(p.name, p.shape, p.role, src) if shared and p.tied_to is None else p)
+        out.append(Param(p.name, p.shape, p.role, src, stored=True)
+                   if shared and p.tied_to is None else p)
     return out
 
 
@@ -252,7 +264,7 @@ class Match:
     """How a checkpoint's keys map onto a table."""
 
     keys: dict[str, str]  # canonical name -> checkpoint key
-    missing: list[str]  # owned params the checkpoint lacks
+    missing: list[str]  # owned params the checkpoint lacks (+ tied ones whose source it lacks)
     unexpected: list[str]  # checkpoint keys nothing claims
     dropped: list[str]  # head keys a base model dropped (reported)
     ignored: list[str]  # buffers and tied copies skipped
@@ -283,7 +295,9 @@ def match_keys(table: Table, keys: Iterable[str]) -> Match:
             out.dropped.append(key)
         else:
             out.unexpected.append(key)
-    out.missing = [p.name for p in table.owned if p.name not in out.keys]
+    absent = {p.name for p in table.owned if p.name not in out.keys}
+    # as the reference, a tied parameter whose source is absent is reported as well
+    out.missing = [p.name for p in table.params if p.name in absent or p.tied_to in absent]
     return out
 
 
@@ -338,9 +352,10 @@ def _few(names: list[str], n: int = 20) -> str:
 
 def export_state(table: Table, get: Callable[[str], np.ndarray],
                  dialect: Dialect) -> Iterator[tuple[str, np.ndarray]]:
-    """Canonical (name, array) for every owned parameter, read lazily through `get(path)`."""
-    for p in table.owned:
-        array = np.ascontiguousarray(from_dialect(p, np.asarray(get(leaf(p, dialect))), dialect))
+    """Canonical (name, array) for every saved parameter, read lazily through `get(path)`."""
+    for p in table.saved:
+        src = table.by_name[p.tied_to] if p.tied_to else p
+        array = np.ascontiguousarray(from_dialect(p, np.asarray(get(leaf(src, dialect))), dialect))
         if array.shape != p.shape:
             raise CheckpointError(f"{p.name}: backend holds shape {array.shape}, "
                                   f"the table says {p.shape}")

@@ -142,3 +142,11 @@ def test_tie_encoder_decoder_shares_decoder_base():
     assert p.tied_to == "encoder.encoder.layer.0.attention.self.query.weight"
     cross = t.by_name["decoder.bert.encoder.layer.0.crossattention.self.query.weight"]
     assert cross.tied_to is None
+    # the reference (transformers 5) writes the decoder's copies out in full: so do we
+    assert p in t.saved and p not in t.owned
+    store = {}
+    load_state(t, {n.name: np.full(n.shape, i, np.float32) for i, n in enumerate(t.owned)},
+               Dialect.NNX, store.__setitem__)
+    out = dict(export_state(t, store.__getitem__, Dialect.NNX))
+    assert np.array_equal(out[p.name], out[p.tied_to])
+    assert "decoder.cls.predictions.decoder.weight" not in out
