@@ -1,0 +1,124 @@
+"""One adapter per backend, so the parity harness runs the same checks on every pair.
+
+Each adapter loads a checkpoint, runs a forward on a numpy batch and returns numpy outputs,
+computes gradients of the loss for canonical parameter names (canonical layout), and saves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from encdec.core.weights import Dialect, Param, from_dialect, leaf
+
+OUTPUTS = ("logits", "loss", "encoder_last_hidden_state", "encoder_hidden_states",
+           "decoder_hidden_states", "encoder_attentions", "decoder_attentions", "cross_attentions")
+
+
+def _numpy(x):
+    if isinstance(x, (tuple, list)):
+        return tuple(_numpy(y) for y in x)
+    if hasattr(x, "detach"):
+        x = x.detach()
+    return np.asarray(x)
+
+
+def outputs_to_numpy(out) -> dict[str, np.ndarray | tuple]:
+    return {k: _numpy(out[k]) for k in OUTPUTS if out.get(k) is not None}
+
+
+class PT:
+    name, dialect = "pt", Dialect.PT
+
+    def __init__(self):
+        import torch
+
+        import encdec.pt
+
+        self.torch, self.module = torch, encdec.pt
+
+    def load(self, directory):
+        return self.module.EncoderDecoderModel.from_pretrained(directory)
+
+    def inputs(self, batch):
+        return {k: self.torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
+
+    def forward(self, model, batch, **kw):
+        with self.torch.no_grad():
+            return outputs_to_numpy(model(**self.inputs(batch), **kw))
+
+    def grads(self, model, batch, params: list[Param]):
+        model.zero_grad()
+        model(**self.inputs(batch)).loss.backward()
+        return {p.name: from_dialect(p, model.get_parameter(leaf(p, self.dialect)).grad.numpy(),
+                                     self.dialect) for p in params}
+
+    def save(self, model, directory):
+        model.save_pretrained(directory)
+
+
+class TF:
+    name, dialect = "tf", Dialect.KERAS
+
+    def __init__(self):
+        import tensorflow as tf
+
+        import encdec.tf
+        from encdec.tf import params
+
+        self.tf, self.module, self.params = tf, encdec.tf, params
+
+    def load(self, directory):
+        return self.module.EncoderDecoderModel.from_pretrained(directory)
+
+    def inputs(self, batch):
+        return {k: self.tf.constant(np.asarray(v)) for k, v in batch.items()}
+
+    def forward(self, model, batch, **kw):
+        return outputs_to_numpy(model(**self.inputs(batch), **kw))
+
+    def grads(self, model, batch, params: list[Param]):
+        variables = self.params.variables(model)
+        chosen = [variables[leaf(p, self.dialect)] for p in params]
+        with self.tf.GradientTape() as tape:
+            loss = model(**self.inputs(batch)).loss
+        grads = tape.gradient(loss, chosen)
+        return {p.name: from_dialect(p, self.tf.convert_to_tensor(g).numpy(), self.dialect)
+                for p, g in zip(params, grads, strict=True)}
+
+    def save(self, model, directory):
+        model.save_pretrained(directory)
+
+
+class Flax:
+    name, dialect = "flax", Dialect.NNX
+
+    def __init__(self):
+        import jax.numpy as jnp
+        from flax import nnx
+
+        import encdec.flax
+
+        self.jnp, self.nnx, self.module = jnp, nnx, encdec.flax
+
+    def load(self, directory):
+        return self.module.EncoderDecoderModel.from_pretrained(directory)
+
+    def inputs(self, batch):
+        return {k: self.jnp.asarray(np.asarray(v)) for k, v in batch.items()}
+
+    def forward(self, model, batch, **kw):
+        return outputs_to_numpy(model(**self.inputs(batch), **kw))
+
+    def grads(self, model, batch, params: list[Param]):
+        inputs = self.inputs(batch)
+        grads = self.nnx.grad(lambda m: m(**inputs).loss)(model)
+        flat = {".".join(str(k) for k in path): np.asarray(v[...])
+                for path, v in self.nnx.to_flat_state(grads)}
+        return {p.name: from_dialect(p, flat[leaf(p, self.dialect)], self.dialect)
+                for p in params}
+
+    def save(self, model, directory):
+        model.save_pretrained(directory)
+
+
+ADAPTERS = {"pt": PT, "tf": TF, "flax": Flax}
