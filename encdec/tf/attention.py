@@ -110,7 +110,8 @@ def padding_mask(padding: tf.Tensor | None, dtype: tf.DType) -> Mask | None:
 def attend(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, mask: Mask | None, *, scale: float,
            dropout: keras.layers.Dropout | None = None, training: bool = False,
            ) -> tuple[tf.Tensor, tf.Tensor]:
-    """softmax(q k^T * scale + bias) v; q (B, h, T, d), k/v (B, h, S, d) -> ((B, h, T, d), probs)."""
+    """softmax(q k^T * scale + bias) v: q (B, h, T, d), k/v (B, h, S, d) -> ((B, h, T, d),
+    probs (B, h, T, S))."""
     scores = tf.matmul(q, k, transpose_b=True) * scale  # (B, h, T, S)
     if mask is not None:
         scores = scores + mask.bias
@@ -196,7 +197,8 @@ class Attention(keras.layers.Layer):
     # --- static cache (decoding contract) ------------------------------------------------
 
     def step_self(self, x: tf.Tensor, k_buf: tf.Tensor, v_buf: tf.Tensor,
-                  cache_index: int | tf.Tensor, mask: Mask) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                  cache_index: int | tf.Tensor, mask: Mask,
+                  ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Write the T new keys/values at `cache_index` of the (B, h, max_len, d) buffers
         (dynamic-update-slice) and attend over all max_len positions under `mask`
         (B|1, 1, T, max_len)."""

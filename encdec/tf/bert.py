@@ -278,8 +278,8 @@ class BertModel(keras.Model):
         c = self.config
         use_cache = bool(c.use_cache if use_cache is None else use_cache) and c.is_decoder
         past = 0 if past_key_values is None else tf.shape(past_key_values[0][0])[2]
-        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, past_length=past,
-                            training=training)  # (B, T, H)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds,
+                            past_length=past, training=training)  # (B, T, H)
         t = tf.shape(x)[1]
         if c.is_decoder:  # causal, and-ed with the padding of past + current keys
             attn_mask = causal_mask(t, past, past + t, x.dtype, attention_mask)
@@ -302,7 +302,7 @@ class BertModel(keras.Model):
         attn_mask = causal_mask(tf.shape(x)[1], cache_index, max_len, x.dtype, attention_mask)
         cross_mask = padding_mask(encoder_attention_mask, x.dtype)
         new = []
-        for layer, entry in zip(self.encoder.layer, cache):
+        for layer, entry in zip(self.encoder.layer, cache, strict=True):
             x, entry = layer.step(x, entry, cache_index, attn_mask, cross_mask)
             new.append(entry)
         return x, tuple(new)

@@ -36,7 +36,8 @@ from .gpt2 import GPT2LMHeadModel, GPT2Model
 ENCODERS: dict[str, type[keras.Model]] = {"bert": BertModel, "gpt2": GPT2Model}
 DECODERS: dict[str, type[keras.Model]] = {"bert": BertLMHeadModel, "gpt2": GPT2LMHeadModel}
 
-Cache = tuple[tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], ...]  # per layer (k_buf, v_buf, ck, cv)
+# per decoder layer (self_k_buf, self_v_buf, cross_k, cross_v)
+Cache = tuple[tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], ...]
 
 
 def shift_tokens_right(labels: tf.Tensor, pad_token_id: int | None,
@@ -70,7 +71,8 @@ class EncoderDecoderModel(keras.Model):
                                  "cross-attention layers to attend to the encoder)")
             config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, dc)
         elif not isinstance(config, EncoderDecoderConfig):
-            raise ValueError(f"config: expected an EncoderDecoderConfig, got {type(config).__name__}")
+            raise ValueError("config: expected an EncoderDecoderConfig, got "
+                             f"{type(config).__name__}")
         if config.tie_encoder_decoder:  # TODO: share the encoder's layers with the decoder
             raise NotImplementedError("encdec.tf: tie_encoder_decoder=True is not supported yet")
         self.config = config
@@ -121,7 +123,7 @@ class EncoderDecoderModel(keras.Model):
                                            training=training)
         elif isinstance(encoder_outputs, (tuple, list)):  # the reference's BaseModelOutput(*tuple)
             names = ("last_hidden_state", "hidden_states", "attentions")
-            encoder_outputs = BaseModelOutput(**dict(zip(names, encoder_outputs)))
+            encoder_outputs = BaseModelOutput(**dict(zip(names, encoder_outputs, strict=False)))
         states = self._project(encoder_outputs["last_hidden_state"])
 
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
@@ -191,9 +193,10 @@ class EncoderDecoderModel(keras.Model):
     # --- loading and saving -------------------------------------------------------------------
 
     @classmethod
-    def from_encoder_decoder_pretrained(cls, encoder_pretrained_model_name_or_path: str | os.PathLike,
-                                        decoder_pretrained_model_name_or_path: str | os.PathLike,
-                                        *, output_loading_info: bool = False, **kwargs: Any):
+    def from_encoder_decoder_pretrained(
+            cls, encoder_pretrained_model_name_or_path: str | os.PathLike,
+            decoder_pretrained_model_name_or_path: str | os.PathLike, *,
+            output_loading_info: bool = False, **kwargs: Any):
         """Warm-start from two single-model checkpoints (`encoder_*` / `decoder_*` kwargs go to
         that side's config). Weights a checkpoint lacks keep their random init and are
         reported (with `output_loading_info`, also returned as {"encoder": …, "decoder": …})."""

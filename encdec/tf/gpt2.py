@@ -187,7 +187,7 @@ class GPT2Model(keras.Model):
         attn_mask = causal_mask(tf.shape(x)[1], cache_index, max_len, x.dtype, attention_mask)
         cross_mask = padding_mask(encoder_attention_mask, x.dtype)
         new = []
-        for block, entry in zip(self.h, cache):
+        for block, entry in zip(self.h, cache, strict=True):
             x, entry = block.step(x, entry, cache_index, attn_mask, cross_mask)
             new.append(entry)
         return self.ln_f(x), tuple(new)

@@ -66,7 +66,7 @@ def test_against_hf_outputs_with_decoder_mask(name, reference_dir, hf_model):
                  output_hidden_states=True, output_attentions=True, return_dict=False)
     ot = ours(**kw, return_dict=False)
     assert len(rt) == len(ot)
-    for x, y in zip(rt, ot):
+    for x, y in zip(rt, ot, strict=True):
         if hasattr(x, "shape"):
             assert max_diff(x, y) < TOL
         elif isinstance(x, tuple) and x and hasattr(x[0], "shape"):
@@ -138,7 +138,8 @@ def test_against_hf_loads_what_we_save(name, reference_dir, hf_model, tmp_path):
         r = ref(**to_torch(kw))
     assert max_diff(r.logits, ours(**kw).logits) < TOL
     # tensors bit-identical to the source checkpoint's
-    src, saved = load_file(d / "model.safetensors"), load_file(tmp_path / "ours" / "model.safetensors")
+    src = load_file(d / "model.safetensors")
+    saved = load_file(tmp_path / "ours" / "model.safetensors")
     assert set(saved) == set(src)
     for k, v in src.items():
         assert saved[k].dtype == v.dtype and np.array_equal(saved[k], v), k

@@ -35,7 +35,7 @@ def test_against_hf_gradients(name, reference_dir, hf_model):
     with tf.GradientTape() as tape:
         loss = ours(**kw).loss
     paths = sorted(owned)
-    grads = dict(zip(paths, tape.gradient(loss, [variables[p] for p in paths])))
+    grads = dict(zip(paths, tape.gradient(loss, [variables[p] for p in paths]), strict=True))
     grads = {path: g for path, g in grads.items() if g is not None}  # not the pooler
     assert abs(out.loss.item() - float(loss)) < TOL
     # transformers' named_parameters lists a tied tensor once, under its source's name
