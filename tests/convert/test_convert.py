@@ -56,7 +56,8 @@ def test_written_files_hold_the_reference_tensors(convert, tmp_path, name):
     """pt -> tf / flax writes exactly the tensors (names, dtypes, values) the reference wrote."""
     for fmt in ("tf", "flax"):  # (verification is tested above)
         assert convert(fixture_dir(name, "pt"), tmp_path / fmt, "--to", fmt, "--no-verify")[0] == 0
-    ours, ref = H5Reader(tmp_path / "tf" / "tf_model.h5"), H5Reader(fixture_dir(name, "tf") / "tf_model.h5")
+    ours = H5Reader(tmp_path / "tf" / "tf_model.h5")
+    ref = H5Reader(fixture_dir(name, "tf") / "tf_model.h5")
     assert sorted(ours.keys()) == sorted(ref.keys())
     for k in ref.keys():
         a, b = ours.get(k), ref.get(k)
@@ -109,7 +110,8 @@ def test_dtype(convert, tmp_path, target, dtype, stored):
         assert {reader.get(k).dtype.name for k in reader.keys()} == {stored}
         reader.close()
     else:
-        assert {a.dtype.name for a in read_msgpack(path / "flax_model.msgpack").values()} == {stored}
+        arrays = read_msgpack(path / "flax_model.msgpack")
+        assert {a.dtype.name for a in arrays.values()} == {stored}
     assert json.loads((path / "config.json").read_text())["dtype"] == dtype
 
 
@@ -140,7 +142,8 @@ def test_split_loads_in_the_reference(convert, tmp_path):
                              "--split")
     assert code == 0, err
     split = tmp_path / "split"
-    assert json.loads((split / "encoder" / "config.json").read_text())["architectures"] == ["BertModel"]
+    assert json.loads((split / "encoder" / "config.json").read_text())["architectures"] == \
+        ["BertModel"]
     assert json.loads((split / "decoder" / "config.json").read_text())["architectures"] == \
         ["BertLMHeadModel"]
     assert json.loads((split / "config.json").read_text())["model_type"] == "encoder-decoder"

@@ -34,7 +34,10 @@ def test_msgpack_reader_matches_flax(name):
 
     def walk(prefix, node):
         for k, v in node.items():
-            walk(f"{prefix}{k}/", v) if isinstance(v, dict) else flat_theirs.__setitem__(prefix + k, v)
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}/", v)
+            else:
+                flat_theirs[prefix + k] = v
 
     walk("", theirs)
     assert ours.keys() == flat_theirs.keys()
@@ -52,7 +55,8 @@ def test_msgpack_writer_is_flax_byte_for_byte(tmp_path, dtype):
             "a/c/bias": rng.standard_normal(4).astype(np_dtype),
             "d/embedding": rng.standard_normal((5, 2)).astype(np_dtype)}
     write_msgpack(tmp_path / "m.msgpack", list(flat), flat.__getitem__)
-    assert (tmp_path / "m.msgpack").read_bytes() == serialization.msgpack_serialize(_nested(flat), in_place=True)
+    expected = serialization.msgpack_serialize(_nested(flat), in_place=True)
+    assert (tmp_path / "m.msgpack").read_bytes() == expected
     back = read_msgpack(tmp_path / "m.msgpack")
     assert all(back[k].dtype == flat[k].dtype and np.array_equal(back[k], flat[k]) for k in flat)
 
@@ -61,12 +65,14 @@ def test_msgpack_chunked_arrays(tmp_path, monkeypatch):
     """Arrays above flax's chunk size are written as flax chunks them; both read them back."""
     monkeypatch.setattr(files, "_MSGPACK_CHUNK", 16)
     monkeypatch.setattr(serialization, "MAX_CHUNK_SIZE", 16)
-    flat = {"x/kernel": np.arange(30, dtype=np.float32).reshape(5, 6), "x/bias": np.ones(2, np.float32)}
+    flat = {"x/kernel": np.arange(30, dtype=np.float32).reshape(5, 6),
+            "x/bias": np.ones(2, np.float32)}
     write_msgpack(tmp_path / "m.msgpack", list(flat), flat.__getitem__)
     data = (tmp_path / "m.msgpack").read_bytes()
     assert data == serialization.msgpack_serialize(_nested(flat), in_place=True)
-    np.testing.assert_array_equal(serialization.msgpack_restore(data)["x"]["kernel"], flat["x/kernel"])
-    np.testing.assert_array_equal(read_msgpack(tmp_path / "m.msgpack")["x/kernel"], flat["x/kernel"])
+    kernel = flat["x/kernel"]
+    np.testing.assert_array_equal(serialization.msgpack_restore(data)["x"]["kernel"], kernel)
+    np.testing.assert_array_equal(read_msgpack(tmp_path / "m.msgpack")["x/kernel"], kernel)
 
 
 @pytest.mark.parametrize("name", COMPOSITES)

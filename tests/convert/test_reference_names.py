@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from encdec.core.config import EncoderDecoderConfig, config_from_dict
 from encdec.core.checkpoint import read_config_dict
+from encdec.core.config import EncoderDecoderConfig, config_from_dict
 from tools.convert.reference import (
     FLAX,
     TF,

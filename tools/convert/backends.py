@@ -179,7 +179,8 @@ def greedy(framework: str, model, batch: Mapping[str, np.ndarray], max_new_token
 
 
 def random_batch(config: EncoderDecoderConfig, *, seed: int = 0, batch: int = 2,
-                 src_len: int = 12, tgt_len: int = 8, labels: bool = False) -> dict[str, np.ndarray]:
+                 src_len: int = 12, tgt_len: int = 8,
+                 labels: bool = False) -> dict[str, np.ndarray]:
     """Random token ids for a forward: row 1 of the source is padded (mask 0) at the end."""
     rng = np.random.default_rng(seed)
     src_len = min(src_len, config.encoder.max_position_embeddings)

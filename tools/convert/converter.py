@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,13 +45,23 @@ from encdec.core.weights import (
 )
 
 from . import backends
-from .files import FLAX_WEIGHTS_NAME, TF_WEIGHTS_NAME, H5Reader, read_msgpack, write_h5, write_msgpack
+from .files import (
+    FLAX_WEIGHTS_NAME,
+    TF_WEIGHTS_NAME,
+    H5Reader,
+    read_msgpack,
+    write_h5,
+    write_msgpack,
+)
 from .reference import DIALECTS, canonical_names, from_file, reference_names, stored_shape, to_file
 
 FORMATS = ("pt", "tf", "flax")
 DTYPES = ("float32", "bfloat16", "float16")
-WEIGHT_FILES = {"pt": (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME),
-                "tf": (TF_WEIGHTS_NAME,), "flax": (FLAX_WEIGHTS_NAME,)}
+WEIGHT_FILES = {
+    "pt": (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME),
+    "tf": (TF_WEIGHTS_NAME,),
+    "flax": (FLAX_WEIGHTS_NAME,),
+}
 SPLIT_PROJ_NAME = "enc_to_dec_proj.safetensors"
 _NOT_COPIED = {CONFIG_NAME, GENERATION_CONFIG_NAME}
 
@@ -356,8 +366,12 @@ def verify(source: Source, result: Source, source_fw: str, result_fw: str, dtype
             raise DependencyError(f"cannot verify: {e}. Install it, or pass --no-verify") from None
         with backends.staged(state.items(), state.config_dict("float32"),
                              state.generation) as ckpt:
-            model = backends.load(fw, ckpt)
-            logits[label] = backends.forward(fw, model, batch)["logits"]
+            try:
+                model = backends.load(fw, ckpt)
+                logits[label] = backends.forward(fw, model, batch)["logits"]
+            except Exception as e:  # a backend that cannot run the checkpoint fails the check
+                raise VerificationError(f"encdec.{fw} could not run the {label} checkpoint: "
+                                        f"{type(e).__name__}: {e}") from e
             del model
     diff = float(np.abs(logits["source"].astype(np.float64) - logits["result"]).max())
     limit = backends.bound(dtype, logits["source"])
@@ -389,10 +403,10 @@ def _copy_extras(src: Path, out: Path) -> None:
             shutil.copy2(entry, out / entry.name)
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, source_format: str | None = None,
-            split: bool = False, verify_result: bool = True, dtype: str = "float32",
-            shard_size: str | int = "5GB", force: bool = False, quiet: bool = False,
-            log: Callable[[str], None] = print) -> Result:
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *,
+            source_format: str | None = None, split: bool = False, verify_result: bool = True,
+            dtype: str = "float32", shard_size: str | int = "5GB", force: bool = False,
+            quiet: bool = False, log: Callable[[str], None] = print) -> Result:
     """Convert the checkpoint in `src` to `to`'s format in `dst` (see `encdec-convert --help`).
 
     Everything is written and verified in a temporary sibling of `dst`, which is then renamed

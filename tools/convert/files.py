@@ -122,7 +122,8 @@ class H5Reader:
         try:
             return np.asarray(self._get_dataset(key)[()])
         except OSError as e:
-            raise CheckpointError(f"{self.path}: cannot read {self._datasets[key]!r}: {e}") from None
+            raise CheckpointError(
+                f"{self.path}: cannot read {self._datasets[key]!r}: {e}") from None
 
     def close(self) -> None:
         self._file.close()

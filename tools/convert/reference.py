@@ -78,6 +78,7 @@ class RefDialect:
     main_layer: Mapping[str, str] | None = None  # model_type -> the encoder's main-layer name
     renames: Mapping[str, str] = field(default_factory=dict)  # canonical module -> reference's
     list_item: str = "{}/{}"  # name of item i of list `name`
+    untied: tuple[str, ...] = ()  # canonical suffixes the reference only has tied (not stored)
 
     def leaf(self, role: Role, stem: str) -> tuple[str, bool]:
         name, transpose = self.role_leaves.get(role, _LEAVES[self.base][role])
@@ -95,6 +96,7 @@ TF = RefDialect(
     main_layer={"bert": "bert", "gpt2": "transformer"},
     renames={"cls": "mlm___cls"},
     list_item="{}_._{}",
+    untied=("cls.predictions.decoder.weight", "lm_head.weight"),
 )
 FLAX = RefDialect("flax", Dialect.NNX, role_leaves={Role.CONV1D: ("kernel", True)})
 DIALECTS = {"tf": TF, "flax": FLAX}
@@ -122,6 +124,10 @@ def reference_names(config: EncoderDecoderConfig,
     conv1d = {p.name.rpartition(".")[0] for p in table.params if p.role is Role.CONV1D}
     out: dict[str, tuple[str, Layout]] = {}
     for p in table.owned:
+        if p.name.endswith(dialect.untied):
+            raise CheckpointError(f"{p.name} is not tied to the input embeddings; the reference's "
+                                  f"{dialect.name} classes always tie it, so this checkpoint has "
+                                  f"no {dialect.name} form")
         stem = p.name.rpartition(".")[0]
         side, *mods = stem.split(".")
         if side == "encoder" and dialect.main_layer is not None:
