@@ -71,8 +71,8 @@ def main() -> int:
                 for kind, cls in (("tf", tr.TFEncoderDecoderModel),
                                   ("flax", tr.FlaxEncoderDecoderModel)):
                     checks.append((f"{split.name} ({cls.__name__}, *_from_pt=True)",
-                                   lambda c=cls: c.from_encoder_decoder_pretrained(
-                                       str(split / "encoder"), str(split / "decoder"),
+                                   lambda c=cls, s=split: c.from_encoder_decoder_pretrained(
+                                       str(s / "encoder"), str(s / "decoder"),
                                        encoder_from_pt=True, decoder_from_pt=True), kind))
             for label, load, kind in checks:
                 try:
