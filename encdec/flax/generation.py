@@ -7,10 +7,11 @@ resolves the call, the processors below are the jnp versions of its numpy ones, 
 step is its `beam_step` written with jnp / lax ops. Token ids equal the reference's on the same
 weights; beam search also works without an eos id (the reference's Flax one crashes there).
 
-The model is split (`nnx.split`) outside and merged inside the jitted function, so its weights
-are an argument: one program serves every model of the same architecture. Static shapes: the
-source length is padded up to a bucket (`bucket_length`, the padding masked out) and the decoder
-runs on buffers of `max_length`. Programs are cached per (architecture, plan, batch, bucket).
+The program is an `nnx.jit` function of the model (its weights are an argument, so one trace
+serves every model of the same architecture), bound to each model with `nnx.cached_partial` so
+that a call does not walk the model's graph again. Static shapes: the source length is padded
+up to a bucket (`bucket_length`, the padding masked out) and the decoder runs on buffers of
+`max_length`. Programs are cached per (plan, batch, bucket).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import collections
 import dataclasses
 import functools
 import random
+import weakref
 from typing import Any
 
 import jax
@@ -31,7 +33,8 @@ from encdec.core.config import GenerationConfig
 
 BUCKET = 16  # source lengths are padded up to a multiple of this
 TRACES: collections.Counter[str] = collections.Counter()  # strategy name -> times traced
-_PROGRAMS: dict[Any, Any] = {}  # (architecture, plan, shapes) -> jitted function
+_PROGRAMS: dict[Any, Any] = {}  # (plan, shapes) -> nnx.jit function, shared by all models
+_BOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: cached_partial}
 
 
 def generate(model: nnx.Module, input_ids: Any, attention_mask: Any = None, *,
@@ -47,16 +50,15 @@ def generate(model: nnx.Module, input_ids: Any, attention_mask: Any = None, *,
     mask = default_attention_mask(p, ids) if attention_mask is None else np.asarray(attention_mask)
     limit = getattr(model.config.encoder, "max_position_embeddings", None)
     ids, mask = pad_to_bucket(ids, mask, bucket_length(ids.shape[1], limit), p.pad_token_id or 0)
-    graphdef, weights = nnx.split(model)
-    # models of one class, config and weight structure share a program (a GraphDef holding the
-    # config is not hashable)
-    key = (type(model), model.config.to_json_string(), jax.tree.structure(weights), static_key(p),
-           ids.shape)
+    key = (static_key(p), ids.shape)
     if key not in _PROGRAMS:
-        _PROGRAMS[key] = jax.jit(functools.partial(_run, graphdef, key[3]))
+        _PROGRAMS[key] = nnx.jit(functools.partial(_run, key[0]))
+    bound = _BOUND.setdefault(model, {})
+    if key not in bound:  # the model's graph traversal, cached (its weights stay live)
+        bound[key] = nnx.cached_partial(_PROGRAMS[key], model)
     if rng is None:
         rng = jax.random.key(random.SystemRandom().randrange(2**31) if p.do_sample else 0)
-    out = _PROGRAMS[key](weights, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), rng)
+    out = bound[key](jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), rng)
     return _finish(p, jax.device_get(out))
 
 
@@ -225,11 +227,10 @@ def _gumbel(rng: jax.Array, step: jax.Array, shape: tuple[int, ...]) -> jax.Arra
 
 # --- the compiled program ----------------------------------------------------------------------
 
-def _run(graphdef: nnx.GraphDef, p: gen.GenerationPlan, weights: nnx.State, ids: jax.Array,
-         mask: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
+def _run(p: gen.GenerationPlan, model: nnx.Module, ids: jax.Array, mask: jax.Array,
+         rng: jax.Array) -> dict[str, jax.Array]:
     """Encoder once, cache, decoding loop. Runs at trace time only (counted in TRACES)."""
     TRACES[p.strategy.value] += 1
-    model = nnx.merge(graphdef, weights)
     enc = model.encoder(input_ids=ids, attention_mask=mask)["last_hidden_state"]  # (B, S, H)
     cache = model.init_cache(enc, mask, ids.shape[0] * p.expand_size, p.max_length)
     cache = tuple(tuple(layer) for layer in cache)
