@@ -159,3 +159,24 @@ def test_split_keeps_enc_to_dec_proj(convert, tmp_path):
                              "--split")
     assert code == 0, err  # verified: the projection is read back from its own file
     assert (tmp_path / "split" / "enc_to_dec_proj.safetensors").is_file()
+
+
+def test_pytorch_model_bin_source(convert, tmp_path):
+    """A reference directory holding pytorch_model.bin (read with weights_only=True)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy2(fixture_dir("bert2gpt2", "pt") / "config.json", src)
+    state = {k: torch.from_numpy(v) for k, v in _state(fixture_dir("bert2gpt2", "pt")).items()}
+    torch.save(state, src / "pytorch_model.bin")
+    code, out, err = convert(src, tmp_path / "tf", "--to", "tf")
+    assert code == 0, err
+    assert ": OK" in out
+
+
+def test_from_picks_the_weights_to_read(convert, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(fixture_dir("bert2bert", "pt"), src)
+    shutil.copy2(fixture_dir("bert2bert", "flax") / "flax_model.msgpack", src)
+    code, out, err = convert(src, tmp_path / "out", "--to", "tf", "--from", "flax")
+    assert code == 0, err
+    assert "(flax in encdec.flax vs tf in encdec.tf" in out
