@@ -18,7 +18,7 @@ def _register(cls: type) -> None:
         return list(out.values()), tuple(out)
 
     def unflatten(keys, values):
-        return cls(zip(keys, values))
+        return cls(zip(keys, values, strict=True))
 
     jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
 

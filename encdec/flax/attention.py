@@ -47,7 +47,13 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-def dense(n_in: int, n_out: int, std: float, *, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
+def default_rngs(rngs: nnx.Rngs | None) -> nnx.Rngs:
+    """The RNG streams a model is built with: `nnx.Rngs(0)` unless given."""
+    return nnx.Rngs(0) if rngs is None else rngs
+
+
+def dense(n_in: int, n_out: int, std: float, *, rngs: nnx.Rngs,
+          use_bias: bool = True) -> nnx.Linear:
     """A Linear (kernel (in, out)) initialised as the reference: normal(0, std), zero bias.
 
     Also serves GPT-2's Conv1D, whose weight is already stored (in, out)."""
@@ -115,7 +121,8 @@ def padding_mask(padding: jax.Array | None, dtype: jnp.dtype) -> Mask | None:
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | None, *, scale: float,
            dropout: nnx.Dropout | None = None) -> tuple[jax.Array, jax.Array]:
-    """softmax(q k^T * scale + bias) v; q (B, h, T, d), k/v (B, h, S, d) -> ((B, h, T, d), probs)."""
+    """softmax(q k^T * scale + bias) v; q (B, h, T, d), k/v (B, h, S, d) -> (B, h, T, d), and
+    the attention probabilities (B, h, T, S)."""
     scores = jnp.einsum("bhtd,bhsd->bhts", q, k, precision=PRECISION) * scale  # (B, h, T, S)
     if mask is not None:
         scores = scores + mask.bias
@@ -197,7 +204,8 @@ class Attention(nnx.Module):
     # --- static cache (decoding contract) ------------------------------------------------
 
     def step_self(self, x: jax.Array, k_buf: jax.Array, v_buf: jax.Array,
-                  cache_index: int | jax.Array, mask: Mask) -> tuple[jax.Array, jax.Array, jax.Array]:
+                  cache_index: int | jax.Array,
+                  mask: Mask) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Write the T new keys/values at `cache_index` of the (B, h, max_len, d) buffers and
         attend over all max_len positions under `mask` (B|1, 1, T, max_len)."""
         q, k, v = self.project_qkv(x)  # (B, h, T, d)

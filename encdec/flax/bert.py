@@ -27,6 +27,7 @@ from .attention import (
     Mask,
     causal_lm_loss,
     causal_mask,
+    default_rngs,
     dense,
     embed,
     layer_norm,
@@ -34,10 +35,6 @@ from .attention import (
 )
 
 Past = tuple[jax.Array, ...]  # (self_k, self_v[, cross_k, cross_v]), each (B, h, T, d)
-
-
-def _rngs(rngs: nnx.Rngs | None) -> nnx.Rngs:
-    return nnx.Rngs(0) if rngs is None else rngs
 
 
 class BertEmbeddings(nnx.Module):
@@ -126,7 +123,8 @@ class BertLayer(nnx.Module):
         k_buf, v_buf, ck, cv = cache
         a, k_buf, v_buf = self.attention.self.step_self(x, k_buf, v_buf, cache_index, mask)
         x = self.attention.output(a, x)
-        x = self.crossattention.output(self.crossattention.self.step_cross(x, ck, cv, cross_mask), x)
+        a = self.crossattention.self.step_cross(x, ck, cv, cross_mask)
+        x = self.crossattention.output(a, x)
         return self.output(self.intermediate(x), x), (k_buf, v_buf, ck, cv)
 
 
@@ -151,7 +149,7 @@ class BertModel(nnx.Module):
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True, *,
                  rngs: nnx.Rngs | None = None):
-        rngs = _rngs(rngs)
+        rngs = default_rngs(rngs)
         self.config = config
         self.add_pooling_layer = add_pooling_layer
         self.embeddings = BertEmbeddings(config, rngs=rngs)
@@ -226,14 +224,15 @@ class BertModel(nnx.Module):
         mask = causal_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask)
         cross_mask = padding_mask(encoder_attention_mask, x.dtype)
         new = []
-        for layer, layer_cache in zip(self.encoder.layer, cache):
+        for layer, layer_cache in zip(self.encoder.layer, cache, strict=True):
             x, layer_cache = layer.step(x, layer_cache, cache_index, mask, cross_mask)
             new.append(layer_cache)
         return x, tuple(new)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised, reported)."""
+        """Load a single-model checkpoint (non-strict: missing weights are initialised and
+        reported)."""
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
@@ -282,7 +281,7 @@ class BertLMHeadModel(nnx.Module):
     config_class = BertConfig
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None = None):
-        rngs = _rngs(rngs)
+        rngs = default_rngs(rngs)
         self.config = config
         self.bert = BertModel(config, add_pooling_layer=False, rngs=rngs)
         self.cls = BertOnlyMLMHead(config, rngs=rngs)
@@ -334,7 +333,8 @@ class BertLMHeadModel(nnx.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised, reported)."""
+        """Load a single-model checkpoint (non-strict: missing weights are initialised and
+        reported)."""
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):

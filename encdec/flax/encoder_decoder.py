@@ -30,14 +30,15 @@ from encdec.core.seq2seq import IGNORE_INDEX, shift_tokens_right
 from encdec.core.weights import Dialect
 
 from . import params
-from .attention import cross_entropy, dense
-from .bert import BertLMHeadModel, BertModel, _rngs
+from .attention import cross_entropy, default_rngs, dense
+from .bert import BertLMHeadModel, BertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
 
 ENCODERS: dict[str, type[nnx.Module]] = {"bert": BertModel, "gpt2": GPT2Model}
 DECODERS: dict[str, type[nnx.Module]] = {"bert": BertLMHeadModel, "gpt2": GPT2LMHeadModel}
 
-Cache = tuple[tuple[jax.Array, jax.Array, jax.Array, jax.Array], ...]  # per layer (k_buf, v_buf, ck, cv)
+# per decoder layer (self_k_buf, self_v_buf, cross_k, cross_v)
+Cache = tuple[tuple[jax.Array, jax.Array, jax.Array, jax.Array], ...]
 
 
 class EncoderDecoderModel(nnx.Module):
@@ -60,10 +61,11 @@ class EncoderDecoderModel(nnx.Module):
                                  "cross-attention layers to attend to the encoder)")
             config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, dc)
         elif not isinstance(config, EncoderDecoderConfig):
-            raise ValueError(f"config: expected an EncoderDecoderConfig, got {type(config).__name__}")
+            raise ValueError("config: expected an EncoderDecoderConfig, got "
+                             f"{type(config).__name__}")
         if config.tie_encoder_decoder:
             raise NotImplementedError("tie_encoder_decoder=True is not supported by encdec.flax")
-        rngs = _rngs(rngs)
+        rngs = default_rngs(rngs)
         self.config = config
         self.generation_config = GenerationConfig.from_model_config(config)
         if encoder is None:
@@ -111,7 +113,7 @@ class EncoderDecoderModel(nnx.Module):
                                            output_hidden_states=output_hidden_states)
         elif isinstance(encoder_outputs, tuple):  # as the reference's BaseModelOutput(*tuple)
             names = ("last_hidden_state", "hidden_states", "attentions")
-            encoder_outputs = BaseModelOutput(**dict(zip(names, encoder_outputs)))
+            encoder_outputs = BaseModelOutput(**dict(zip(names, encoder_outputs, strict=False)))
         states = self._project(encoder_outputs["last_hidden_state"])
 
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
@@ -168,17 +170,26 @@ class EncoderDecoderModel(nnx.Module):
         """decoder_input_ids (B, T) at positions cache_index + arange(T) -> (logits (B, T, V),
         new cache). Self buffers are updated with `dynamic_update_slice`; cross K/V are never
         repeated across beams. `decoder_attention_mask` (B, max_length), optional, masks padded
-        cache positions. Pure in its arrays: runs under `jax.jit` with a traced `cache_index`."""
-        return self.decoder.step(decoder_input_ids, cache, cache_index, encoder_attention_mask,
-                                 decoder_attention_mask)
+        cache positions. Pure in its arrays: runs under `jax.jit` with a traced `cache_index`.
+        Runs without dropout even after `model.train()`."""
+        return self._inference_decoder().step(decoder_input_ids, cache, cache_index,
+                                              encoder_attention_mask, decoder_attention_mask)
+
+    def _inference_decoder(self) -> nnx.Module:
+        """The decoder, or (in train mode) a view of it with dropout off sharing its weights."""
+        base = self.decoder.base_model
+        drop = base.embeddings.dropout if hasattr(base, "embeddings") else base.drop
+        if drop.deterministic:
+            return self.decoder
+        return nnx.view(self.decoder, deterministic=True, raise_if_not_found=False)
 
     # --- loading and saving -------------------------------------------------------------------
 
     @classmethod
-    def from_encoder_decoder_pretrained(cls, encoder_pretrained_model_name_or_path: str | os.PathLike,
-                                        decoder_pretrained_model_name_or_path: str | os.PathLike,
-                                        *, rngs: nnx.Rngs | None = None,
-                                        output_loading_info: bool = False, **kwargs: Any):
+    def from_encoder_decoder_pretrained(
+            cls, encoder_pretrained_model_name_or_path: str | os.PathLike,
+            decoder_pretrained_model_name_or_path: str | os.PathLike, *,
+            rngs: nnx.Rngs | None = None, output_loading_info: bool = False, **kwargs: Any):
         """Warm-start from two single-model checkpoints (`encoder_*` / `decoder_*` kwargs go to
         that side's config). Weights a checkpoint lacks keep their random init and are reported;
         the model is returned in eval mode (with `{"encoder": report, "decoder": report}`)."""

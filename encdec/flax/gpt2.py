@@ -26,17 +26,19 @@ from .attention import (
     Mask,
     causal_lm_loss,
     causal_mask,
+    default_rngs,
     dense,
     embed,
     layer_norm,
     padding_mask,
 )
-from .bert import Past, _rngs
+from .bert import Past
 
 
 def _check_supported(c: GPT2Config) -> None:
     if c.scale_attn_by_inverse_layer_idx:
-        raise NotImplementedError("GPT2Config.scale_attn_by_inverse_layer_idx=True is not supported")
+        raise NotImplementedError("GPT2Config.scale_attn_by_inverse_layer_idx=True is not "
+                                  "supported")
     if c.reorder_and_upcast_attn:
         raise NotImplementedError("GPT2Config.reorder_and_upcast_attn=True is not supported")
 
@@ -107,7 +109,7 @@ class GPT2Model(nnx.Module):
 
     def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs | None = None):
         _check_supported(config)
-        rngs = _rngs(rngs)
+        rngs = default_rngs(rngs)
         self.config = config
         std = config.initializer_range
         self.wte = embed(config.vocab_size, config.hidden_size, std, rngs=rngs)
@@ -131,7 +133,8 @@ class GPT2Model(nnx.Module):
                  past_key_values: tuple[Past, ...] | None = None, use_cache: bool | None = None,
                  output_attentions: bool = False, output_hidden_states: bool = False,
                  return_dict: bool = True) -> BaseModelOutput | tuple:
-        """As the reference's `GPT2Model.forward` (always causal); legacy-tuple `past_key_values`."""
+        """As the reference's `GPT2Model.forward` (always causal); `past_key_values` in the
+        legacy tuple format."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -182,14 +185,15 @@ class GPT2Model(nnx.Module):
         mask = causal_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask)
         cross_mask = padding_mask(encoder_attention_mask, x.dtype)
         new = []
-        for block, layer_cache in zip(self.h, cache):
+        for block, layer_cache in zip(self.h, cache, strict=True):
             x, layer_cache = block.step(x, layer_cache, cache_index, mask, cross_mask)
             new.append(layer_cache)
         return self.ln_f(x), tuple(new)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised, reported)."""
+        """Load a single-model checkpoint (non-strict: missing weights are initialised and
+        reported)."""
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
@@ -203,7 +207,7 @@ class GPT2LMHeadModel(nnx.Module):
     config_class = GPT2Config
 
     def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs | None = None):
-        rngs = _rngs(rngs)
+        rngs = default_rngs(rngs)
         self.config = config
         self.transformer = GPT2Model(config, rngs=rngs)
         self.lm_head = None if config.tie_word_embeddings else \
@@ -258,7 +262,8 @@ class GPT2LMHeadModel(nnx.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised, reported)."""
+        """Load a single-model checkpoint (non-strict: missing weights are initialised and
+        reported)."""
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):

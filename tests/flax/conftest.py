@@ -28,7 +28,7 @@ def max_diff(a, b) -> float:
     """Max abs difference of two arrays/tensors, or of two equally long tuples of them."""
     if isinstance(a, (tuple, list)):
         assert len(a) == len(b), (len(a), len(b))
-        return max(max_diff(x, y) for x, y in zip(a, b))
+        return max(max_diff(x, y) for x, y in zip(a, b, strict=True))
     a, b = to_numpy(a), to_numpy(b)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.abs(a - b).max())

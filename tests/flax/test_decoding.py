@@ -75,7 +75,7 @@ def test_decode_step_equals_full_forward(name, beams, reference_dir):
         assert k_buf.shape == v_buf.shape == (be * beams, h, 10, d)
         assert ck.shape == cv.shape == (be, h, S, d)  # cross K/V never repeated for beams
         assert not np.asarray(k_buf[:, :, T:]).any()  # positions past the written ones untouched
-    for (_, _, ck0, cv0), (_, _, ck1, cv1) in zip(cache, new):
+    for (_, _, ck0, cv0), (_, _, ck1, cv1) in zip(cache, new, strict=True):
         assert ck0 is ck1 and cv0 is cv1  # computed once, passed through
 
 
@@ -128,3 +128,6 @@ def test_decode_step_with_decoder_padding_mask(reference_dir):
         logits, cache = model.decode_step(ids[:, t:t + 1], cache, t, b["attention_mask"], dmask)
         steps.append(logits)
     assert max_diff(full, jnp.concatenate(steps, axis=1)) < TOL
+    model.train()  # the contract runs in inference mode regardless
+    logits, _ = model.decode_step(ids[:, -1:], cache, ids.shape[1] - 1, b["attention_mask"], dmask)
+    assert max_diff(steps[-1], logits) < TOL

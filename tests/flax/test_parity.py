@@ -59,7 +59,7 @@ def test_against_hf_outputs_with_decoder_mask(name, reference_dir, hf_model):
     # return_dict=False: the reference's tuple order
     rt, ot = _reference(ref, dict(kw, return_dict=False)), ours(**kw, return_dict=False)
     assert len(rt) == len(ot)
-    for x, y in zip(rt, ot):
+    for x, y in zip(rt, ot, strict=True):
         if isinstance(x, tuple) and x and not isinstance(x[0], tuple):
             assert max_diff(x, y) < TOL
         elif not isinstance(x, tuple) and hasattr(x, "shape"):

@@ -11,8 +11,14 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from encdec.core.weights import Dialect, export_state
-from encdec.flax import BertLMHeadModel, BertModel, EncoderDecoderModel, GPT2LMHeadModel, GPT2Model
-from encdec.flax import params
+from encdec.flax import (
+    BertLMHeadModel,
+    BertModel,
+    EncoderDecoderModel,
+    GPT2LMHeadModel,
+    GPT2Model,
+    params,
+)
 from tests.conftest import TINY
 
 from .conftest import max_diff, to_torch
