@@ -63,8 +63,6 @@ class EncoderDecoderModel(nnx.Module):
         elif not isinstance(config, EncoderDecoderConfig):
             raise ValueError("config: expected an EncoderDecoderConfig, got "
                              f"{type(config).__name__}")
-        if config.tie_encoder_decoder:
-            raise NotImplementedError("tie_encoder_decoder=True is not supported by encdec.flax")
         rngs = default_rngs(rngs)
         self.config = config
         self.generation_config = GenerationConfig.from_model_config(config)
@@ -78,6 +76,8 @@ class EncoderDecoderModel(nnx.Module):
             if weights.has_enc_to_dec_proj(config) else None
         # the backbones share the composite's configs, so `model.config.decoder.x = …` reaches them
         self.encoder.config, self.decoder.config = config.encoder, config.decoder
+        if config.tie_encoder_decoder:  # the decoder's base weights are the encoder's Variables
+            params.tie(self, self.table())
         self.eval()
 
     def table(self) -> weights.Table:

@@ -20,7 +20,7 @@ from flax import nnx
 
 from encdec.core.checkpoint import CONFIG_NAME, CheckpointError, write_checkpoint
 from encdec.core.modeling import load_weights, read_backbone_config
-from encdec.core.weights import Dialect, export_state
+from encdec.core.weights import Dialect, Table, export_state, leaf
 
 logger = logging.getLogger("encdec")
 
@@ -31,12 +31,18 @@ def variables(model: nnx.Module) -> dict[str, nnx.Param]:
     return {".".join(str(k) for k in path): var for path, var in flat}
 
 
-def _variable(model: nnx.Module, path: str) -> nnx.Param:
+def _node(model: nnx.Module, path: str) -> Any:
+    """The attribute at dotted `path` (list indices as segments), or None."""
     node: Any = model
     for part in path.split("."):
         node = node[int(part)] if part.isdigit() else getattr(node, part, None)
         if node is None:
             break
+    return node
+
+
+def _variable(model: nnx.Module, path: str) -> nnx.Param:
+    node = _node(model, path)
     if not isinstance(node, nnx.Param):
         raise CheckpointError(f"{type(model).__name__} has no parameter {path!r}")
     return node
@@ -49,6 +55,20 @@ def assign(model: nnx.Module, path: str, array: np.ndarray) -> None:
         raise CheckpointError(f"{path}: got shape {tuple(array.shape)}, the model holds "
                               f"{tuple(var.shape)}")
     var.value = jnp.asarray(array, dtype=var.dtype)
+
+
+def tie(model: nnx.Module, table: Table) -> None:
+    """Make every tied parameter of `table` that the model holds as an attribute (the decoder
+    copies of `tie_encoder_decoder`) the very Variable of its source. Tied LM heads hold no
+    attribute: they read the embedding matrix when computing logits."""
+    for p in table.params:
+        if p.tied_to is None:
+            continue
+        path = leaf(p, Dialect.NNX)
+        owner_path, _, name = path.rpartition(".")
+        owner = _node(model, owner_path)
+        if owner is not None and isinstance(getattr(owner, name, None), nnx.Param):
+            setattr(owner, name, _variable(model, leaf(table.by_name[p.tied_to], Dialect.NNX)))
 
 
 def get(model: nnx.Module, path: str) -> np.ndarray:
