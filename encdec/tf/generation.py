@@ -39,8 +39,11 @@ def generate(model: Any, input_ids: Any, attention_mask: Any = None, *,
     `return_dict_in_generate`. `seed` makes sampling reproducible (random when None)."""
     p = gen.plan(model.config, generation_config or getattr(model, "generation_config", None),
                  **kwargs)
+    check_positions(model, p)
     ids = np.asarray(input_ids)
-    mask = default_attention_mask(p, ids) if attention_mask is None else np.asarray(attention_mask)
+    # no mask: every position is attended (the reference infers none for encoder-decoders)
+    mask = np.ones(ids.shape, np.int32) if attention_mask is None else \
+        np.asarray(attention_mask).astype(np.int32)
     limit = getattr(model.config.encoder, "max_position_embeddings", None)
     ids, mask = pad_to_bucket(ids, mask, bucket_length(ids.shape[1], limit), p.pad_token_id or 0)
     key = static_key(p)
@@ -56,15 +59,16 @@ def generate(model: Any, input_ids: Any, attention_mask: Any = None, *,
 
 
 # --- host side: inputs, buckets, outputs -------------------------------------------------------
+# TODO(core): these five helpers are framework-free and the same in encdec/flax/generation.py;
+# they belong in encdec.core.generation.
 
-def default_attention_mask(p: gen.GenerationPlan, input_ids: np.ndarray) -> np.ndarray:
-    """The reference's `_prepare_attention_mask_for_generation`: `ids != pad` when the pad id
-    occurs in the inputs and is not an eos id, else all ones."""
-    # TODO(core): shared by every backend; belongs in encdec.core.generation
-    pad = p.pad_token_id
-    if pad is not None and (input_ids == pad).any() and pad not in p.eos_token_ids:
-        return (input_ids != pad).astype(np.int32)
-    return np.ones(input_ids.shape, np.int32)
+def check_positions(model: Any, p: gen.GenerationPlan) -> None:
+    """Refuse a max_length beyond the decoder's position table: under XLA an out-of-range
+    position would be clamped silently instead of failing as in the reference."""
+    positions = getattr(model.config.decoder, "max_position_embeddings", None)
+    if positions is not None and p.max_length > positions:
+        raise ValueError(f"max_length={p.max_length} (start token included) exceeds the decoder's "
+                         f"max_position_embeddings={positions}; lower max_new_tokens")
 
 
 def bucket_length(n: int, limit: int | None = None) -> int:

@@ -255,3 +255,17 @@ def test_one_trace_per_length_bucket(ours):
     np.testing.assert_array_equal(np.asarray(G.generate(ours("bert2bert", 1), ids, mask, **kw)),
                                   oracle.hf_generate(reference("bert2bert", 1), ids, mask, **kw))
     assert G.TRACES["greedy_search"] == before + 1
+
+
+def test_no_mask_and_position_limit(ours):
+    """Without attention_mask every source position is attended, as in the reference (which
+    infers no mask for encoder-decoders), the bucket's padding excepted; a max_length beyond the
+    decoder's positions is refused (XLA would clamp it silently)."""
+    model, ref = ours("bert2bert", 0), reference("bert2bert", 0)
+    ids, _ = oracle.batch(0)
+    kw = dict(max_new_tokens=NEW, eos_token_id=eos_ids("bert2bert"))
+    with torch.no_grad():
+        want = ref.generate(torch.as_tensor(ids), **kw).numpy()
+    np.testing.assert_array_equal(np.asarray(G.generate(model, ids, **kw)), want)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        G.generate(model, ids, max_new_tokens=64)
