@@ -58,7 +58,7 @@ def test_parity_fails_above_the_bound(capsys, monkeypatch):
         return out
 
     monkeypatch.setattr(backends, "forward", drifting)
-    code = encdec_main(["parity", str(fixture_dir("bert2bert", "pt"))])
+    code = encdec_main(["parity", str(fixture_dir("bert2bert", "pt")), "--max-new-tokens", "2"])
     out = capsys.readouterr().out
     assert code == 1
     flax_line = next(line for line in out.splitlines() if line.startswith("encdec.flax"))
