@@ -190,6 +190,13 @@ class EncoderDecoderModel(keras.Model):
         return self.decoder.step(decoder_input_ids, cache, cache_index, encoder_attention_mask,
                                  decoder_attention_mask)
 
+    def generate(self, input_ids: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
+        """Token ids starting with the decoder start id (see `encdec.tf.generation.generate`:
+        one XLA program per strategy and input bucket)."""
+        from .generation import generate  # generation lives apart from the model
+
+        return generate(self, input_ids, attention_mask, **kwargs)
+
     # --- loading and saving -------------------------------------------------------------------
 
     @classmethod
