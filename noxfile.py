@@ -2,7 +2,7 @@
 
 import nox
 
-nox.options.sessions = ["pt", "tf", "flax", "parity", "lint"]
+nox.options.sessions = ["pt", "tf", "flax", "parity", "lint"]  # + "reference" on demand
 
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow", "HF_HUB_OFFLINE": "1"}
 
@@ -41,7 +41,18 @@ def flax(session: nox.Session) -> None:
 @nox.session
 def parity(session: nox.Session) -> None:
     _install(session, "all,test")
-    _pytest(session, "tests/parity")
+    _pytest(session, "tests/parity", "tests/generation", "tests/convert", "tests/docs")
+
+
+@nox.session(python="3.11")
+def reference(session: nox.Session) -> None:
+    """transformers 4.57 (the last with TF and Flax classes) loads what encdec-convert writes."""
+    session.install("torch==2.13.0")
+    session.install("transformers==4.57.6", "tensorflow-cpu==2.19.1", "tf-keras==2.19.0",
+                    "flax==0.12.8", "h5py", "msgpack")
+    session.install("-e", ".")  # no tf extra: Keras 3 and tf-keras must not meet
+    session.run("python", "tests/convert/reference_loads_our_output.py",
+                env={"TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
 @nox.session

@@ -64,6 +64,11 @@ class Param:
     stored: bool = False
 
 
+def leaf_rule(role: Role, dialect: Dialect) -> tuple[str, bool]:
+    """(leaf name, transposed?) of a role's `.weight` / `.bias` leaf in `dialect`."""
+    return _LEAVES[dialect][role]
+
+
 def leaf(param: Param, dialect: Dialect) -> str:
     """The parameter's path in `dialect` (dotted, attribute names as in the canonical name)."""
     stem, _, _ = param.name.rpartition(".")

@@ -28,7 +28,7 @@ import numpy as np
 
 from encdec.core.checkpoint import CheckpointError
 from encdec.core.config import EncoderDecoderConfig
-from encdec.core.weights import _LEAVES, Dialect, Role, encoder_decoder_table  # TODO(core): public
+from encdec.core.weights import Dialect, Role, encoder_decoder_table, leaf_rule
 
 
 class Layout(Enum):
@@ -81,7 +81,7 @@ class RefDialect:
     untied: tuple[str, ...] = ()  # canonical suffixes the reference only has tied (not stored)
 
     def leaf(self, role: Role, stem: str) -> tuple[str, bool]:
-        name, transpose = self.role_leaves.get(role, _LEAVES[self.base][role])
+        name, transpose = self.role_leaves.get(role, leaf_rule(role, self.base))
         for suffix, override in self.stem_leaves.items():
             if stem == suffix or stem.endswith("." + suffix):
                 name = override
