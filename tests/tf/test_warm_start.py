@@ -221,3 +221,24 @@ def test_backbone_save_round_trip(singles, tmp_path):
     with torch.no_grad():
         r = again(torch.from_numpy(ids)).logits
     assert max_diff(r, model(ids).logits) < TOL
+
+
+def test_against_hf_untied_gpt2_lm_head(tmp_path):
+    """tie_word_embeddings=False: `lm_head` is its own Dense (kernel = weight.T), saved and
+    loaded under the reference's name."""
+    import torch
+    import transformers as tr
+
+    torch.manual_seed(1)
+    ref = tr.GPT2LMHeadModel(tr.GPT2Config(**GPT2_TINY, tie_word_embeddings=False)).eval()
+    ref.save_pretrained(tmp_path / "ref")
+    model = GPT2LMHeadModel.from_pretrained(tmp_path / "ref")
+    assert model.lm_head.kernel.shape == (32, 99)
+    ids = np.random.default_rng(3).integers(0, 99, (2, 6))
+    with torch.no_grad():
+        r = ref(torch.from_numpy(ids)).logits
+    assert max_diff(r, model(ids).logits) < TOL
+    model.save_pretrained(tmp_path / "ours")
+    src, saved = (load_file(tmp_path / d / "model.safetensors") for d in ("ref", "ours"))
+    assert set(saved) == set(src)
+    np.testing.assert_array_equal(saved["lm_head.weight"], src["lm_head.weight"])
