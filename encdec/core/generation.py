@@ -208,7 +208,8 @@ def plan(model_config: EncoderDecoderConfig, generation_config: GenerationConfig
     # lengths (`_prepare_generated_length`, `_validate_generated_length`)
     if gc.max_new_tokens is not None:
         if gc.max_new_tokens <= 0:
-            raise ValueError(f"`max_new_tokens` must be greater than 0, but is {gc.max_new_tokens}.")
+            raise ValueError("`max_new_tokens` must be greater than 0, but is "
+                             f"{gc.max_new_tokens}.")
         max_length = gc.max_new_tokens + PROMPT_LENGTH
     elif default_max_length:
         max_length = DEFAULT_MAX_NEW_TOKENS + PROMPT_LENGTH
@@ -218,9 +219,10 @@ def plan(model_config: EncoderDecoderConfig, generation_config: GenerationConfig
     else:
         max_length = gc.max_length
     if PROMPT_LENGTH >= max_length:
-        raise ValueError(f"Input length of decoder_input_ids is {PROMPT_LENGTH}, but `max_length` "
-                         f"is set to {max_length}. This can lead to unexpected behavior. You should "
-                         "consider increasing `max_length` or, better yet, setting `max_new_tokens`.")
+        raise ValueError(f"Input length of decoder_input_ids is {PROMPT_LENGTH}, but "
+                         f"`max_length` is set to {max_length}. This can lead to unexpected "
+                         "behavior. You should consider increasing `max_length` or, better yet, "
+                         "setting `max_new_tokens`.")
     min_length = (gc.min_new_tokens + PROMPT_LENGTH if gc.min_new_tokens is not None
                   else gc.min_length)
     if min_length > max_length:
@@ -232,14 +234,14 @@ def plan(model_config: EncoderDecoderConfig, generation_config: GenerationConfig
     if gc.num_beams == 1:
         strategy = Strategy.SAMPLE if gc.do_sample else Strategy.GREEDY
         if gc.num_return_sequences > 1 and not gc.do_sample:
-            raise ValueError("Greedy methods (do_sample != True) without beam search do not support "
-                             "`num_return_sequences` different than 1 (got "
+            raise ValueError("Greedy methods (do_sample != True) without beam search do not "
+                             "support `num_return_sequences` different than 1 (got "
                              f"{gc.num_return_sequences}).")
     else:
         strategy = Strategy.BEAM_SAMPLE if gc.do_sample else Strategy.BEAM
         if gc.num_return_sequences > gc.num_beams:
-            raise ValueError(f"`num_return_sequences` ({gc.num_return_sequences}) has to be smaller "
-                             f"or equal to `num_beams` ({gc.num_beams}).")
+            raise ValueError(f"`num_return_sequences` ({gc.num_return_sequences}) has to be "
+                             f"smaller or equal to `num_beams` ({gc.num_beams}).")
 
     processors = _processors(gc, strategy, eos, min_length, max_length)
     return GenerationPlan(
@@ -299,7 +301,8 @@ def _processors(gc: GenerationConfig, strategy: Strategy, eos: tuple[int, ...], 
             out.append(Temperature(float(gc.temperature)))
         if gc.top_k is not None and gc.top_k != 0:
             if not isinstance(gc.top_k, (int, np.integer)) or gc.top_k <= 0:
-                raise ValueError(f"`top_k` has to be a strictly positive integer, but is {gc.top_k}")
+                raise ValueError("`top_k` has to be a strictly positive integer, but is "
+                                 f"{gc.top_k}")
             out.append(TopK(max(int(gc.top_k), min_keep)))
         if gc.top_p is not None and gc.top_p < 1.0:
             out.append(TopP(float(gc.top_p), min_keep))
@@ -327,7 +330,7 @@ def _no_repeat_ngram(s: NoRepeatNGram, ids: np.ndarray, x: np.ndarray) -> np.nda
     prefix = ids[:, t + 1 - n:]  # (N, n - 1)
     matches = (windows[..., :-1] == prefix[:, None, :]).all(-1)  # (N, T - n + 1)
     out = x.copy()
-    for row, w in zip(*np.nonzero(matches)):
+    for row, w in zip(*np.nonzero(matches), strict=True):
         out[row, windows[row, w, -1]] = NEG_INF
     return out
 
@@ -465,7 +468,8 @@ def beam_step(p: GenerationPlan, state: BeamState, log_probs: np.ndarray, cur_le
                         for row in probs])  # (B, 2K)
         top_scores = np.take_along_axis(acc, top, -1)
         order = np.argsort(-top_scores, axis=-1, kind="stable")
-        top, top_scores = np.take_along_axis(top, order, -1), np.take_along_axis(top_scores, order, -1)
+        top = np.take_along_axis(top, order, -1)
+        top_scores = np.take_along_axis(top_scores, order, -1)
     else:
         top = np.argsort(-acc, axis=-1, kind="stable")[:, :keep]  # (B, 2K)
         top_scores = np.take_along_axis(acc, top, -1)

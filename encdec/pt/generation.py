@@ -220,7 +220,7 @@ def _beam_init(p: G.GenerationPlan, b: int, device: torch.device) -> _Beams:
 
 def _beam_step(p: G.GenerationPlan, s: _Beams, log_probs: Tensor, cur_len: int, eos: Tensor,
                generator: torch.Generator | None) -> tuple[_Beams, Tensor, Tensor]:
-    """`encdec.core.generation.beam_step` in torch -> (state, reorder (B*K,), done (bool tensor))."""
+    """`encdec.core.generation.beam_step` in torch -> (state, reorder (B*K,), done (bool))."""
     b, k = s.running_scores.shape
     v = log_probs.shape[-1]
     keep = p.beams_to_keep
@@ -236,8 +236,8 @@ def _beam_step(p: G.GenerationPlan, s: _Beams, log_probs: Tensor, cur_len: int, 
     cand_seqs = _take(s.running_sequences, src_beam)  # (B, 2K, L)
     cand_seqs[:, :, cur_len] = token
     cand_idx = _take(s.running_beam_indices, src_beam)
-    cand_idx[:, :, cur_len - G.PROMPT_LENGTH] = src_beam + torch.arange(b, device=acc.device)[:,
-                                                                                             None] * k
+    batch_offset = torch.arange(b, device=acc.device)[:, None] * k  # (B, 1)
+    cand_idx[:, :, cur_len - G.PROMPT_LENGTH] = src_beam + batch_offset
     hits = torch.isin(token, eos) | (cur_len + 1 >= p.max_length)  # (B, 2K)
 
     alive_scores = top_scores + hits.float() * G.BEAM_NEG

@@ -36,14 +36,14 @@ def batch(seed: int = 0, size: int = 3, src_len: int = 9) -> tuple[np.ndarray, n
     return b["input_ids"], b["attention_mask"]
 
 
-def hf_generate(model, input_ids: np.ndarray, attention_mask: np.ndarray, **kwargs):
+def hf_generate(model, input_ids: np.ndarray, attention_mask: np.ndarray | None, **kwargs):
     """transformers' generate on numpy inputs; returns numpy (or a dict of numpy)."""
     import torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = model.generate(torch.as_tensor(input_ids), attention_mask=torch.as_tensor(
-            attention_mask), **kwargs)
+        mask = None if attention_mask is None else torch.as_tensor(attention_mask)
+        out = model.generate(torch.as_tensor(input_ids), attention_mask=mask, **kwargs)
     if isinstance(out, torch.Tensor):
         return out.numpy()
     return {k: (tuple(s.numpy() for s in v) if isinstance(v, tuple) else v.numpy())

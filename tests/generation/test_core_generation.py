@@ -223,7 +223,7 @@ def test_numpy_loop_scores_match_reference(kw):
     assert set(ours) == set(ref)
     np.testing.assert_array_equal(ours.sequences, ref["sequences"])
     assert len(ours.scores) == len(ref["scores"])
-    for s, r in zip(ours.scores, ref["scores"]):
+    for s, r in zip(ours.scores, ref["scores"], strict=True):
         np.testing.assert_allclose(s, r, rtol=0, atol=1e-5)
     if p.is_beam:
         np.testing.assert_allclose(ours.sequences_scores, ref["sequences_scores"], atol=1e-5)

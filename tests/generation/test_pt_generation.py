@@ -5,6 +5,9 @@ static-cache decoding contract, and generation-config handling."""
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +62,7 @@ CASES = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:Using the model-agnostic default `max_length`")
 @pytest.mark.parametrize("name", oracle.NAMES)
 @pytest.mark.parametrize("early_eos", [False, True], ids=["eos3", "eos@2"])
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[_ids(kw) for kw in CASES])
@@ -90,9 +94,9 @@ def test_several_eos_ids_and_no_mask(kw):
     x, a = oracle.batch(1)
     seq = oracle.hf_generate(ref_model, x, a, max_new_tokens=4, eos_token_id=None)
     eos = [int(seq[1, 2]), int(seq[2, 3])]
+    assert (x == 0).any()  # padded: without a mask the reference attends to the padding
     for mask in (a, None):
-        want = oracle.hf_generate(ref_model, x, np.ones_like(a) if mask is None else mask,
-                                  eos_token_id=eos, **kw)
+        want = oracle.hf_generate(ref_model, x, mask, eos_token_id=eos, **kw)
         np.testing.assert_array_equal(_generate(ours("bert2gpt2", 1), x, mask, eos_token_id=eos,
                                                 **kw), want)
 
@@ -109,7 +113,7 @@ def test_scores_match_reference(name, kw):
     assert set(got) == set(want)
     np.testing.assert_array_equal(got.sequences.numpy(), want["sequences"])
     assert len(got.scores) == len(want["scores"])
-    for s, r in zip(got.scores, want["scores"]):
+    for s, r in zip(got.scores, want["scores"], strict=True):
         np.testing.assert_allclose(s.numpy(), r, rtol=0, atol=1e-5)
     if "sequences_scores" in want:
         np.testing.assert_allclose(got.sequences_scores.numpy(), want["sequences_scores"],
@@ -234,3 +238,17 @@ def test_model_generation_config_and_call_overrides(tmp_path):
     np.testing.assert_array_equal(_generate(reloaded, x, a, num_beams=1, max_new_tokens=4), want)
     with pytest.raises(TypeError, match="unknown generation arguments"):
         _generate(reloaded, x, a, beams=2)
+
+
+# --- benchmark smoke test ------------------------------------------------------------------
+
+
+def test_benchmark_tiny_runs_and_matches_reference():
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "benchmarks/generate.py", "--tiny", "--backends", "pt"],
+                       cwd=root, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| pt |")]
+    assert len(rows) == 8, r.stdout  # 2 models x 2 batch sizes x (greedy, beams)
+    assert all(line.rstrip().endswith("| yes |") for line in rows), r.stdout  # same tokens
+    assert "matrix-vector bandwidth" in r.stdout and "floor" in r.stdout
