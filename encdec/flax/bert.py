@@ -43,7 +43,7 @@ class BertEmbeddings(nnx.Module):
         self.word_embeddings = embed(c.vocab_size, h, std, rngs=rngs)
         if c.pad_token_id is not None and 0 <= c.pad_token_id < c.vocab_size:  # reference init
             table = self.word_embeddings.embedding
-            table.value = table[...].at[c.pad_token_id].set(0.0)
+            table.set_value(table[...].at[c.pad_token_id].set(0.0))
         self.position_embeddings = embed(c.max_position_embeddings, h, std, rngs=rngs)
         self.token_type_embeddings = embed(c.type_vocab_size, h, std, rngs=rngs)
         self.LayerNorm = layer_norm(h, c.layer_norm_eps, rngs=rngs)

@@ -205,12 +205,14 @@ class EncoderDecoderModel(nnx.Module):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
                         rngs: nnx.Rngs | None = None,
                         **config_overrides: Any) -> EncoderDecoderModel:
-        """Load a composite checkpoint (strict: every weight must be there), in eval mode."""
+        """Load a composite checkpoint (strict: every weight must be there), in eval mode.
+        Weights are allocated once, from the checkpoint: there is no random init to discard."""
         pre = read_pretrained(pretrained_model_name_or_path, **config_overrides)
-        model = cls(config=pre.config, rngs=rngs)
+        model = params.abstract(lambda: cls(config=pre.config), rngs)  # no random init
         model.generation_config = pre.generation_config
         load_weights(model.table(), pre.directory, Dialect.NNX,
                      functools.partial(params.assign, model), strict=True)
+        params.check_assigned(model)
         model.eval()
         return model
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -54,7 +56,7 @@ def assign(model: nnx.Module, path: str, array: np.ndarray) -> None:
     if tuple(array.shape) != tuple(var.shape):
         raise CheckpointError(f"{path}: got shape {tuple(array.shape)}, the model holds "
                               f"{tuple(var.shape)}")
-    var.value = jnp.asarray(array, dtype=var.dtype)
+    var.set_value(jnp.asarray(array, dtype=var.dtype))
 
 
 def tie(model: nnx.Module, table: Table) -> None:
@@ -74,6 +76,28 @@ def tie(model: nnx.Module, table: Table) -> None:
 def get(model: nnx.Module, path: str) -> np.ndarray:
     """The parameter at `path` as numpy."""
     return np.asarray(_variable(model, path)[...])
+
+
+def abstract(build: Callable[[], nnx.Module], rngs: nnx.Rngs | None = None) -> nnx.Module:
+    """`build()` without computing any initial weight (`nnx.eval_shape`): parameters hold only
+    shapes until `assign` fills them from a checkpoint; the dropout RNG streams get concrete
+    keys (from `rngs` when given)."""
+    model = nnx.eval_shape(build)
+    key = jax.random.key(0) if rngs is None else rngs()
+    for i, (_, var) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.RngState))):
+        if isinstance(var, nnx.RngKey):
+            var.set_value(jax.random.fold_in(key, i))
+        else:  # RngCount
+            var.set_value(jnp.zeros(var.shape, var.dtype))
+    return model
+
+
+def check_assigned(model: nnx.Module) -> None:
+    """Raise if a parameter of an `abstract` model was never assigned."""
+    left = [path for path, var in variables(model).items()
+            if isinstance(var.get_value(), jax.ShapeDtypeStruct)]
+    if left:
+        raise CheckpointError(f"{type(model).__name__}: parameters not loaded: {left[:20]}")
 
 
 def load_backbone(cls: type, path_or_id: str | os.PathLike, *, rngs: nnx.Rngs | None = None,
