@@ -154,7 +154,9 @@ class EncoderDecoderModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """`model.fit` without a compiled loss trains on the model's own loss (labels in `x`),
-        as the reference's TF models do; a loss given to `compile` is used as usual."""
+        as the reference's TF models do; a loss given to `compile` is used as usual. Under a
+        `tf.distribute` strategy the per-replica loss is divided by the number of replicas, as
+        Keras does for compiled losses (gradients are summed across replicas)."""
         if self.loss is not None:
             return super().compute_loss(x, y, y_pred, sample_weight, training)
         loss = y_pred["loss"] if isinstance(y_pred, Mapping) and "loss" in y_pred else None
@@ -163,7 +165,7 @@ class EncoderDecoderModel(keras.Model):
                              "the input dict (the model computes its own loss)")
         if self.losses:
             loss = loss + tf.add_n(self.losses)
-        return loss
+        return loss / tf.distribute.get_strategy().num_replicas_in_sync
 
     # --- static-cache decoding contract -----------------------------------------------------
 
