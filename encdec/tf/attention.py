@@ -1,5 +1,5 @@
 """`Attention` for BERT and GPT-2 (self and cross), its masks and caches; plus the shared
-numerics (activations, initialisers) of the Keras backend.
+numerics (activations, initialisers, the loss) of the Keras backend.
 
 Follows transformers' `BertSelfAttention` / `BertCrossAttention` / `GPT2Attention` with the
 reference's default SDPA masks: padding masks act on keys only, the decoder's padding mask is

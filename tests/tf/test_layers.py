@@ -1,0 +1,66 @@
+"""Layer-level numerics of encdec.tf.attention against transformers / the core: activations,
+the loss, mask semantics, and beam-grouped cross-attention against repeated K/V."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from encdec.core import seq2seq
+from encdec.tf.attention import (
+    ACTIVATIONS,
+    Attention,
+    causal_lm_loss,
+    causal_mask,
+    cross_entropy,
+    padding_mask,
+)
+from tests.conftest import make_batch
+
+from .conftest import max_diff
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_against_hf_activations(name):
+    import torch
+    from transformers.activations import ACT2FN
+
+    x = np.linspace(-8, 8, 4001, dtype=np.float32)
+    ref = ACT2FN[name](torch.from_numpy(x)).numpy()
+    assert max_diff(ref, ACTIVATIONS[name](tf.constant(x))) < 1e-6
+
+
+def test_cross_entropy_matches_core():
+    b = make_batch()
+    logits = np.random.default_rng(0).normal(size=(*b["labels"].shape, 99)).astype(np.float32)
+    assert abs(float(cross_entropy(logits, b["labels"]))
+               - seq2seq.cross_entropy(logits, b["labels"])) < 1e-6
+    shifted = seq2seq.cross_entropy(logits[:, :-1], b["labels"][:, 1:])
+    assert abs(float(causal_lm_loss(logits, b["labels"])) - shifted) < 1e-6
+
+
+def test_mask_semantics():
+    pad = tf.constant([[1, 1, 1, 0], [0, 1, 1, 1]])
+    m = causal_mask(2, 2, 4, tf.float32, pad)  # queries at positions 2, 3 over 4 keys
+    allowed = m.bias.numpy() == 0  # (B, 1, Tq, Tk)
+    want = np.array([[[1, 1, 1, 0], [1, 1, 1, 0]], [[0, 1, 1, 0], [0, 1, 1, 1]]], bool)
+    np.testing.assert_array_equal(allowed[:, 0], want)
+    assert m.bias.numpy().min() == np.finfo(np.float32).min
+    p = padding_mask(tf.constant([[1, 0], [0, 0]]), tf.float32)
+    np.testing.assert_array_equal(p.keep.numpy()[:, 0, 0, 0], [1.0, 0.0])  # empty row -> zeros
+
+
+@pytest.mark.parametrize("gpt2", [False, True], ids=["bert", "gpt2"])
+def test_step_cross_groups_beams_without_repeating_kv(gpt2):
+    attn = Attention(16, 4, gpt2=gpt2, cross=True, name="crossattention")
+    rng = np.random.default_rng(0)
+    states = tf.constant(rng.normal(size=(2, 5, 16)), tf.float32)  # (Be, S, H)
+    x = tf.constant(rng.normal(size=(6, 2, 16)), tf.float32)  # (Be * 3 beams, T, H)
+    enc_mask = tf.constant([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    attn(x[:2], padding_mask(enc_mask, tf.float32), states=states)  # build
+    k, v = attn.project_kv(states)  # (Be, h, S, d)
+    grouped = attn.step_cross(x, k, v, padding_mask(enc_mask, tf.float32))
+    rep = tf.repeat(states, 3, axis=0)
+    full, _, _ = attn(x, padding_mask(tf.repeat(enc_mask, 3, axis=0), tf.float32), states=rep)
+    assert max_diff(full, grouped) < 1e-6
