@@ -161,8 +161,10 @@ class EncoderDecoderModel(nnx.Module):
         c = self.config.decoder
         h, d = c.num_attention_heads, c.hidden_size // c.num_attention_heads
         states = self._project(encoder_hidden_states)
-        buf = jnp.zeros((batch_size, h, max_length, d), states.dtype)
-        return tuple((buf, buf, ck, cv) for ck, cv in self.decoder.cross_kv(states))
+        shape = (batch_size, h, max_length, d)
+        # distinct buffers (not one shared zeros array), so a caller may donate each of them
+        return tuple((jnp.zeros(shape, states.dtype), jnp.zeros(shape, states.dtype), ck, cv)
+                     for ck, cv in self.decoder.cross_kv(states))
 
     def decode_step(self, decoder_input_ids: jax.Array, cache: Cache, cache_index: int | jax.Array,
                     encoder_attention_mask: jax.Array | None,
