@@ -46,6 +46,8 @@ def test_against_hf_gradients(name, reference_dir, hf_model):
         assert max_diff(ref_grads[p.name], g) < GRAD_TOL, p.name
 
 
+# the encoder's pooler gets no gradient in a seq2seq loss (as in the reference), which Keras notes
+@pytest.mark.filterwarnings("ignore:Gradients do not exist:UserWarning")
 def test_fit_lowers_the_loss(reference_dir):
     """compile(optimizer=Adam) with no loss + fit on dicts that include labels."""
     model = EncoderDecoderModel.from_pretrained(reference_dir("bert2gpt2"))
