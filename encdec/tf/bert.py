@@ -122,13 +122,17 @@ class BertLayer(keras.layers.Layer):
 
     output = None  # see BertAttention
 
-    def __init__(self, c: BertConfig, **kwargs):
+    def __init__(self, c: BertConfig, shared: BertLayer | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.attention = BertAttention(c, cross=False, name="attention")
+        if shared is not None:  # tie_encoder_decoder: the encoder layer's sublayers
+            self.attention, self.intermediate = shared.attention, shared.intermediate
+            self.output = shared.output
+        else:
+            self.attention = BertAttention(c, cross=False, name="attention")
+            self.intermediate = BertIntermediate(c, name="intermediate")
+            self.output = BertOutput(c, name="output")
         if c.add_cross_attention:
             self.crossattention = BertAttention(c, cross=True, name="crossattention")
-        self.intermediate = BertIntermediate(c, name="intermediate")
-        self.output = BertOutput(c, name="output")
         self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor, attn_mask: Mask | None = None, *, states=None,
@@ -165,9 +169,11 @@ class BertLayer(keras.layers.Layer):
 class BertEncoder(keras.layers.Layer):
     """The stack of `BertLayer`s (`layer[i]`), with hidden-state / attention collection."""
 
-    def __init__(self, c: BertConfig, **kwargs):
+    def __init__(self, c: BertConfig, shared: BertEncoder | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.layer = [BertLayer(c, name=f"layer_{i}") for i in range(c.num_hidden_layers)]
+        tied = [] if shared is None else shared.layer
+        self.layer = [BertLayer(c, tied[i] if i < len(tied) else None, name=f"layer_{i}")
+                      for i in range(c.num_hidden_layers)]
         self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor, attn_mask: Mask | None = None, *, states=None,
@@ -249,12 +255,16 @@ class BertModel(keras.Model):
 
     config_class = BertConfig
 
-    def __init__(self, config: BertConfig, add_pooling_layer: bool = True, *, name: str = "bert",
-                 **kwargs):
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True, *,
+                 shared: BertModel | None = None, name: str = "bert", **kwargs):
+        """`shared`: an encoder `BertModel` whose embeddings and layer sublayers this model
+        reuses (the reference's `tie_encoder_decoder`)."""
         super().__init__(name=name, **kwargs)
         self.config = config
-        self.embeddings = BertEmbeddings(config, name="embeddings")
-        self.encoder = BertEncoder(config, name="encoder")
+        self.embeddings = shared.embeddings if shared is not None \
+            else BertEmbeddings(config, name="embeddings")
+        self.encoder = BertEncoder(config, None if shared is None else shared.encoder,
+                                   name="encoder")
         if add_pooling_layer:
             self.pooler = BertPooler(config, name="pooler")
         self.built = True  # sublayers create their variables on the first call
@@ -313,10 +323,11 @@ class BertLMHeadModel(keras.Model):
 
     config_class = BertConfig
 
-    def __init__(self, config: BertConfig, *, name: str = "bert_lm_head", **kwargs):
+    def __init__(self, config: BertConfig, *, shared: BertModel | None = None,
+                 name: str = "bert_lm_head", **kwargs):
         super().__init__(name=name, **kwargs)
         self.config = config
-        self.bert = BertModel(config, add_pooling_layer=False, name="bert")
+        self.bert = BertModel(config, add_pooling_layer=False, shared=shared, name="bert")
         self.cls = BertOnlyMLMHead(config, name="cls")
         self.built = True  # sublayers create their variables on the first call
         params.build(self, config)

@@ -73,14 +73,20 @@ class EncoderDecoderModel(keras.Model):
         elif not isinstance(config, EncoderDecoderConfig):
             raise ValueError("config: expected an EncoderDecoderConfig, got "
                              f"{type(config).__name__}")
-        if config.tie_encoder_decoder:  # TODO: share the encoder's layers with the decoder
-            raise NotImplementedError("encdec.tf: tie_encoder_decoder=True is not supported yet")
         self.config = config
         self.generation_config = GenerationConfig.from_model_config(config)
         self.encoder = encoder or ENCODERS[config.encoder.model_type](config.encoder,
                                                                       name="encoder")
-        self.decoder = decoder or DECODERS[config.decoder.model_type](config.decoder,
-                                                                      name="decoder")
+        if decoder is None:
+            # tie_encoder_decoder: the decoder's base reuses the encoder's layers (variables)
+            tie = config.tie_encoder_decoder and \
+                config.encoder.model_type == config.decoder.model_type
+            decoder = DECODERS[config.decoder.model_type](
+                config.decoder, shared=self.encoder if tie else None, name="decoder")
+        elif config.tie_encoder_decoder:
+            raise ValueError("tie_encoder_decoder=True needs the decoder built by the model "
+                             "(pass a config, not a decoder object)")
+        self.decoder = decoder
         # the backbones share the composite's configs, so `model.config.decoder.x = …` reaches them
         self.encoder.config, self.decoder.config = config.encoder, config.decoder
         if weights.has_enc_to_dec_proj(config):

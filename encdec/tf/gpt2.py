@@ -56,21 +56,25 @@ class GPT2MLP(keras.layers.Layer):
 class GPT2Block(keras.layers.Layer):
     """x + attn(ln_1 x) [+ crossattention(ln_cross_attn x)] + mlp(ln_2 x)."""
 
-    def __init__(self, c: GPT2Config, layer_idx: int, **kwargs):
+    def __init__(self, c: GPT2Config, layer_idx: int, shared: GPT2Block | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         scale = (c.n_embd // c.n_head) ** -0.5 if c.scale_attn_weights else 1.0
         if c.scale_attn_by_inverse_layer_idx:
             scale /= float(layer_idx + 1)
         kw = dict(dropout=c.attn_pdrop, resid_dropout=c.resid_pdrop, scale=scale,
                   std=c.initializer_range, proj_std=c.initializer_range / math.sqrt(2 * c.n_layer))
-        self.ln_1 = _layer_norm(c, "ln_1")
-        self.attn = Attention(c.n_embd, c.n_head, gpt2=True, cross=False, name="attn", **kw)
-        self.ln_2 = _layer_norm(c, "ln_2")
+        if shared is not None:  # tie_encoder_decoder: the encoder block's sublayers
+            self.ln_1, self.attn, self.ln_2 = shared.ln_1, shared.attn, shared.ln_2
+        else:
+            self.ln_1 = _layer_norm(c, "ln_1")
+            self.attn = Attention(c.n_embd, c.n_head, gpt2=True, cross=False, name="attn", **kw)
+            self.ln_2 = _layer_norm(c, "ln_2")
         if c.add_cross_attention:
             self.crossattention = Attention(c.n_embd, c.n_head, gpt2=True, cross=True,
                                             name="crossattention", **kw)
             self.ln_cross_attn = _layer_norm(c, "ln_cross_attn")
-        self.mlp = GPT2MLP(c, name="mlp")
+        self.mlp = shared.mlp if shared is not None else GPT2MLP(c, name="mlp")
         self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor, attn_mask: Mask | None = None, *, states=None,
@@ -109,17 +113,25 @@ class GPT2Model(keras.Model):
 
     config_class = GPT2Config
 
-    def __init__(self, config: GPT2Config, *, name: str = "transformer", **kwargs):
+    def __init__(self, config: GPT2Config, *, shared: GPT2Model | None = None,
+                 name: str = "transformer", **kwargs):
+        """`shared`: an encoder `GPT2Model` whose embeddings, blocks' sublayers and `ln_f` this
+        model reuses (the reference's `tie_encoder_decoder`)."""
         super().__init__(name=name, **kwargs)
         self.config = config
         init = normal(config.initializer_range)
-        self.wte = keras.layers.Embedding(config.vocab_size, config.n_embd,
-                                          embeddings_initializer=init, name="wte")
-        self.wpe = keras.layers.Embedding(config.n_positions, config.n_embd,
-                                          embeddings_initializer=init, name="wpe")
+        if shared is not None:
+            self.wte, self.wpe = shared.wte, shared.wpe
+        else:
+            self.wte = keras.layers.Embedding(config.vocab_size, config.n_embd,
+                                              embeddings_initializer=init, name="wte")
+            self.wpe = keras.layers.Embedding(config.n_positions, config.n_embd,
+                                              embeddings_initializer=init, name="wpe")
         self.drop = keras.layers.Dropout(config.embd_pdrop, name="drop")
-        self.h = [GPT2Block(config, i, name=f"h_{i}") for i in range(config.n_layer)]
-        self.ln_f = _layer_norm(config, "ln_f")
+        tied = [] if shared is None else shared.h
+        self.h = [GPT2Block(config, i, tied[i] if i < len(tied) else None, name=f"h_{i}")
+                  for i in range(config.n_layer)]
+        self.ln_f = shared.ln_f if shared is not None else _layer_norm(config, "ln_f")
         self.built = True  # sublayers create their variables on the first call
         params.build(self, config)
 
@@ -198,10 +210,11 @@ class GPT2LMHeadModel(keras.Model):
 
     config_class = GPT2Config
 
-    def __init__(self, config: GPT2Config, *, name: str = "gpt2_lm_head", **kwargs):
+    def __init__(self, config: GPT2Config, *, shared: GPT2Model | None = None,
+                 name: str = "gpt2_lm_head", **kwargs):
         super().__init__(name=name, **kwargs)
         self.config = config
-        self.transformer = GPT2Model(config, name="transformer")
+        self.transformer = GPT2Model(config, shared=shared, name="transformer")
         if not config.tie_word_embeddings:
             self.lm_head = dense(config.vocab_size, "lm_head", config.initializer_range,
                                  use_bias=False)
