@@ -14,9 +14,12 @@ from .config import EncoderDecoderConfig, GenerationConfig
 IGNORE_INDEX = -100
 
 
-def shift_tokens_right(labels: np.ndarray, pad_token_id: int | None,
-                       decoder_start_token_id: int | None) -> np.ndarray:
-    """labels -> decoder_input_ids: prepend the start id, drop the last, -100 -> pad."""
+def shift_token_ids(pad_token_id: int | None,
+                    decoder_start_token_id: int | None) -> tuple[int, int]:
+    """The (pad, start) ids that shifting labels needs; a clear error when one is unset.
+
+    Backends shift with their own tensor ops (traceable); this holds the rule's checks.
+    """
     if decoder_start_token_id is None:
         raise ValueError("config.decoder_start_token_id is not set: it is needed to build "
                          "decoder_input_ids from labels (e.g. model.config.decoder_start_token_id"
@@ -24,6 +27,13 @@ def shift_tokens_right(labels: np.ndarray, pad_token_id: int | None,
     if pad_token_id is None:
         raise ValueError("config.pad_token_id is not set: it is needed to replace -100 in labels "
                          "(e.g. model.config.pad_token_id = tokenizer.pad_token_id)")
+    return int(pad_token_id), int(decoder_start_token_id)
+
+
+def shift_tokens_right(labels: np.ndarray, pad_token_id: int | None,
+                       decoder_start_token_id: int | None) -> np.ndarray:
+    """labels -> decoder_input_ids: prepend the start id, drop the last, -100 -> pad."""
+    pad_token_id, decoder_start_token_id = shift_token_ids(pad_token_id, decoder_start_token_id)
     out = np.empty_like(labels)
     out[..., 1:] = labels[..., :-1]
     out[..., 0] = decoder_start_token_id

@@ -13,7 +13,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from encdec.core import weights
@@ -26,7 +25,7 @@ from encdec.core.modeling import (
     warm_start_weights,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
-from encdec.core.seq2seq import IGNORE_INDEX, shift_tokens_right
+from encdec.core.seq2seq import IGNORE_INDEX, shift_token_ids
 from encdec.core.weights import Dialect
 
 from . import params
@@ -139,14 +138,7 @@ class EncoderDecoderModel(nnx.Module):
 
     def prepare_decoder_input_ids_from_labels(self, labels: jax.Array) -> jax.Array:
         """labels -> decoder_input_ids (core rule: shift right, start id, -100 -> pad)."""
-        pad, start = self.config.pad_token_id, self.config.decoder_start_token_id
-        try:
-            return jnp.asarray(shift_tokens_right(np.asarray(labels), pad, start))
-        except jax.errors.TracerArrayConversionError:
-            pass
-        # TODO(core): labels are traced under jit, and core.seq2seq.shift_tokens_right is numpy
-        # only; the core checks the ids (on an empty array), the same rule runs here in jnp.
-        shift_tokens_right(np.zeros((0, 1), np.int64), pad, start)
+        pad, start = shift_token_ids(self.config.pad_token_id, self.config.decoder_start_token_id)
         shifted = jnp.concatenate([jnp.full_like(labels[:, :1], start), labels[:, :-1]], axis=1)
         return jnp.where(shifted == IGNORE_INDEX, pad, shifted)  # (B, T)
 

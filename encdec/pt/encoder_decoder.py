@@ -26,7 +26,7 @@ from encdec.core.modeling import (
     warm_start_weights,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
-from encdec.core.seq2seq import shift_tokens_right
+from encdec.core.seq2seq import IGNORE_INDEX, shift_token_ids
 from encdec.core.weights import Dialect
 
 from . import params
@@ -180,9 +180,9 @@ class EncoderDecoderModel(nn.Module):
 
     def prepare_decoder_input_ids_from_labels(self, labels: Tensor) -> Tensor:
         """labels -> decoder_input_ids (core rule: shift right, start id, -100 -> pad)."""
-        ids = shift_tokens_right(labels.detach().cpu().numpy(), self.config.pad_token_id,
-                                 self.config.decoder_start_token_id)
-        return torch.from_numpy(ids).to(labels.device)
+        pad, start = shift_token_ids(self.config.pad_token_id, self.config.decoder_start_token_id)
+        ids = torch.cat([labels.new_full((labels.shape[0], 1), start), labels[:, :-1]], dim=1)
+        return ids.masked_fill(ids == IGNORE_INDEX, pad)  # (B, T)
 
     # --- static-cache decoding contract -----------------------------------------------------
 
