@@ -169,7 +169,8 @@ def _is_in(ids: tuple[int, ...], vocab: int) -> tf.Tensor:
 
 
 def _min_length(s: gen.MinLength, ids, cur_len, x):
-    return tf.where((cur_len < s.min_length) & _is_in(s.eos_token_ids, x.shape[-1])[None], NEG_INF, x)
+    return tf.where((cur_len < s.min_length) & _is_in(s.eos_token_ids, x.shape[-1])[None],
+                    NEG_INF, x)
 
 
 def _forced(token_ids: tuple[int, ...], x: tf.Tensor) -> tf.Tensor:

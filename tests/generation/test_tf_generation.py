@@ -86,8 +86,7 @@ def assert_same(got, want) -> None:
     assert set(got) == set(want), (set(got), set(want))
     np.testing.assert_array_equal(np.asarray(got["sequences"]), want["sequences"])
     if "scores" in want:
-        assert len(got["scores"]) == len(want["scores"])
-        for a, b in zip(got["scores"], want["scores"]):
+        for a, b in zip(got["scores"], want["scores"], strict=True):
             np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=1e-5)
     if "sequences_scores" in want:
         np.testing.assert_allclose(np.asarray(got["sequences_scores"]), want["sequences_scores"],
