@@ -1,5 +1,5 @@
 """Compiled generation for the Flax NNX backend: greedy search, sampling, beam search and beam
-sampling, each one `jax.jit` program that runs the encoder once and then a `lax.while_loop` over
+sampling, each one `nnx.jit` program that runs the encoder once and then a `lax.while_loop` over
 the model's fixed-size cache, with no host sync until it ends.
 
 Semantics are those of `encdec.core.generation` (transformers' PyTorch `generate`, 5.x): `plan`
