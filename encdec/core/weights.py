@@ -174,8 +174,9 @@ def bert_lm_head_model(c: ModelConfig) -> Table:
             *_norm("cls.predictions.transform.LayerNorm", h),
             Param("cls.predictions.bias", (v,), Role.BIAS),
             Param("cls.predictions.decoder.weight", (v, h), Role.LINEAR, tied_to=tied),
+            # tied: `decoder.bias` is `bias`; untied: the decoder's own bias, `bias` unused
             Param("cls.predictions.decoder.bias", (v,), Role.BIAS,
-                  tied_to="cls.predictions.bias")]
+                  tied_to="cls.predictions.bias" if c.tie_word_embeddings else None)]
     return Table(base.with_prefix("bert.").params + tuple(head),
                  ignored=(r"bert\.embeddings\.position_ids", r"bert\.pooler\..*"), prefix="bert.")
 

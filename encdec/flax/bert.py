@@ -256,16 +256,14 @@ class BertLMPredictionHead(nnx.Module):
     def __init__(self, c: BertConfig, *, rngs: nnx.Rngs):
         self.transform = BertPredictionHeadTransform(c, rngs=rngs)
         self.decoder = None if c.tie_word_embeddings else \
-            dense(c.hidden_size, c.vocab_size, c.initializer_range, use_bias=False, rngs=rngs)
+            dense(c.hidden_size, c.vocab_size, c.initializer_range, rngs=rngs)
         self.bias = nnx.Param(jnp.zeros((c.vocab_size,)))  # also the reference's `decoder.bias`
 
     def __call__(self, x: jax.Array, word_embeddings: nnx.Embed) -> jax.Array:
         x = self.transform(x)  # (B, T, H)
-        if self.decoder is None:
-            logits = jnp.einsum("bth,vh->btv", x, word_embeddings.embedding[...],
-                                precision=PRECISION)
-        else:
-            logits = self.decoder(x)
+        if self.decoder is not None:  # untied, as the reference: `decoder.bias`, not `bias`
+            return self.decoder(x)  # (B, T, V)
+        logits = jnp.einsum("bth,vh->btv", x, word_embeddings.embedding[...], precision=PRECISION)
         return logits + self.bias[...]  # (B, T, V)
 
 

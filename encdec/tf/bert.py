@@ -228,14 +228,14 @@ class BertLMPredictionHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.transform = BertPredictionHeadTransform(c, name="transform")
         self.bias = self.add_weight(shape=(c.vocab_size,), initializer="zeros", name="bias")
-        if not c.tie_word_embeddings:
-            self.decoder = dense(c.vocab_size, "decoder", c.initializer_range, use_bias=False)
+        if not c.tie_word_embeddings:  # as the reference: then `decoder.bias` is used, not `bias`
+            self.decoder = dense(c.vocab_size, "decoder", c.initializer_range)
         self.built = True  # sublayers create their variables on the first call
 
     def call(self, x: tf.Tensor, word_embeddings: tf.Tensor) -> tf.Tensor:
         x = self.transform(x)  # (B, T, H)
         if hasattr(self, "decoder"):
-            return self.decoder(x) + self.bias
+            return self.decoder(x)
         return tf.einsum("bth,vh->btv", x, word_embeddings) + self.bias  # (B, T, V)
 
 
