@@ -72,13 +72,33 @@ def load_weights(table: Table, directory: Path, dialect: Dialect, assign: Assign
         return load_state(table, state, dialect, assign, strict=strict, source=directory)
 
 
-def read_backbone_config(path_or_id: str | os.PathLike,
+def read_backbone_config(path_or_id: str | os.PathLike, expect: type[ModelConfig] = ModelConfig,
                          **overrides: Any) -> tuple[Path, ModelConfig]:
-    """A single-model checkpoint's directory and config (`overrides` applied)."""
+    """A single-model checkpoint's directory and config (`overrides` applied); an error naming
+    the file when its model_type is not an `expect`."""
     directory = resolve_checkpoint(path_or_id)
     config = config_from_dict(read_config_dict(directory), source=directory / CONFIG_NAME,
-                              expect=ModelConfig, **overrides)
+                              expect=expect, **overrides)
     return directory, config
+
+
+def load_backbone_weights(table: Table, directory: Path, dialect: Dialect, assign: Assign,
+                          what: str) -> LoadReport:
+    """A backbone's `from_pretrained` load: non-strict, the newly initialised weights logged."""
+    report = load_weights(table, directory, dialect, assign, strict=False)
+    text = report.summary(f"{what} ({directory})")
+    if text:
+        logger.warning("%s", text)
+    return report
+
+
+def save_backbone(directory: str | os.PathLike, architecture: str, config: ModelConfig,
+                  table: Table, dialect: Dialect, get: Get, *,
+                  max_shard_size: int | str = "5GB") -> Path:
+    """A backbone's `save_pretrained`: the reference's layout and names, written atomically."""
+    config_dict = {"architectures": [architecture], **config.to_dict()}
+    return write_checkpoint(directory, export_state(table, get, dialect), config=config_dict,
+                            max_shard_size=max_shard_size)
 
 
 def prepare_warm_start(encoder_path: str | os.PathLike, decoder_path: str | os.PathLike,

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from encdec.core.checkpoint import CONFIG_NAME, CheckpointError, write_checkpoint
+from encdec.core import modeling
 from encdec.core.config import ModelConfig
-from encdec.core.modeling import load_weights, read_backbone_config
-from encdec.core.weights import Dialect, Role, Table, export_state
+from encdec.core.modeling import load_backbone_weights, read_backbone_config
+from encdec.core.weights import Dialect, Role, Table
 
 logger = logging.getLogger("encdec")
 
@@ -123,27 +123,20 @@ class constructing:  # noqa: N801 - used as `with params.constructing() as c:`
 def load_backbone(cls: type, path_or_id, *, output_loading_info: bool = False, **overrides):
     """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
     the checkpoint lacks are initialised and reported), returned in eval mode."""
-    directory, config = read_backbone_config(path_or_id, **overrides)
-    if not isinstance(config, cls.config_class):
-        raise CheckpointError(f"{directory / CONFIG_NAME}: model_type {config.model_type!r} cannot "
-                              f"be loaded into {cls.__name__}")
+    directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
     with skip_init():
         model = cls(config)
     table = model.table()
-    report = load_weights(table, directory, Dialect.PT, functools.partial(assign, model),
-                          strict=False)
+    report = load_backbone_weights(table, directory, Dialect.PT, functools.partial(assign, model),
+                                   cls.__name__)
     init_params(model, table, config, report.missing)
     tie_params(model, table)
-    text = report.summary(f"{cls.__name__} ({directory})")
-    if text:
-        logger.warning("%s", text)
     model.eval()
     return (model, report) if output_loading_info else model
 
 
 def save_backbone(model: nn.Module, directory, max_shard_size: int | str = "5GB"):
-    """`save_pretrained` of a backbone: the reference's layout and names, written atomically."""
-    config = {"architectures": [type(model).__name__], **model.config.to_dict()}
-    return write_checkpoint(directory, export_state(model.table(), functools.partial(get, model),
-                                                    Dialect.PT),
-                            config=config, max_shard_size=max_shard_size)
+    """`save_pretrained` of a backbone (core.modeling.save_backbone)."""
+    return modeling.save_backbone(directory, type(model).__name__, model.config, model.table(),
+                                  Dialect.PT, functools.partial(get, model),
+                                  max_shard_size=max_shard_size)

@@ -20,10 +20,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from encdec.core.checkpoint import CONFIG_NAME, CheckpointError, write_checkpoint
+from encdec.core import modeling
+from encdec.core.checkpoint import CheckpointError
 from encdec.core.config import ModelConfig
-from encdec.core.modeling import load_weights, read_backbone_config
-from encdec.core.weights import Dialect, export_state
+from encdec.core.modeling import load_backbone_weights, read_backbone_config
+from encdec.core.weights import Dialect
 
 logger = logging.getLogger("encdec")
 
@@ -92,23 +93,16 @@ def load_backbone(cls: type, path_or_id: str | os.PathLike, *,
                   output_loading_info: bool = False, **overrides: Any):
     """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
     the checkpoint lacks keep their random init and are reported), in inference mode."""
-    directory, config = read_backbone_config(path_or_id, **overrides)
-    if not isinstance(config, cls.config_class):
-        raise CheckpointError(f"{directory / CONFIG_NAME}: model_type {config.model_type!r} cannot "
-                              f"be loaded into {cls.__name__}")
+    directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
     model = cls(config)
-    report = load_weights(model.table(), directory, Dialect.KERAS,
-                          functools.partial(assign, model), strict=False)
-    text = report.summary(f"{cls.__name__} ({directory})")
-    if text:
-        logger.warning("%s", text)
+    report = load_backbone_weights(model.table(), directory, Dialect.KERAS,
+                                   functools.partial(assign, model), cls.__name__)
     return (model, report) if output_loading_info else model
 
 
 def save_backbone(model: keras.Model, directory: str | os.PathLike,
                   max_shard_size: int | str = "5GB"):
-    """`save_pretrained` of a backbone: the reference's layout and names, written atomically."""
-    config = {"architectures": [type(model).__name__], **model.config.to_dict()}
-    return write_checkpoint(directory, export_state(model.table(), functools.partial(get, model),
-                                                    Dialect.KERAS),
-                            config=config, max_shard_size=max_shard_size)
+    """`save_pretrained` of a backbone (core.modeling.save_backbone)."""
+    return modeling.save_backbone(directory, type(model).__name__, model.config, model.table(),
+                                  Dialect.KERAS, functools.partial(get, model),
+                                  max_shard_size=max_shard_size)

@@ -83,7 +83,7 @@ def test_decoder_without_cross_attention(ckpt):
 def test_wrong_architecture_for_backbone(reference_dir, tmp_path):
     gpt2 = GPT2Model(GPT2Config(vocab_size=99, n_embd=32, n_layer=1, n_head=4, n_positions=16))
     gpt2.save_pretrained(tmp_path / "g")
-    with pytest.raises(CheckpointError, match="config.json.*'gpt2'.*BertModel"):
+    with pytest.raises(ValueError, match="config.json.*'gpt2' is not a BertConfig"):
         BertModel.from_pretrained(tmp_path / "g")
 
 
