@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from encdec.core import seq2seq, weights
@@ -44,9 +43,8 @@ def shift_tokens_right(labels: tf.Tensor, pad_token_id: int | None,
                        decoder_start_token_id: int | None) -> tf.Tensor:
     """`encdec.core.seq2seq.shift_tokens_right` in tensor ops (traceable): prepend the start
     id, drop the last label, -100 -> pad."""
-    if pad_token_id is None or decoder_start_token_id is None:  # the core's error message
-        seq2seq.shift_tokens_right(np.zeros((1, 1), np.int64), pad_token_id,
-                                   decoder_start_token_id)
+    pad_token_id, decoder_start_token_id = seq2seq.shift_token_ids(pad_token_id,
+                                                                   decoder_start_token_id)
     labels = tf.convert_to_tensor(labels)
     start = tf.fill([tf.shape(labels)[0], 1], tf.constant(decoder_start_token_id, labels.dtype))
     ids = tf.concat([start, labels[:, :-1]], axis=1)  # (B, T)
