@@ -177,6 +177,13 @@ class EncoderDecoderModel(nnx.Module):
             return self.decoder
         return nnx.view(self.decoder, deterministic=True, raise_if_not_found=False)
 
+    def generate(self, input_ids: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
+        """Token ids starting with the decoder start id (see `encdec.flax.generation.generate`:
+        one jitted `lax.while_loop` program per strategy and input bucket)."""
+        from .generation import generate  # generation lives apart from the model
+
+        return generate(self, input_ids, attention_mask, **kwargs)
+
     # --- loading and saving -------------------------------------------------------------------
 
     @classmethod
