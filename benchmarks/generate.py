@@ -94,22 +94,24 @@ def decoder_bytes_per_token(model) -> int:
     return total + head.numel() * head.element_size()
 
 
-def matvec_bandwidth(nbytes: int = 256 << 20, repeats: int = 7) -> float:
-    """Best matrix-vector bandwidth (bytes/s) of torch and numpy on an fp32 matrix of nbytes."""
+def matvec_bandwidth(nbytes: int = 256 << 20, repeats: int = 7) -> dict[str, float]:
+    """Best matrix-vector bandwidth (bytes/s) of torch (`torch.mv`) and numpy (its BLAS) on an
+    fp32 matrix of nbytes (well beyond the last-level cache)."""
     import torch
 
-    rows = nbytes // 4 // 4096
-    w = torch.randn(rows, 4096)
+    w = torch.randn(nbytes // 4 // 4096, 4096)
     x = torch.randn(4096)
     w_np, x_np = w.numpy(), x.numpy()
-    best = float("inf")
-    for fn in (lambda: torch.mv(w, x), lambda: w_np @ x_np):
+    out = {}
+    for name, fn in (("torch", lambda: torch.mv(w, x)), ("numpy", lambda: w_np @ x_np)):
         fn()
+        best = float("inf")
         for _ in range(repeats):
             t = time.perf_counter()
             fn()
             best = min(best, time.perf_counter() - t)
-    return w.numel() * 4 / best
+        out[name] = w.numel() * 4 / best
+    return out
 
 
 def load_backend(backend: str, directory: Path, reference) -> Callable[..., np.ndarray]:
@@ -153,14 +155,17 @@ def timed(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[f
     return {name: (best[name], out[name]) for name in runs}
 
 
-def bench_model(name: str, size: Size, backends: list[str], bandwidth: float,
+def bench_model(name: str, size: Size, backends: list[str], bandwidths: dict[str, float],
                 tiny: bool) -> list[dict]:
+    bandwidth = max(bandwidths.values())
     reference = build_reference(name, tiny)
     nbytes = decoder_bytes_per_token(reference)
     floor_ms = nbytes / bandwidth * 1e3
     n_params = sum(p.numel() for p in reference.parameters()) / 1e6
     print(f"\n## {name}: {n_params:.3g}M parameters; floor {floor_ms:.3g} ms/token "
           f"({nbytes / 1e6:.3g} MB of decoder weights per token)")
+    for lib, bw in bandwidths.items():
+        print(f"floor at {lib}'s bandwidth: {nbytes / bw * 1e3:.3g} ms/token")
     vocab = reference.config.encoder.vocab_size
     inputs = {b: np.random.default_rng(b).integers(vocab // 10, vocab, (b, size.src_len))
               for b in size.batches}  # the same inputs for every backend
@@ -240,14 +245,16 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.logging.set_verbosity_error()
 
-    bandwidth = matvec_bandwidth(16 << 20 if args.tiny else 256 << 20)
+    bandwidths = matvec_bandwidth(16 << 20 if args.tiny else 256 << 20)
     print(f"# encdec generate benchmark: {cpu_name()}, "
           f"{os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} "
           f"threads), python {platform.python_version()}")
-    print(f"matrix-vector bandwidth: {bandwidth / 1e9:.1f} GB/s; input {size.src_len} tokens, "
+    print("matrix-vector bandwidth: "
+          + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bandwidths.items())
+          + f" (the floor uses the best); input {size.src_len} tokens, "
           f"{size.new_tokens} new tokens")
     for name in models:
-        bench_model(name, size, backends, bandwidth, args.tiny)
+        bench_model(name, size, backends, bandwidths, args.tiny)
     return 0
 
 
