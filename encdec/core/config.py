@@ -270,7 +270,7 @@ class EncoderDecoderConfig(_Config):
 class GenerationConfig(_Config):
     """transformers' `GenerationConfig` (the fields encdec implements; others kept in `extra`)."""
 
-    max_length: int = 20
+    max_length: int | None = None  # None: the reference's default (20 new tokens, with a warning)
     max_new_tokens: int | None = None
     min_length: int = 0
     min_new_tokens: int | None = None
@@ -297,9 +297,12 @@ class GenerationConfig(_Config):
 
     def __post_init__(self) -> None:
         n = "GenerationConfig"
-        for name in ("max_length", "num_beams", "num_return_sequences"):
+        for name in ("num_beams", "num_return_sequences"):
             v = getattr(self, name)
             _check(n, name, isinstance(v, int) and v > 0, v, "a positive int")
+        _check(n, "max_length", self.max_length is None
+               or (isinstance(self.max_length, int) and self.max_length > 0), self.max_length,
+               "a positive int or None")
         for name in ("max_new_tokens", "min_new_tokens"):
             v = getattr(self, name)
             _check(n, name, v is None or (isinstance(v, int) and v >= 0), v, "an int >= 0 or None")

@@ -36,6 +36,7 @@ A backend's `generate` does, with its own tensors:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import warnings
 from collections.abc import Callable, Sequence
@@ -196,10 +197,8 @@ def plan(model_config: EncoderDecoderConfig, generation_config: GenerationConfig
     with the per-call `overrides` (generation-config field names; unknown names raise TypeError).
     """
     base = generation_config or GenerationConfig.from_model_config(model_config)
-    # TODO(core): GenerationConfig cannot tell "max_length left at its default" from "set to 20"
-    # (the reference keeps None until generate); we treat 20 not passed in the call as default.
-    default_max_length = overrides.get("max_length") is None and base.max_length == 20
     gc = base.merged(**overrides)
+    default_max_length = gc.max_length is None  # as the reference: unset until generate
 
     start = resolve_decoder_start(model_config, gc)
     eos = _ids(gc.eos_token_id, "eos_token_id")
@@ -605,3 +604,61 @@ __all__ = ["BadWords", "BeamState", "ForcedBOS", "ForcedEOS", "GenerationPlan", 
            "NoRepeatNGram", "RepetitionPenalty", "Strategy", "Temperature", "TopK", "TopP",
            "apply_processors", "beam_finalize", "beam_init", "beam_step", "generate_reference",
            "log_softmax", "make_output", "plan", "softmax"]
+
+
+# --- host-side helpers of the compiled loops (TF's XLA program, Flax's jitted while_loop) ------
+
+BUCKET = 16  # compiled backends pad source lengths up to a multiple of this
+
+
+def check_positions(decoder_config: Any, p: GenerationPlan) -> None:
+    """Refuse a max_length beyond the decoder's position table: under XLA an out-of-range
+    position would be clamped silently instead of failing as in the reference."""
+    positions = getattr(decoder_config, "max_position_embeddings", None)
+    if positions is not None and p.max_length > positions:
+        raise ValueError(f"max_length={p.max_length} (start token included) exceeds the decoder's "
+                         f"max_position_embeddings={positions}; lower max_new_tokens")
+
+
+def bucket_length(n: int, limit: int | None = None) -> int:
+    """The padded source length for n tokens: n rounded up to a multiple of BUCKET, capped at
+    the encoder's position limit (never below n)."""
+    padded = -(-n // BUCKET) * BUCKET
+    return max(n, min(padded, limit)) if limit else padded
+
+
+def pad_to_bucket(ids: np.ndarray, mask: np.ndarray, length: int,
+                  pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad (B, S) ids and mask to (B, length); the new positions are masked out."""
+    extra = ((0, 0), (0, length - ids.shape[1]))
+    return np.pad(ids, extra, constant_values=pad_id), np.pad(mask, extra, constant_values=0)
+
+
+def static_key(p: GenerationPlan) -> GenerationPlan:
+    """What a compiled program depends on: the plan, with scores kept only when returned."""
+    return dataclasses.replace(p, output_scores=p.output_scores and p.return_dict_in_generate,
+                               return_dict_in_generate=False)
+
+
+def length_penalties(p: GenerationPlan) -> np.ndarray:
+    """(L + 1,) float32: entry n is n ** length_penalty as the reference computes it (a Python
+    float, then float32), so compiled loops match `beam_step` bit for bit; entry 0 unused."""
+    return np.array([1.0] + [float(n) ** p.length_penalty for n in range(1, p.max_length + 1)],
+                    np.float32)
+
+
+def finish(p: GenerationPlan, out: dict[str, np.ndarray], to_tensor: Callable[[Any], Any]) -> Any:
+    """Crop a compiled loop's fixed-size buffers (numpy) to what was generated and build the
+    reference's output, converting arrays with the backend's `to_tensor`."""
+    cur_len = int(out["cur_len"])
+    scores = None
+    if p.output_scores and p.return_dict_in_generate:
+        scores = [to_tensor(s) for s in out["step_scores"][:cur_len - PROMPT_LENGTH]]
+    if not p.is_beam:
+        return make_output(p, to_tensor(out["sequences"][:, :cur_len].astype(np.int64)),
+                           scores=scores)
+    state = BeamState(**{f.name: out[f.name] for f in dataclasses.fields(BeamState)})
+    seqs, seq_scores, idx = beam_finalize(p, state)
+    return make_output(p, to_tensor(seqs.astype(np.int64)), scores=scores,
+                       sequences_scores=to_tensor(seq_scores),
+                       beam_indices=to_tensor(idx.astype(np.int64)))

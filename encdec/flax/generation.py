@@ -31,7 +31,6 @@ from flax import nnx
 from encdec.core import generation as gen
 from encdec.core.config import GenerationConfig
 
-BUCKET = 16  # source lengths are padded up to a multiple of this
 TRACES: collections.Counter[str] = collections.Counter()  # strategy name -> times traced
 _PROGRAMS: dict[Any, Any] = {}  # (plan, shapes) -> nnx.jit function, shared by all models
 _BOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: cached_partial}
@@ -46,14 +45,15 @@ def generate(model: nnx.Module, input_ids: Any, attention_mask: Any = None, *,
     None)."""
     p = gen.plan(model.config, generation_config or getattr(model, "generation_config", None),
                  **kwargs)
-    check_positions(model, p)
+    gen.check_positions(model.config.decoder, p)
     ids = np.asarray(input_ids)
     # no mask: every position is attended (the reference infers none for encoder-decoders)
     mask = np.ones(ids.shape, np.int32) if attention_mask is None else \
         np.asarray(attention_mask).astype(np.int32)
     limit = getattr(model.config.encoder, "max_position_embeddings", None)
-    ids, mask = pad_to_bucket(ids, mask, bucket_length(ids.shape[1], limit), p.pad_token_id or 0)
-    key = (static_key(p), ids.shape)
+    ids, mask = gen.pad_to_bucket(ids, mask, gen.bucket_length(ids.shape[1], limit),
+                                  p.pad_token_id or 0)
+    key = (gen.static_key(p), ids.shape)
     if key not in _PROGRAMS:
         _PROGRAMS[key] = nnx.jit(functools.partial(_run, key[0]))
     bound = _BOUND.setdefault(model, {})
@@ -62,62 +62,10 @@ def generate(model: nnx.Module, input_ids: Any, attention_mask: Any = None, *,
     if rng is None:
         rng = jax.random.key(random.SystemRandom().randrange(2**31) if p.do_sample else 0)
     out = bound[key](jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), rng)
-    return _finish(p, jax.device_get(out))
+    return gen.finish(p, jax.device_get(out), jnp.asarray)
 
 
 # --- host side: inputs, buckets, outputs -------------------------------------------------------
-# TODO(core): these five helpers are framework-free and the same in encdec/tf/generation.py;
-# they belong in encdec.core.generation.
-
-def check_positions(model: Any, p: gen.GenerationPlan) -> None:
-    """Refuse a max_length beyond the decoder's position table: under XLA an out-of-range
-    position would be clamped silently instead of failing as in the reference."""
-    positions = getattr(model.config.decoder, "max_position_embeddings", None)
-    if positions is not None and p.max_length > positions:
-        raise ValueError(f"max_length={p.max_length} (start token included) exceeds the decoder's "
-                         f"max_position_embeddings={positions}; lower max_new_tokens")
-
-
-def bucket_length(n: int, limit: int | None = None) -> int:
-    """The padded source length for n tokens: n rounded up to a multiple of BUCKET, capped at
-    the encoder's position limit (never below n)."""
-    padded = -(-n // BUCKET) * BUCKET
-    return max(n, min(padded, limit)) if limit else padded
-
-
-def pad_to_bucket(ids: np.ndarray, mask: np.ndarray, length: int,
-                  pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad (B, S) ids and mask to (B, length); the new positions are masked out."""
-    extra = ((0, 0), (0, length - ids.shape[1]))
-    return np.pad(ids, extra, constant_values=pad_id), np.pad(mask, extra, constant_values=0)
-
-
-def static_key(p: gen.GenerationPlan) -> gen.GenerationPlan:
-    """What the compiled program depends on: the plan, with scores kept only when returned."""
-    return dataclasses.replace(p, output_scores=p.output_scores and p.return_dict_in_generate,
-                               return_dict_in_generate=False)
-
-
-def length_penalties(p: gen.GenerationPlan) -> np.ndarray:
-    """(L + 1,) float32: entry n is n ** length_penalty as the reference computes it (a Python
-    float, then float32); entry 0 is unused."""
-    return np.array([1.0] + [float(n) ** p.length_penalty for n in range(1, p.max_length + 1)],
-                    np.float32)
-
-
-def _finish(p: gen.GenerationPlan, out: dict[str, np.ndarray]) -> Any:
-    """Crop the fixed-size buffers to what was generated and build the reference's output."""
-    cur_len = int(out["cur_len"])
-    scores = None
-    if p.output_scores and p.return_dict_in_generate:
-        scores = [jnp.asarray(s) for s in out["step_scores"][:cur_len - gen.PROMPT_LENGTH]]
-    if not p.is_beam:
-        return gen.make_output(p, jnp.asarray(out["sequences"][:, :cur_len]), scores=scores)
-    state = gen.BeamState(**{f.name: out[f.name] for f in dataclasses.fields(gen.BeamState)})
-    seqs, seq_scores, idx = gen.beam_finalize(p, state)
-    return gen.make_output(p, jnp.asarray(seqs), scores=scores,
-                           sequences_scores=jnp.asarray(seq_scores), beam_indices=jnp.asarray(idx))
-
 
 # --- logits processors (jnp versions of encdec.core.generation's numpy ones) -------------------
 # ids (N, L) int32: the decoder buffer, valid before `cur_len`; x (N, V) float32.
@@ -298,7 +246,7 @@ def _beam_loop(model, p: gen.GenerationPlan, batch: int, cache, mask, rng):
     vocab = model.config.decoder.vocab_size
     state = {name: jnp.asarray(v, jnp.int32 if v.dtype == np.int64 else v.dtype)
              for name, v in dataclasses.asdict(gen.beam_init(p, batch)).items()}
-    penalty = jnp.asarray(length_penalties(p))  # n ** length_penalty, per length n
+    penalty = jnp.asarray(gen.length_penalties(p))  # n ** length_penalty, per length n
     eos = _is_in(p.eos_token_ids, vocab) if p.eos_token_ids else jnp.zeros(vocab, bool)
     neg = jnp.float32(gen.BEAM_NEG)
     top_k_mask = jnp.arange(keep) < k  # (2K,) only the top K candidates may finish

@@ -26,7 +26,6 @@ import tensorflow as tf
 from encdec.core import generation as gen
 from encdec.core.config import GenerationConfig
 
-BUCKET = 16  # source lengths are padded up to a multiple of this
 TRACES: collections.Counter[str] = collections.Counter()  # strategy name -> times traced
 _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: tf.function}
 
@@ -39,14 +38,15 @@ def generate(model: Any, input_ids: Any, attention_mask: Any = None, *,
     `return_dict_in_generate`. `seed` makes sampling reproducible (random when None)."""
     p = gen.plan(model.config, generation_config or getattr(model, "generation_config", None),
                  **kwargs)
-    check_positions(model, p)
+    gen.check_positions(model.config.decoder, p)
     ids = np.asarray(input_ids)
     # no mask: every position is attended (the reference infers none for encoder-decoders)
     mask = np.ones(ids.shape, np.int32) if attention_mask is None else \
         np.asarray(attention_mask).astype(np.int32)
     limit = getattr(model.config.encoder, "max_position_embeddings", None)
-    ids, mask = pad_to_bucket(ids, mask, bucket_length(ids.shape[1], limit), p.pad_token_id or 0)
-    key = static_key(p)
+    ids, mask = gen.pad_to_bucket(ids, mask, gen.bucket_length(ids.shape[1], limit),
+                                  p.pad_token_id or 0)
+    key = gen.static_key(p)
     programs = _PROGRAMS.setdefault(model, {})
     if (key, ids.shape) not in programs:
         run = functools.partial(_run, weakref.ref(model), key)
@@ -55,64 +55,10 @@ def generate(model: Any, input_ids: Any, attention_mask: Any = None, *,
         seed = random.SystemRandom().randrange(2**31) if p.do_sample else 0
     out = programs[key, ids.shape](tf.constant(ids, tf.int32), tf.constant(mask, tf.int32),
                                    tf.constant([seed, 0], tf.int64))
-    return _finish(p, {k: v.numpy() for k, v in out.items()})
+    return gen.finish(p, {k: v.numpy() for k, v in out.items()}, tf.constant)
 
 
 # --- host side: inputs, buckets, outputs -------------------------------------------------------
-# TODO(core): these five helpers are framework-free and the same in encdec/flax/generation.py;
-# they belong in encdec.core.generation.
-
-def check_positions(model: Any, p: gen.GenerationPlan) -> None:
-    """Refuse a max_length beyond the decoder's position table: under XLA an out-of-range
-    position would be clamped silently instead of failing as in the reference."""
-    positions = getattr(model.config.decoder, "max_position_embeddings", None)
-    if positions is not None and p.max_length > positions:
-        raise ValueError(f"max_length={p.max_length} (start token included) exceeds the decoder's "
-                         f"max_position_embeddings={positions}; lower max_new_tokens")
-
-
-def bucket_length(n: int, limit: int | None = None) -> int:
-    """The padded source length for n tokens: n rounded up to a multiple of BUCKET, capped at
-    the encoder's position limit (never below n)."""
-    padded = -(-n // BUCKET) * BUCKET
-    return max(n, min(padded, limit)) if limit else padded
-
-
-def pad_to_bucket(ids: np.ndarray, mask: np.ndarray, length: int,
-                  pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad (B, S) ids and mask to (B, length); the new positions are masked out."""
-    extra = ((0, 0), (0, length - ids.shape[1]))
-    return np.pad(ids, extra, constant_values=pad_id), np.pad(mask, extra, constant_values=0)
-
-
-def static_key(p: gen.GenerationPlan) -> gen.GenerationPlan:
-    """What the compiled program depends on: the plan, with scores kept only when returned."""
-    return dataclasses.replace(p, output_scores=p.output_scores and p.return_dict_in_generate,
-                               return_dict_in_generate=False)
-
-
-def length_penalties(p: gen.GenerationPlan) -> np.ndarray:
-    """(L + 1,) float32: entry n is n ** length_penalty as the reference computes it (a Python
-    float, then float32); entry 0 is unused."""
-    return np.array([1.0] + [float(n) ** p.length_penalty for n in range(1, p.max_length + 1)],
-                    np.float32)
-
-
-def _finish(p: gen.GenerationPlan, out: dict[str, np.ndarray]) -> Any:
-    """Crop the fixed-size buffers to what was generated and build the reference's output."""
-    cur_len = int(out["cur_len"])
-    scores = None
-    if p.output_scores and p.return_dict_in_generate:
-        scores = [tf.constant(s) for s in out["step_scores"][:cur_len - gen.PROMPT_LENGTH]]
-    if not p.is_beam:
-        return gen.make_output(p, tf.constant(out["sequences"][:, :cur_len], tf.int64),
-                               scores=scores)
-    state = gen.BeamState(**{f.name: out[f.name] for f in dataclasses.fields(gen.BeamState)})
-    seqs, seq_scores, idx = gen.beam_finalize(p, state)
-    return gen.make_output(p, tf.constant(seqs, tf.int64), scores=scores,
-                           sequences_scores=tf.constant(seq_scores),
-                           beam_indices=tf.constant(idx, tf.int64))
-
 
 # --- logits processors (tensor versions of encdec.core.generation's numpy ones) ----------------
 # ids (N, L) int32: the decoder buffer, valid before `cur_len`; x (N, V) float32.
@@ -298,7 +244,7 @@ def _beam_loop(model, p: gen.GenerationPlan, batch: int, cache, mask, seed):
              dataclasses.asdict(gen.beam_init(p, batch)).items()}
     state = {name: tf.cast(v, tf.int32) if v.dtype == tf.int64 else v for name, v in state.items()}
     # length ** length_penalty as the reference computes it (float64, then float32), per length
-    penalty = tf.constant(length_penalties(p))
+    penalty = tf.constant(gen.length_penalties(p))
     eos = _is_in(p.eos_token_ids, vocab) if p.eos_token_ids else tf.zeros([vocab], tf.bool)
     neg = tf.constant(gen.BEAM_NEG, tf.float32)
     top_k_mask = tf.range(keep) < k  # (2K,) only the top K candidates may finish
