@@ -13,16 +13,27 @@ from encdec.core import EncoderDecoderConfig
 from tests.conftest import build_reference, make_batch
 
 NAMES = ("bert2bert", "bert2gpt2")
+STD = 0.15  # see `reference`
 
 
 def reference(name: str, seed: int = 0):
-    """transformers' EncoderDecoderModel with random weights (cached per process)."""
+    """transformers' EncoderDecoderModel with random weights (cached per process), its
+    matrices redrawn at std 0.15: at the reference's init (0.02) these tiny models emit nearly
+    the same tokens for every input, which would let a wrong mask or beam reorder pass."""
     return _reference(name, seed)
 
 
 @functools.lru_cache(maxsize=None)
 def _reference(name: str, seed: int):
-    return build_reference(name, seed)
+    import torch
+
+    model = build_reference(name, seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():  # tied weights are one parameter: redrawn once
+            if p.dim() == 2:
+                p.normal_(0.0, STD, generator=g)
+    return model
 
 
 def core_config(model) -> EncoderDecoderConfig:

@@ -17,26 +17,13 @@ torch = pytest.importorskip("torch")
 from encdec.core import generation as core  # noqa: E402
 from encdec.flax import EncoderDecoderModel  # noqa: E402
 from encdec.flax import generation as G  # noqa: E402
-from tests.conftest import build_reference  # noqa: E402
 from tests.generation import oracle  # noqa: E402
 
 SEEDS = (0, 1)
 NEW = 10  # new tokens per call
-STD = 0.15  # see `reference`
 
 
-@functools.cache
-def reference(name: str, seed: int):
-    """The oracle's tiny reference with its matrices redrawn at std 0.15: at the reference's
-    init (0.02) these tiny models emit nearly the same tokens for every input, which would let
-    a wrong mask or a wrong beam reorder pass unnoticed."""
-    model = build_reference(name, seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():  # tied weights are one parameter: redrawn once
-            if p.dim() == 2:
-                p.normal_(0.0, STD, generator=g)
-    return model
+reference = oracle.reference
 
 
 @pytest.fixture(scope="module")
