@@ -13,8 +13,10 @@ a dynamic-update-slice so that it traces under `tf.function(jit_compile=True)`.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import keras
@@ -45,8 +47,26 @@ ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
 }
 
 
+_init = threading.local()
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Inside this block, matrices are created as zeros instead of drawn at random: the caller
+    is about to overwrite every one from a checkpoint (drawing them would cost time, and the
+    random generator's temporaries raise the load's peak memory)."""
+    old = getattr(_init, "skip", False)
+    _init.skip = True
+    try:
+        yield
+    finally:
+        _init.skip = old
+
+
 def normal(std: float) -> keras.initializers.Initializer:
     """The reference's `normal_(0, std)` init for matrices and embeddings."""
+    if getattr(_init, "skip", False):
+        return keras.initializers.Zeros()
     return keras.initializers.RandomNormal(mean=0.0, stddev=std)
 
 

@@ -28,7 +28,7 @@ from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec.core.weights import Dialect
 
 from . import params
-from .attention import cross_entropy, dense
+from .attention import cross_entropy, dense, skip_init
 from .bert import BertLMHeadModel, BertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
 
@@ -226,7 +226,8 @@ class EncoderDecoderModel(keras.Model):
         """Load a composite checkpoint in the one encdec format (the reference's PyTorch names;
         strict: every weight must be there)."""
         pre = read_pretrained(pretrained_model_name_or_path, **config_overrides)
-        model = cls(config=pre.config)
+        with skip_init():  # strict: every weight is overwritten below
+            model = cls(config=pre.config)
         model.generation_config = pre.generation_config
         load_weights(model.table(), pre.directory, Dialect.KERAS,
                      functools.partial(params.assign, model), strict=True)
