@@ -1,4 +1,7 @@
-"""Every ```python block in docs/ runs: the blocks of one page in order, in one process."""
+"""Every ```python block in docs/ runs: the blocks of one page in order, in one process.
+
+(A block fenced ```py is shown to readers but not run: it needs software the tests do not
+install, such as transformers 4.x; each such block says so.)"""
 
 from __future__ import annotations
 
