@@ -19,8 +19,8 @@ COMPOSITES = {
     "bert2bert": (dict(TINY, hidden_size=32), dict(TINY, hidden_size=32), "bert"),
     "bert2gpt2": (dict(TINY, hidden_size=32),
                   dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64), "gpt2"),
-    "bert2bert_proj": (dict(TINY, hidden_size=32), dict(TINY, hidden_size=24, num_attention_heads=4),
-                       "bert"),
+    "bert2bert_proj": (dict(TINY, hidden_size=32),
+                       dict(TINY, hidden_size=24, num_attention_heads=4), "bert"),
     "bert2gpt2_proj": (dict(TINY, hidden_size=32),
                        dict(vocab_size=99, n_embd=24, n_layer=2, n_head=4, n_positions=64), "gpt2"),
 }
