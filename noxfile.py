@@ -41,7 +41,8 @@ def flax(session: nox.Session) -> None:
 @nox.session
 def parity(session: nox.Session) -> None:
     _install(session, "all,test")
-    _pytest(session, "tests/parity", "tests/generation", "tests/convert", "tests/docs")
+    _pytest(session, "tests/parity", "tests/generation", "tests/convert", "tests/docs",
+            "tests/scale")
 
 
 @nox.session(python="3.11")
