@@ -28,6 +28,7 @@ from encdec.core.weights import Dialect
 
 logger = logging.getLogger("encdec")
 
+_CHUNK_BYTES = 16 << 20  # assign() writes tensors larger than this in row slices
 _LEAF_LAYERS = (keras.layers.Dense, keras.layers.LayerNormalization, keras.layers.Embedding)
 _MAPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -68,7 +69,16 @@ def assign(model: keras.layers.Layer, path: str, array: np.ndarray) -> None:
     if tuple(var.shape) != tuple(array.shape):
         raise CheckpointError(f"{path}: variable has shape {tuple(var.shape)}, "
                               f"got {tuple(array.shape)}")
-    var.assign(np.asarray(array, dtype=var.dtype))
+    array = np.asarray(array, dtype=var.dtype)
+    rows = max(1, _CHUNK_BYTES // max(1, array[:1].nbytes)) if array.ndim else 1
+    if array.ndim == 0 or rows >= len(array):
+        var.assign(array)
+        return
+    # large tensors in row slices: a whole-tensor assign converts the array to a TF tensor
+    # first, so the load's peak would hold each large tensor three times
+    target = var.value if hasattr(var, "value") else var
+    for start in range(0, len(array), rows):
+        target[start:start + rows].assign(array[start:start + rows])
 
 
 def get(model: keras.layers.Layer, path: str) -> np.ndarray:
