@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import transformers.generation.logits_process as lp
 
 from encdec.core import generation as G
 from encdec.core.config import BertConfig, EncoderDecoderConfig, GenerationConfig
 from tests.generation import oracle
-
-torch = pytest.importorskip("torch")
-lp = pytest.importorskip("transformers.generation.logits_process")
 
 
 def _config(**kw) -> EncoderDecoderConfig:

@@ -8,11 +8,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax
 import numpy as np
 import pytest
-
-jax = pytest.importorskip("jax")
-torch = pytest.importorskip("torch")
+import torch
 
 from encdec.core import generation as core  # noqa: E402
 from encdec.flax import EncoderDecoderModel  # noqa: E402

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from encdec.core import generation as G
-from tests.generation import oracle
-
-torch = pytest.importorskip("torch")
 from encdec.pt import EncoderDecoderModel  # noqa: E402
 from encdec.pt.generation import generate  # noqa: E402
+from tests.generation import oracle
 
 
 def ours(name: str, seed: int = 0) -> EncoderDecoderModel:

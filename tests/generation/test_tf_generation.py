@@ -10,9 +10,8 @@ import functools
 
 import numpy as np
 import pytest
-
-tf = pytest.importorskip("tensorflow")
-torch = pytest.importorskip("torch")
+import tensorflow as tf
+import torch
 
 from encdec.core import generation as core  # noqa: E402
 from encdec.tf import EncoderDecoderModel  # noqa: E402
