@@ -196,14 +196,120 @@ class GPT2Config(ModelConfig):
     activation = property(lambda self: self.activation_function)
 
 
-MODEL_CONFIGS: dict[str, type[ModelConfig]] = {"bert": BertConfig, "gpt2": GPT2Config}
+@dataclass
+class RobertaConfig(BertConfig):
+    """transformers' `RobertaConfig`: BERT's fields, positions offset by `pad_token_id + 1`."""
+
+    model_type: ClassVar[str] = "roberta"
+    vocab_size: int = 50265
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = 0
+    eos_token_id: int | list[int] | None = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n, pad = type(self).__name__, self.pad_token_id
+        _check(n, "pad_token_id", isinstance(pad, int) and 0 <= pad < self.max_position_embeddings
+               - 1, pad, "an int in [0, max_position_embeddings - 1) (positions start after it)")
+
+
+@dataclass
+class XLMRobertaConfig(RobertaConfig):
+    """transformers' `XLMRobertaConfig` (RoBERTa's fields and defaults)."""
+
+    model_type: ClassVar[str] = "xlm-roberta"
+    vocab_size: int = 30522
+
+
+@dataclass
+class CamembertConfig(RobertaConfig):
+    """transformers' `CamembertConfig` (RoBERTa's fields and defaults)."""
+
+    model_type: ClassVar[str] = "camembert"
+    vocab_size: int = 30522
+
+
+@dataclass
+class ElectraConfig(BertConfig):
+    """transformers' `ElectraConfig`: BERT's fields plus `embedding_size` (the embeddings are
+    projected to `hidden_size` when the two differ)."""
+
+    model_type: ClassVar[str] = "electra"
+    embedding_size: int = 128
+    hidden_size: int = 256
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    summary_type: str = "first"
+    summary_use_proj: bool = True
+    summary_activation: str = "gelu"
+    summary_last_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check("ElectraConfig", "embedding_size", isinstance(self.embedding_size, int)
+               and self.embedding_size > 0, self.embedding_size, "a positive int")
+
+
+@dataclass
+class BertGenerationConfig(ModelConfig):
+    """transformers' `BertGenerationConfig`: BERT without token types or pooler."""
+
+    model_type: ClassVar[str] = "bert-generation"
+    vocab_size: int = 50358
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    intermediate_size: int = 4096
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 2
+    eos_token_id: int | list[int] | None = 1
+
+    @property
+    def activation(self) -> str:
+        return self.hidden_act
+
+
+@dataclass
+class DistilBertConfig(ModelConfig):
+    """transformers' `DistilBertConfig`; `hidden_size` etc. are read-only aliases."""
+
+    model_type: ClassVar[str] = "distilbert"
+    vocab_size: int = 30522
+    max_position_embeddings: int = 512
+    sinusoidal_pos_embds: bool = False
+    n_layers: int = 6
+    n_heads: int = 12
+    dim: int = 768
+    hidden_dim: int = 4 * 768
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation: str = "gelu"
+    initializer_range: float = 0.02
+    qa_dropout: float = 0.1
+    seq_classif_dropout: float = 0.2
+    pad_token_id: int | None = 0
+
+    hidden_size = property(lambda self: self.dim)
+    num_hidden_layers = property(lambda self: self.n_layers)
+    num_attention_heads = property(lambda self: self.n_heads)
+    intermediate_size = property(lambda self: self.hidden_dim)
+    layer_norm_eps = property(lambda self: 1e-12)  # fixed in the reference
 
 
 def config_from_dict(d: dict[str, Any], *, source: Any = "config", expect: type | None = None,
                      **overrides: Any):
-    """Dispatch on `model_type`; errors name the source file and the field."""
+    """Dispatch on `model_type` (the registry's); errors name the source file and the field."""
+    from .registry import config_classes
+
     mt = d.get("model_type")
-    classes: dict[str, type[_Config]] = {**MODEL_CONFIGS, "encoder-decoder": EncoderDecoderConfig}
+    classes: dict[str, type[_Config]] = {**config_classes(),
+                                         "encoder-decoder": EncoderDecoderConfig}
     if mt not in classes:
         raise ConfigError(f"{source}: unknown model_type {mt!r}; supported: {sorted(classes)}")
     cls = classes[mt]

@@ -127,58 +127,54 @@ def _prefixed(prefix: str, regex: str) -> str:
 
 # --- architectures ------------------------------------------------------------------------
 
-def _norm(name: str, h: int) -> list[Param]:
+def norm(name: str, h: int) -> list[Param]:
+    """A LayerNorm's weight and bias."""
     return [Param(f"{name}.weight", (h,), Role.NORM), Param(f"{name}.bias", (h,), Role.NORM_BIAS)]
 
 
-def _linear(name: str, n_in: int, n_out: int, role: Role = Role.LINEAR) -> list[Param]:
+def linear(name: str, n_in: int, n_out: int, role: Role = Role.LINEAR) -> list[Param]:
+    """A Linear's (or GPT-2 Conv1D's) weight and bias."""
     shape = (n_out, n_in) if role is Role.LINEAR else (n_in, n_out)
     return [Param(f"{name}.weight", shape, role), Param(f"{name}.bias", (n_out,), Role.BIAS)]
 
 
-def _bert_attention(name: str, h: int, kv: int, eps_norm: str) -> list[Param]:
-    return [*_linear(f"{name}.self.query", h, h), *_linear(f"{name}.self.key", kv, h),
-            *_linear(f"{name}.self.value", kv, h), *_linear(f"{name}.output.dense", h, h),
-            *_norm(f"{name}.output.{eps_norm}", h)]
+def bert_attention(name: str, h: int) -> list[Param]:
+    """A BERT-family `attention` / `crossattention` block: `self.{query,key,value}` + `output`."""
+    return [*linear(f"{name}.self.query", h, h), *linear(f"{name}.self.key", h, h),
+            *linear(f"{name}.self.value", h, h), *linear(f"{name}.output.dense", h, h),
+            *norm(f"{name}.output.LayerNorm", h)]
 
 
 def bert_model(c: ModelConfig, *, pooler: bool = True) -> Table:
-    """transformers' `BertModel` (cross-attention when `c.add_cross_attention`)."""
+    """A BERT-family base model's table (the registry's `bert_family_model`)."""
+    from .registry import architecture
+
+    return architecture(c).encoder_table(c, pooler)
+
+
+def bert_lm_head_model(c: ModelConfig) -> Table:
+    """A BERT-family causal LM's table (the registry's `bert_family_lm`)."""
+    from .registry import architecture
+
+    return architecture(c).decoder_table(c)
+
+
+def distilbert_model(c: ModelConfig, prefix: str = "distilbert",
+                     heads: tuple[str, ...] = ()) -> Table:
+    """transformers' `DistilBertModel` (encoder only)."""
     h, i = c.hidden_size, c.intermediate_size
     ps = [Param("embeddings.word_embeddings.weight", (c.vocab_size, h), Role.EMBEDDING),
           Param("embeddings.position_embeddings.weight", (c.max_position_embeddings, h),
                 Role.EMBEDDING),
-          Param("embeddings.token_type_embeddings.weight", (c.type_vocab_size, h),
-                Role.EMBEDDING),
-          *_norm("embeddings.LayerNorm", h)]
+          *norm("embeddings.LayerNorm", h)]
     for n in range(c.num_hidden_layers):
-        layer = f"encoder.layer.{n}"
-        ps += _bert_attention(f"{layer}.attention", h, h, "LayerNorm")
-        if c.add_cross_attention:
-            ps += _bert_attention(f"{layer}.crossattention", h, h, "LayerNorm")
-        ps += [*_linear(f"{layer}.intermediate.dense", h, i),
-               *_linear(f"{layer}.output.dense", i, h),
-               *_norm(f"{layer}.output.LayerNorm", h)]
-    if pooler:
-        ps += _linear("pooler.dense", h, h)
-    return Table(tuple(ps), ignored=(r"embeddings\.position_ids",), base_prefixes=("bert.",),
-                 heads=(r"cls\..*", r"qa_outputs\..*", r"classifier\..*"))
-
-
-def bert_lm_head_model(c: ModelConfig) -> Table:
-    """transformers' `BertLMHeadModel`: `bert.` (no pooler) + `cls.predictions` (tied decoder)."""
-    h, v = c.hidden_size, c.vocab_size
-    base = bert_model(c, pooler=False)
-    tied = "bert.embeddings.word_embeddings.weight" if c.tie_word_embeddings else None
-    head = [*_linear("cls.predictions.transform.dense", h, h),
-            *_norm("cls.predictions.transform.LayerNorm", h),
-            Param("cls.predictions.bias", (v,), Role.BIAS),
-            Param("cls.predictions.decoder.weight", (v, h), Role.LINEAR, tied_to=tied),
-            # tied: `decoder.bias` is `bias`; untied: the decoder's own bias, `bias` unused
-            Param("cls.predictions.decoder.bias", (v,), Role.BIAS,
-                  tied_to="cls.predictions.bias" if c.tie_word_embeddings else None)]
-    return Table(base.with_prefix("bert.").params + tuple(head),
-                 ignored=(r"bert\.embeddings\.position_ids", r"bert\.pooler\..*"), prefix="bert.")
+        layer = f"transformer.layer.{n}"
+        for proj in ("q_lin", "k_lin", "v_lin", "out_lin"):
+            ps += linear(f"{layer}.attention.{proj}", h, h)
+        ps += [*norm(f"{layer}.sa_layer_norm", h), *linear(f"{layer}.ffn.lin1", h, i),
+               *linear(f"{layer}.ffn.lin2", i, h), *norm(f"{layer}.output_layer_norm", h)]
+    return Table(tuple(ps), ignored=(r"embeddings\.position_ids",),
+                 base_prefixes=(prefix + ".",), heads=heads)
 
 
 def gpt2_model(c: ModelConfig) -> Table:
@@ -188,16 +184,16 @@ def gpt2_model(c: ModelConfig) -> Table:
           Param("wpe.weight", (c.max_position_embeddings, h), Role.EMBEDDING)]
     for n in range(c.num_hidden_layers):
         blk = f"h.{n}"
-        ps += [*_norm(f"{blk}.ln_1", h), *_linear(f"{blk}.attn.c_attn", h, 3 * h, Role.CONV1D),
-               *_linear(f"{blk}.attn.c_proj", h, h, Role.CONV1D), *_norm(f"{blk}.ln_2", h)]
+        ps += [*norm(f"{blk}.ln_1", h), *linear(f"{blk}.attn.c_attn", h, 3 * h, Role.CONV1D),
+               *linear(f"{blk}.attn.c_proj", h, h, Role.CONV1D), *norm(f"{blk}.ln_2", h)]
         if c.add_cross_attention:
-            ps += [*_linear(f"{blk}.crossattention.c_attn", h, 2 * h, Role.CONV1D),
-                   *_linear(f"{blk}.crossattention.q_attn", h, h, Role.CONV1D),
-                   *_linear(f"{blk}.crossattention.c_proj", h, h, Role.CONV1D),
-                   *_norm(f"{blk}.ln_cross_attn", h)]
-        ps += [*_linear(f"{blk}.mlp.c_fc", h, i, Role.CONV1D),
-               *_linear(f"{blk}.mlp.c_proj", i, h, Role.CONV1D)]
-    ps += _norm("ln_f", h)
+            ps += [*linear(f"{blk}.crossattention.c_attn", h, 2 * h, Role.CONV1D),
+                   *linear(f"{blk}.crossattention.q_attn", h, h, Role.CONV1D),
+                   *linear(f"{blk}.crossattention.c_proj", h, h, Role.CONV1D),
+                   *norm(f"{blk}.ln_cross_attn", h)]
+        ps += [*linear(f"{blk}.mlp.c_fc", h, i, Role.CONV1D),
+               *linear(f"{blk}.mlp.c_proj", i, h, Role.CONV1D)]
+    ps += norm("ln_f", h)
     return Table(tuple(ps),
                  ignored=(r"h\.\d+\.(attn|crossattention)\.(bias|masked_bias)",),
                  base_prefixes=("transformer.",), heads=(r"lm_head\..*",))
@@ -213,23 +209,18 @@ def gpt2_lm_head_model(c: ModelConfig) -> Table:
                  prefix="transformer.")
 
 
-ARCHITECTURES: dict[str, Callable[[ModelConfig], Table]] = {
-    "BertModel": bert_model, "BertLMHeadModel": bert_lm_head_model,
-    "GPT2Model": gpt2_model, "GPT2LMHeadModel": gpt2_lm_head_model,
-}
-ENCODER_ARCHITECTURE = {"bert": "BertModel", "gpt2": "GPT2Model"}
-DECODER_ARCHITECTURE = {"bert": "BertLMHeadModel", "gpt2": "GPT2LMHeadModel"}
-
-
 def encoder_table(c: ModelConfig) -> Table:
-    return ARCHITECTURES[ENCODER_ARCHITECTURE[c.model_type]](c)
+    """The encoder's table, from the registry."""
+    from .registry import encoder_table as table
+
+    return table(c)
 
 
 def decoder_table(c: ModelConfig) -> Table:
-    if not (c.is_decoder and c.add_cross_attention):
-        raise CheckpointError(f"decoder config ({c.model_type}): needs is_decoder=True and "
-                              "add_cross_attention=True to serve as a decoder")
-    return ARCHITECTURES[DECODER_ARCHITECTURE[c.model_type]](c)
+    """The decoder's table, from the registry (a clear error for encoder-only architectures)."""
+    from .registry import decoder_table as table
+
+    return table(c)
 
 
 def encoder_decoder_table(c: EncoderDecoderConfig) -> Table:
@@ -238,7 +229,7 @@ def encoder_decoder_table(c: EncoderDecoderConfig) -> Table:
         decoder_table(c.decoder).with_prefix("decoder.")
     ps = list(enc.params + dec.params)
     if c.encoder.hidden_size != c.decoder.hidden_size:
-        ps += _linear("enc_to_dec_proj", c.encoder.hidden_size, c.decoder.hidden_size)
+        ps += linear("enc_to_dec_proj", c.encoder.hidden_size, c.decoder.hidden_size)
     if c.tie_encoder_decoder:
         ps = _tie_encoder_decoder(ps, decoder_table(c.decoder).prefix)
     return Table(tuple(ps), ignored=enc.ignored + dec.ignored)
