@@ -76,6 +76,35 @@ class BertLayout:
 
 
 @dataclass(frozen=True)
+class AttentionNames:
+    """An attention block's projections as the reference names them (the one `Attention` of
+    each backend builds exactly these modules; no per-architecture flag).
+
+    Separate `query`/`key`/`value` Linears, or a `fused` projection (GPT-2's `c_attn`: q|k|v
+    for self-attention, k|v for cross-attention, whose queries come from `query`). `out` is an
+    output projection owned by the attention (DistilBERT's `out_lin`, GPT-2's `c_proj`); None
+    when the caller owns it (BERT's `attention.output.dense`). `conv1d`: GPT-2's (in, out)
+    weights. `resid_dropout`: dropout after `out` (GPT-2).
+    """
+
+    query: str | None = None
+    key: str | None = None
+    value: str | None = None
+    fused: str | None = None
+    out: str | None = None
+    conv1d: bool = False
+    resid_dropout: bool = False
+
+
+BERT_ATTENTION = AttentionNames(query="query", key="key", value="value")
+DISTILBERT_ATTENTION = AttentionNames(query="q_lin", key="k_lin", value="v_lin", out="out_lin")
+GPT2_SELF_ATTENTION = AttentionNames(fused="c_attn", out="c_proj", conv1d=True,
+                                     resid_dropout=True)
+GPT2_CROSS_ATTENTION = AttentionNames(query="q_attn", fused="c_attn", out="c_proj", conv1d=True,
+                                      resid_dropout=True)
+
+
+@dataclass(frozen=True)
 class InitRules:
     """The reference's `_init_weights`, as data: normal(0, initializer_range) for matrices,
     LayerNorm 1/0, biases 0, then these departures (regexes on names, matched at a dot)."""
