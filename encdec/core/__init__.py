@@ -3,12 +3,21 @@
 from .checkpoint import CheckpointError
 from .config import (
     BertConfig,
+    BertGenerationConfig,
+    CamembertConfig,
     ConfigError,
+    DistilBertConfig,
+    ElectraConfig,
     EncoderDecoderConfig,
     GenerationConfig,
     GPT2Config,
     ModelConfig,
+    RobertaConfig,
+    XLMRobertaConfig,
 )
+from .registry import ARCHITECTURES, Architecture, architecture
 
-__all__ = ["BertConfig", "CheckpointError", "ConfigError", "EncoderDecoderConfig",
-           "GenerationConfig", "GPT2Config", "ModelConfig"]
+__all__ = ["ARCHITECTURES", "Architecture", "BertConfig", "BertGenerationConfig",
+           "CamembertConfig", "CheckpointError", "ConfigError", "DistilBertConfig",
+           "ElectraConfig", "EncoderDecoderConfig", "GenerationConfig", "GPT2Config",
+           "ModelConfig", "RobertaConfig", "XLMRobertaConfig", "architecture"]

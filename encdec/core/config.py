@@ -350,6 +350,14 @@ class EncoderDecoderConfig(_Config):
             elif not isinstance(value, ModelConfig):
                 raise ConfigError(f"EncoderDecoderConfig.{side}: expected a model config, got "
                                   f"{type(value).__name__}")
+        from .registry import architecture
+
+        for side in ("encoder", "decoder"):
+            architecture(getattr(self, side))  # an unknown model_type names the supported ones
+        if not architecture(self.decoder).can_decode:
+            raise ConfigError(f"EncoderDecoderConfig.decoder: {self.decoder.model_type} cannot "
+                              f"be a decoder: the reference has no {self.decoder.model_type} "
+                              "causal LM (use it as the encoder)")
         if not (self.decoder.is_decoder and self.decoder.add_cross_attention):
             raise ConfigError("EncoderDecoderConfig.decoder: needs is_decoder=True and "
                               "add_cross_attention=True (use from_encoder_decoder_configs)")

@@ -216,7 +216,8 @@ def bert_family_lm(c: ModelConfig, arch: Architecture) -> Table:
                  tied_to=head.bias if head.bias and c.tie_word_embeddings else None)]
     return Table(base.with_prefix(p).params + tuple(ps),
                  ignored=(re.escape(p) + r"embeddings\.(position_ids|token_type_ids)",
-                          re.escape(p) + r"pooler\..*"), prefix=p)
+                          re.escape(p) + r"pooler\..*"), prefix=p,
+                 heads=arch.heads)  # other heads of a checkpoint (ELECTRA's discriminator)
 
 
 # --- the architectures ----------------------------------------------------------------------

@@ -288,7 +288,7 @@ def match_keys(table: Table, keys: Iterable[str]) -> Match:
             out.keys[p.name] = key
         elif p is not None or any(ignored_re.fullmatch(n) for n in names):
             out.ignored.append(key)
-        elif table.base_prefixes and heads_re.fullmatch(name):
+        elif heads_re.fullmatch(name):
             out.dropped.append(key)
         else:
             out.unexpected.append(key)
