@@ -368,7 +368,9 @@ class EncoderDecoderConfig(_Config):
         """As the reference: the decoder is switched to a causal decoder with cross-attention."""
         decoder_config.is_decoder = True
         decoder_config.add_cross_attention = True
-        return cls(encoder=encoder_config, decoder=decoder_config, **kwargs)
+        names = set(cls._field_names())
+        extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}  # tie_encoder_decoder…
+        return cls(encoder=encoder_config, decoder=decoder_config, **kwargs, extra=extra)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **overrides: Any):
