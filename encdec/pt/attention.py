@@ -1,7 +1,8 @@
-"""`Attention` for BERT and GPT-2 (self and cross), its masks and caches; plus the shared leaf
+"""`Attention` for every family (self and cross), its masks and caches; plus the shared leaf
 layers (`Conv1D`, activations).
 
-Follows transformers' `BertSelfAttention` / `BertCrossAttention` / `GPT2Attention` with the
+Follows transformers' `BertSelfAttention` / `BertCrossAttention` / `DistilBertSelfAttention` /
+`GPT2Attention` (the projections named by `encdec.core.registry.AttentionNames`) with the
 reference's default SDPA masks: padding masks act on keys only, the decoder's padding mask is
 and-ed with the causal mask, and a query row with no visible key outputs zeros (what the
 reference's boolean SDPA mask gives). Masks are additive with fill `finfo(dtype).min`.
@@ -19,6 +20,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from encdec.core.registry import AttentionNames
 
 # --- leaf layers --------------------------------------------------------------------------
 
@@ -105,52 +108,60 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, *, scale: float,
 
 
 class Attention(nn.Module):
-    """Multi-head attention: BERT (`query`/`key`/`value`) or GPT-2 (`c_attn` [+ `q_attn`],
-    `c_proj`) flavour, self- or cross-attention. BERT's output projection lives in its caller
-    (`attention.output.dense`, as in the reference); GPT-2's `c_proj` is applied here."""
+    """Multi-head attention, self or cross, building exactly the projections `names` lists
+    (`query`/`key`/`value`, or a fused `c_attn` [+ `q_attn`]; an owned output projection
+    `out_lin` / `c_proj` when named, else the caller owns it as BERT's `attention.output`)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, *, gpt2: bool, cross: bool,
+    def __init__(self, hidden_size: int, num_heads: int, names: AttentionNames, *, cross: bool,
                  dropout: float = 0.0, resid_dropout: float = 0.0, scale: float | None = None):
         super().__init__()
-        self.gpt2, self.cross = gpt2, cross
+        self.names, self.cross = names, cross
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         self.hidden_size = hidden_size
         self.scale = self.head_dim ** -0.5 if scale is None else scale
         self.dropout = dropout
-        if gpt2:
-            self.c_attn = Conv1D(hidden_size, (2 if cross else 3) * hidden_size)
-            if cross:
-                self.q_attn = Conv1D(hidden_size, hidden_size)
-            self.c_proj = Conv1D(hidden_size, hidden_size)
+        layer = Conv1D if names.conv1d else nn.Linear
+        h = hidden_size
+        if names.fused:  # q|k|v, or k|v when the queries have their own projection
+            setattr(self, names.fused, layer(h, (2 if names.query else 3) * h))
+        for name in (names.query, names.key, names.value, names.out):
+            if name:
+                setattr(self, name, layer(h, h))
+        if names.resid_dropout:
             self.resid_dropout = nn.Dropout(resid_dropout)
-        else:
-            self.query = nn.Linear(hidden_size, hidden_size)
-            self.key = nn.Linear(hidden_size, hidden_size)
-            self.value = nn.Linear(hidden_size, hidden_size)
 
     def _heads(self, x: Tensor) -> Tensor:  # (B, T, h*d) -> (B, h, T, d)
         return x.view(*x.shape[:-1], self.num_heads, self.head_dim).transpose(1, 2)
 
+    def _split(self, x: Tensor) -> tuple[Tensor, ...]:  # the fused projection's parts, as heads
+        parts = getattr(self, self.names.fused)(x).split(self.hidden_size, dim=2)
+        return tuple(self._heads(t) for t in parts)
+
     def project_q(self, x: Tensor) -> Tensor:
-        """Queries (B, h, T, d) of a cross-attention, or of a BERT self-attention."""
-        return self._heads(self.q_attn(x) if self.gpt2 else self.query(x))
+        """Queries (B, h, T, d) from the query projection."""
+        return self._heads(getattr(self, self.names.query)(x))
 
     def project_kv(self, states: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values (B, h, S, d) from the attended states (cross-attention)."""
-        if self.gpt2:
-            k, v = self.c_attn(states).split(self.hidden_size, dim=2)
-            return self._heads(k), self._heads(v)
-        return self._heads(self.key(states)), self._heads(self.value(states))
+        n = self.names
+        if n.fused:
+            return self._split(states)
+        k, v = getattr(self, n.key)(states), getattr(self, n.value)(states)  # (B, S, hidden)
+        return self._heads(k), self._heads(v)
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self.gpt2:
-            q, k, v = self.c_attn(x).split(self.hidden_size, dim=2)  # GPT-2's fused projection
-            return self._heads(q), self._heads(k), self._heads(v)
-        return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        """Queries, keys and values (B, h, T, d) of a self-attention."""
+        if self.names.fused and not self.names.query:
+            return self._split(x)  # GPT-2's fused projection
+        return (self.project_q(x), *self.project_kv(x))
 
     def _out(self, ctx: Tensor) -> Tensor:  # (B, h, T, d) -> (B, T, hidden)
         out = ctx.transpose(1, 2).reshape(ctx.shape[0], ctx.shape[2], self.hidden_size)
-        return self.resid_dropout(self.c_proj(out)) if self.gpt2 else out
+        if self.names.out:
+            out = getattr(self, self.names.out)(out)
+        if self.names.resid_dropout:
+            out = self.resid_dropout(out)
+        return out
 
     def forward(self, x: Tensor, mask: Mask | None = None, *, states: Tensor | None = None,
                 past: tuple[Tensor, Tensor] | None = None, output_attentions: bool = False,

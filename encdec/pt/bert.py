@@ -1,6 +1,9 @@
-"""BERT in PyTorch: `BertModel` (encoder, or causal decoder with cross-attention) and
-`BertLMHeadModel`, following transformers' `modeling_bert.py` (post-LayerNorm blocks, exact
-erf GELU, absolute positions offset by the cache length, token type 0 by default).
+"""The BERT family in PyTorch: `BertModel` (encoder, or causal decoder with cross-attention) and
+`BertLMHeadModel`, serving every architecture whose registry entry has family "bert" (BERT,
+RoBERTa, XLM-R, CamemBERT, ELECTRA, BertGeneration) from its `BertLayout`: token types or none,
+positions by arange or RoBERTa's rule from the input ids, ELECTRA's `embeddings_project`, and
+the LM head's modules at the reference's names. Follows transformers' `modeling_bert.py` and
+its copies (post-LayerNorm blocks, exact erf GELU, positions offset by the cache length).
 
 Attribute names reproduce the reference's state-dict names (`encoder.layer.0.attention.self.query`).
 """
@@ -16,8 +19,15 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from encdec.core import weights
-from encdec.core.config import BertConfig
+from encdec.core.config import BertConfig, ModelConfig
 from encdec.core.outputs import BaseModelOutput, CausalLMOutput
+from encdec.core.registry import (
+    BERT_ATTENTION,
+    Positions,
+    architecture,
+    max_positions,
+    position_offset,
+)
 
 from . import params
 from .attention import ACTIVATIONS, Attention, Mask, causal_mask, padding_mask
@@ -25,29 +35,66 @@ from .attention import ACTIVATIONS, Attention, Mask, causal_mask, padding_mask
 Past = tuple[Tensor, ...]  # (self_k, self_v[, cross_k, cross_v]), each (B, h, T, d)
 
 
+def check_length(config: ModelConfig, argument: str, length: int, past: int = 0) -> None:
+    """Refuse `length` new tokens after `past` ones beyond the config's position table (checked
+    on the host from static shapes, before any gather)."""
+    limit = max_positions(config)
+    if past + length > limit:
+        offset = position_offset(config)
+        held = f"{length} tokens" + (f" after {past} cached ones" if past else "")
+        table = f"max_position_embeddings={config.max_position_embeddings}" + \
+            (f" minus the offset {offset}" if offset else "")
+        raise ValueError(f"{argument} has {held}; the {config.model_type} position table serves "
+                         f"{limit} ({table})")
+
+
+def _embedding_width(c: ModelConfig) -> int:
+    return c.embedding_size if architecture(c).layout.embedding_size else c.hidden_size
+
+
 class BertEmbeddings(nn.Module):
-    def __init__(self, c: BertConfig):
+    """word + [token type +] position embeddings, LayerNorm, dropout (width `embedding_size`
+    for ELECTRA)."""
+
+    def __init__(self, c: ModelConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size)
-        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
-        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
-        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        layout, e = architecture(c).layout, _embedding_width(c)
+        self.word_embeddings = nn.Embedding(c.vocab_size, e)
+        self.position_embeddings = nn.Embedding(c.max_position_embeddings, e)
+        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, e) \
+            if layout.token_types else None
+        self.LayerNorm = nn.LayerNorm(e, eps=c.layer_norm_eps)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
     def forward(self, input_ids: Tensor | None, token_type_ids: Tensor | None,
                 position_ids: Tensor, inputs_embeds: Tensor | None) -> Tensor:
-        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
-        x = x + self.token_type_embeddings(token_type_ids)
+        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, E)
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
+            x = x + self.token_type_embeddings(token_type_ids)
         x = x + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(x))
+
+
+def default_position_ids(config: ModelConfig, input_ids: Tensor | None, length: int,
+                 past: int | Tensor, device: torch.device) -> Tensor:
+    """The reference's default positions ((1|B, T), `encdec.core.registry.position_ids`):
+    past + arange(T); RoBERTa's pad + (cumsum(ids != pad) + past) * (ids != pad), or
+    arange(pad + 1, T + pad + 1) for inputs_embeds."""
+    if architecture(config).layout.positions is Positions.FROM_INPUT_IDS:
+        pad = config.pad_token_id
+        if input_ids is None:
+            return torch.arange(pad + 1, length + pad + 1, device=device)[None]
+        keep = (input_ids != pad).long()  # (B, T)
+        return (torch.cumsum(keep, dim=1) + past) * keep + pad
+    return (torch.arange(length, device=device) + past)[None]  # (1, T)
 
 
 class BertOutput(nn.Module):
     """dense -> dropout -> LayerNorm(+ residual): `attention.output` and the FFN's `output`."""
 
-    def __init__(self, c: BertConfig, n_in: int):
+    def __init__(self, c: ModelConfig, n_in: int):
         super().__init__()
         self.dense = nn.Linear(n_in, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
@@ -60,15 +107,15 @@ class BertOutput(nn.Module):
 class BertAttention(nn.Module):
     """`attention` / `crossattention`: `self` (the `Attention`) + `output` (dense, LayerNorm)."""
 
-    def __init__(self, c: BertConfig, cross: bool):
+    def __init__(self, c: ModelConfig, cross: bool):
         super().__init__()
-        self.self = Attention(c.hidden_size, c.num_attention_heads, gpt2=False, cross=cross,
+        self.self = Attention(c.hidden_size, c.num_attention_heads, BERT_ATTENTION, cross=cross,
                               dropout=c.attention_probs_dropout_prob)
         self.output = BertOutput(c, c.hidden_size)
 
 
 class BertIntermediate(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, c: ModelConfig):
         super().__init__()
         self.dense = nn.Linear(c.hidden_size, c.intermediate_size)
         self.act = ACTIVATIONS[c.hidden_act]
@@ -78,11 +125,10 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, c: ModelConfig):
         super().__init__()
         self.attention = BertAttention(c, cross=False)
-        if c.add_cross_attention:
-            self.crossattention = BertAttention(c, cross=True)
+        self.crossattention = BertAttention(c, cross=True) if c.add_cross_attention else None
         self.intermediate = BertIntermediate(c)
         self.output = BertOutput(c, c.intermediate_size)
 
@@ -94,8 +140,8 @@ class BertLayer(nn.Module):
         x = self.attention.output(a, x)
         cross_probs, present = None, kv
         if states is not None:
-            if not hasattr(self, "crossattention"):
-                raise ValueError("encoder_hidden_states given, but this BERT has no "
+            if self.crossattention is None:
+                raise ValueError("encoder_hidden_states given, but this model has no "
                                  "cross-attention: set config.add_cross_attention=True")
             cross_past = past[2:] if past is not None and len(past) == 4 else None
             a, cross_probs, ckv = self.crossattention.self(
@@ -117,13 +163,13 @@ class BertLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, c: ModelConfig):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(c) for _ in range(c.num_hidden_layers))
 
 
 class BertPooler(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, c: ModelConfig):
         super().__init__()
         self.dense = nn.Linear(c.hidden_size, c.hidden_size)
 
@@ -132,28 +178,46 @@ class BertPooler(nn.Module):
 
 
 class BertModel(nn.Module):
-    """transformers' `BertModel`: bidirectional encoder, or (`config.is_decoder`) a causal decoder
-    with cross-attention when `config.add_cross_attention`."""
+    """transformers' `BertModel` and its family's base models (`RobertaModel`, `ElectraModel`,
+    `BertGenerationEncoder`, …): bidirectional encoder, or (`config.is_decoder`) a causal
+    decoder with cross-attention when `config.add_cross_attention`."""
 
     config_class = BertConfig
 
-    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+    def __init__(self, config: ModelConfig, add_pooling_layer: bool | None = None):
         super().__init__()
+        arch = architecture(config)
         self.config = config
-        self.add_pooling_layer = add_pooling_layer
+        self.add_pooling_layer = arch.has_pooler if add_pooling_layer is None \
+            else add_pooling_layer
         self.gradient_checkpointing = False
+        e = _embedding_width(config)
         with params.constructing() as c:
             self.embeddings = BertEmbeddings(config)
+            self.embeddings_project = nn.Linear(e, config.hidden_size) \
+                if e != config.hidden_size else None
             self.encoder = BertEncoder(config)
-            self.pooler = BertPooler(config) if add_pooling_layer else None
+            self.pooler = BertPooler(config) if self.add_pooling_layer else None
         if c.outermost:
             params.materialize(self, [(self, self.table(), config)])
 
     def table(self) -> weights.Table:
-        return weights.bert_model(self.config, pooler=self.add_pooling_layer)
+        return architecture(self.config).encoder_table(self.config, self.add_pooling_layer)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.word_embeddings
+
+    def embed(self, input_ids: Tensor | None, token_type_ids: Tensor | None,
+              position_ids: Tensor | None, inputs_embeds: Tensor | None,
+              past: int | Tensor) -> Tensor:
+        """Embeddings (B, T, hidden): default positions after `past` tokens, projected to the
+        hidden size when the embeddings are narrower (ELECTRA)."""
+        ref = input_ids if input_ids is not None else inputs_embeds
+        if position_ids is None:
+            position_ids = default_position_ids(self.config, input_ids, ref.shape[1], past,
+                                                ref.device)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        return x if self.embeddings_project is None else self.embeddings_project(x)
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
@@ -170,12 +234,10 @@ class BertModel(nn.Module):
         if self.gradient_checkpointing and self.training:
             use_cache = False
         B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
-        device = (input_ids if input_ids is not None else inputs_embeds).device
         past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
-        if position_ids is None:
-            position_ids = (torch.arange(T, device=device) + past_len)[None]  # (1, T)
-        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
-        dtype = x.dtype
+        check_length(c, "input_ids" if input_ids is not None else "inputs_embeds", T, past_len)
+        x = self.embed(input_ids, token_type_ids, position_ids, inputs_embeds, past_len)
+        dtype, device = x.dtype, x.device
         if c.is_decoder:
             mask = causal_mask(B, T, past_len, past_len + T, dtype, attention_mask, device)
         else:
@@ -214,11 +276,13 @@ class BertModel(nn.Module):
     def step(self, input_ids: Tensor, cache: tuple, cache_index,
              encoder_attention_mask: Tensor | None,
              decoder_attention_mask: Tensor | None = None) -> tuple[Tensor, tuple]:
-        """Static-cache decoding step: input_ids (B, T) at positions cache_index + arange(T)."""
+        """Static-cache decoding step: input_ids (B, T) after cache_index tokens, positions by
+        the architecture's rule with the cache length `cache_index`."""
         B, T = input_ids.shape
         max_len = cache[0][0].shape[2]
-        position_ids = (torch.arange(T, device=input_ids.device) + cache_index)[None]
-        x = self.embeddings(input_ids, None, position_ids, None)
+        if isinstance(cache_index, int):  # a tensor index: the cache's size was checked
+            check_length(self.config, "input_ids", T, cache_index)
+        x = self.embed(input_ids, None, None, None, cache_index)
         mask = causal_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask,
                            input_ids.device)
         cross_mask = padding_mask(encoder_attention_mask, x.dtype)
@@ -230,69 +294,73 @@ class BertModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised and
-        reported)."""
+        """Load a single-model checkpoint of this class's model type (non-strict: missing
+        weights are initialised and reported)."""
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size)
+        return params.save_backbone(self, directory, max_shard_size,
+                                    architecture(self.config).base_class)
 
 
-class BertPredictionHeadTransform(nn.Module):
-    def __init__(self, c: BertConfig):
-        super().__init__()
-        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
-        self.act = ACTIVATIONS[c.hidden_act]
-        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.LayerNorm(self.act(self.dense(x)))
-
-
-class BertLMPredictionHead(nn.Module):
-    def __init__(self, c: BertConfig):
-        super().__init__()
-        self.transform = BertPredictionHeadTransform(c)
-        self.decoder = nn.Linear(c.hidden_size, c.vocab_size)  # bias tied to `bias`
-        self.bias = nn.Parameter(torch.empty(c.vocab_size))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decoder(self.transform(x))
-
-
-class BertOnlyMLMHead(nn.Module):
-    def __init__(self, c: BertConfig):
-        super().__init__()
-        self.predictions = BertLMPredictionHead(c)
+def _place(root: nn.Module, dotted: str, value: nn.Module | nn.Parameter) -> None:
+    """Set `root.a.b.c = value`, creating empty container modules along the path."""
+    *path, leaf = dotted.split(".")
+    for name in path:
+        if name not in root._modules:
+            root.add_module(name, nn.Module())
+        root = root._modules[name]
+    setattr(root, leaf, value)
 
 
 class BertLMHeadModel(nn.Module):
-    """transformers' `BertLMHeadModel`: `bert` (no pooler) + `cls.predictions`, whose decoder
-    weight is the word embedding matrix when `tie_word_embeddings`."""
+    """transformers' `BertLMHeadModel` and its family's causal LMs (`RobertaForCausalLM`,
+    `ElectraForCausalLM`, `BertGenerationDecoder`, …): the base model (no pooler) under the
+    architecture's prefix and the LM head's modules at the names of `layout.head`
+    ([dense -> activation -> LayerNorm ->] decoder), whose decoder weight is the word
+    embedding matrix when `tie_word_embeddings`."""
 
     config_class = BertConfig
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: ModelConfig):
         super().__init__()
+        arch = architecture(config)
+        head, v = arch.layout.head, config.vocab_size
+        w = _embedding_width(config) if head.width == "embedding" else config.hidden_size
         self.config = config
+        self.prefix = arch.prefix
+        self.head = head
+        self.act = ACTIVATIONS[head.activation or config.hidden_act]
         with params.constructing() as c:
-            self.bert = BertModel(config, add_pooling_layer=False)
-            self.cls = BertOnlyMLMHead(config)
+            setattr(self, arch.prefix, BertModel(config, add_pooling_layer=False))
+            if head.dense:
+                _place(self, head.dense, nn.Linear(config.hidden_size, w))
+            if head.norm:
+                _place(self, head.norm, nn.LayerNorm(w, eps=config.layer_norm_eps))
+            _place(self, head.decoder, nn.Linear(w, v))
+            if head.bias:  # the vocabulary bias the decoder's bias is tied to
+                _place(self, head.bias, nn.Parameter(torch.empty(v)))
         if c.outermost:
             params.materialize(self, [(self, self.table(), config)])
 
     def table(self) -> weights.Table:
-        return weights.bert_lm_head_model(self.config)
+        return architecture(self.config).decoder_table(self.config)
 
     @property
     def base_model(self) -> BertModel:
-        return self.bert
+        return getattr(self, self.prefix)
 
     def get_input_embeddings(self) -> nn.Embedding:
-        return self.bert.embeddings.word_embeddings
+        return self.base_model.embeddings.word_embeddings
 
     def logits(self, hidden: Tensor) -> Tensor:
-        return self.cls.predictions(hidden)
+        """The LM head: hidden (B, T, H) -> logits (B, T, V)."""
+        x = hidden
+        if self.head.dense:
+            x = self.act(self.get_submodule(self.head.dense)(x))
+        if self.head.norm:
+            x = self.get_submodule(self.head.norm)(x)
+        return self.get_submodule(self.head.decoder)(x)
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
@@ -304,9 +372,9 @@ class BertLMHeadModel(nn.Module):
         """As the reference; `labels` give the shifted next-token loss (ignoring -100)."""
         if labels is not None:
             use_cache = False
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
-                        output_attentions, output_hidden_states)
+        out = self.base_model(input_ids, attention_mask, token_type_ids, position_ids,
+                              inputs_embeds, encoder_hidden_states, encoder_attention_mask,
+                              past_key_values, use_cache, output_attentions, output_hidden_states)
         logits = self.logits(out.last_hidden_state)  # (B, T, V)
         loss = None if labels is None else causal_lm_loss(logits, labels)
         result = CausalLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
@@ -315,23 +383,24 @@ class BertLMHeadModel(nn.Module):
         return result if return_dict else result.to_tuple()
 
     def cross_kv(self, encoder_hidden_states: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
-        return self.bert.cross_kv(encoder_hidden_states)
+        return self.base_model.cross_kv(encoder_hidden_states)
 
     def step(self, input_ids: Tensor, cache: tuple, cache_index, encoder_attention_mask,
              decoder_attention_mask: Tensor | None = None) -> tuple[Tensor, tuple]:
         """Static-cache decoding step -> (logits (B, T, V), cache)."""
-        x, cache = self.bert.step(input_ids, cache, cache_index, encoder_attention_mask,
-                                  decoder_attention_mask)
+        x, cache = self.base_model.step(input_ids, cache, cache_index, encoder_attention_mask,
+                                        decoder_attention_mask)
         return self.logits(x), cache
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised and
-        reported)."""
+        """Load a single-model checkpoint of this class's model type (non-strict: missing
+        weights are initialised and reported)."""
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size)
+        return params.save_backbone(self, directory, max_shard_size,
+                                    architecture(self.config).lm_class)
 
 
 def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from encdec.core import weights
-from encdec.core.config import EncoderDecoderConfig, GenerationConfig
+from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 from encdec.core.modeling import (
     load_weights,
     prepare_warm_start,
@@ -26,15 +26,33 @@ from encdec.core.modeling import (
     warm_start_weights,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
+from encdec.core.registry import architecture
 from encdec.core.seq2seq import IGNORE_INDEX, shift_token_ids
 from encdec.core.weights import Dialect
 
 from . import params
-from .bert import BertLMHeadModel, BertModel
+from .bert import BertLMHeadModel, BertModel, check_length
+from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
 
-ENCODERS: dict[str, type[nn.Module]] = {"bert": BertModel, "gpt2": GPT2Model}
-DECODERS: dict[str, type[nn.Module]] = {"bert": BertLMHeadModel, "gpt2": GPT2LMHeadModel}
+# family (`encdec.core.registry.Architecture.family`) -> (base model, causal LM or None)
+FAMILIES: dict[str, tuple[type[nn.Module], type[nn.Module] | None]] = {
+    "bert": (BertModel, BertLMHeadModel),
+    "distilbert": (DistilBertModel, None),
+    "gpt2": (GPT2Model, GPT2LMHeadModel),
+}
+
+
+def encoder_class(config: ModelConfig) -> type[nn.Module]:
+    """The class that serves `config` as the encoder."""
+    return FAMILIES[architecture(config).family][0]
+
+
+def decoder_class(config: ModelConfig) -> type[nn.Module]:
+    """The class that serves `config` as the decoder; the registry's clear error when its
+    architecture has no causal LM."""
+    architecture(config).decoder_table(config)  # raises for an encoder-only architecture
+    return FAMILIES[architecture(config).family][1]
 
 Cache = tuple[tuple[Tensor, Tensor, Tensor, Tensor], ...]  # per layer (k_buf, v_buf, ck, cv)
 
@@ -75,13 +93,13 @@ class EncoderDecoderModel(nn.Module):
         self.generation_config = GenerationConfig.from_model_config(config)
         with params.constructing() as c:
             if encoder is None:
-                encoder = ENCODERS[config.encoder.model_type](config.encoder)
+                encoder = encoder_class(config.encoder)(config.encoder)
             if decoder is None:
-                decoder = DECODERS[config.decoder.model_type](config.decoder)
+                decoder = decoder_class(config.decoder)(config.decoder)
             self.encoder, self.decoder = encoder, decoder
-            if weights.has_enc_to_dec_proj(config):
-                self.enc_to_dec_proj = nn.Linear(config.encoder.hidden_size,
-                                                 config.decoder.hidden_size)
+            self.enc_to_dec_proj = nn.Linear(config.encoder.hidden_size,
+                                             config.decoder.hidden_size) \
+                if weights.has_enc_to_dec_proj(config) else None
         # the backbones share the composite's configs, so `model.config.decoder.x = …` reaches them
         self.encoder.config, self.decoder.config = config.encoder, config.decoder
         if c.outermost:
@@ -92,7 +110,7 @@ class EncoderDecoderModel(nn.Module):
         for sub in (self.encoder, self.decoder):
             if any(p.is_meta for p in sub.parameters()):
                 params.materialize(sub, [(sub, sub.table(), sub.config)])
-        if hasattr(self, "enc_to_dec_proj"):
+        if self.enc_to_dec_proj is not None:
             self.enc_to_dec_proj.to_empty(device="cpu")
             if not params.skipping_init():
                 self._init_proj()
@@ -116,17 +134,17 @@ class EncoderDecoderModel(nn.Module):
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute each layer in the backward pass (torch.utils.checkpoint, training only)."""
-        for base in (self.encoder, getattr(self.decoder, "base_model", self.decoder)):
+        for base in (self.encoder, self.decoder.base_model):
             base.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
-        for base in (self.encoder, getattr(self.decoder, "base_model", self.decoder)):
+        for base in (self.encoder, self.decoder.base_model):
             base.gradient_checkpointing = False
 
     # --- forward --------------------------------------------------------------------------
 
     def _project(self, encoder_hidden_states: Tensor) -> Tensor:
-        if hasattr(self, "enc_to_dec_proj"):
+        if self.enc_to_dec_proj is not None:
             return self.enc_to_dec_proj(encoder_hidden_states)  # (B, S, H_dec)
         return encoder_hidden_states
 
@@ -193,6 +211,7 @@ class EncoderDecoderModel(nn.Module):
         (batch_size, h, max_length, d); cross K/V (Be, h, S, d) computed once from the
         (projected) encoder states. `batch_size` may be Be * num_beams."""
         c = self.config.decoder
+        check_length(c, "the decoding cache (max_length)", max_length)
         h, d = c.num_attention_heads, c.hidden_size // c.num_attention_heads
         with _inference(self):
             states = self._project(encoder_hidden_states)
@@ -242,7 +261,7 @@ class EncoderDecoderModel(nn.Module):
         for side in ("encoder", "decoder"):
             sub = getattr(model, side)
             params.init_params(sub, sub.table(), sub.config, reports[side].missing)
-        if hasattr(model, "enc_to_dec_proj"):
+        if model.enc_to_dec_proj is not None:
             model._init_proj()
         model.tie_weights()
         model.eval()

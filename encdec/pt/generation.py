@@ -124,6 +124,7 @@ def generate(model, input_ids: Tensor, attention_mask: Tensor | None = None, *,
     global generator, as the reference).
     """
     p = G.plan(model.config, generation_config or model.generation_config, **kwargs)
+    G.check_positions(model.config.decoder, p)  # the encoder's forward checks the input's length
     device = next(model.parameters()).device
     input_ids = torch.as_tensor(input_ids, device=device)
     if attention_mask is not None:

@@ -16,10 +16,11 @@ from torch.utils.checkpoint import checkpoint
 from encdec.core import weights
 from encdec.core.config import GPT2Config
 from encdec.core.outputs import BaseModelOutput, CausalLMOutput
+from encdec.core.registry import GPT2_CROSS_ATTENTION, GPT2_SELF_ATTENTION, architecture
 
 from . import params
 from .attention import ACTIVATIONS, Attention, Conv1D, Mask, causal_mask, padding_mask
-from .bert import Past, causal_lm_loss
+from .bert import Past, causal_lm_loss, check_length
 
 
 def _check_supported(c: GPT2Config) -> None:
@@ -47,13 +48,15 @@ class GPT2Block(nn.Module):
         super().__init__()
         h, eps = c.hidden_size, c.layer_norm_epsilon
         scale = (c.hidden_size // c.num_attention_heads) ** -0.5 if c.scale_attn_weights else 1.0
-        kw = dict(dropout=c.attn_pdrop, resid_dropout=c.resid_pdrop, scale=scale, gpt2=True)
+        kw = dict(dropout=c.attn_pdrop, resid_dropout=c.resid_pdrop, scale=scale)
+        n = c.num_attention_heads
         self.ln_1 = nn.LayerNorm(h, eps=eps)
-        self.attn = Attention(h, c.num_attention_heads, cross=False, **kw)
+        self.attn = Attention(h, n, GPT2_SELF_ATTENTION, cross=False, **kw)
         self.ln_2 = nn.LayerNorm(h, eps=eps)
-        if c.add_cross_attention:
-            self.crossattention = Attention(h, c.num_attention_heads, cross=True, **kw)
-            self.ln_cross_attn = nn.LayerNorm(h, eps=eps)
+        cross = c.add_cross_attention
+        self.crossattention = Attention(h, n, GPT2_CROSS_ATTENTION, cross=True, **kw) \
+            if cross else None
+        self.ln_cross_attn = nn.LayerNorm(h, eps=eps) if cross else None
         self.mlp = GPT2MLP(c)
 
     def forward(self, x: Tensor, mask: Mask | None, states: Tensor | None,
@@ -64,7 +67,7 @@ class GPT2Block(nn.Module):
         x = x + a
         cross_probs, present = None, kv
         if states is not None:
-            if not hasattr(self, "crossattention"):
+            if self.crossattention is None:
                 raise ValueError("encoder_hidden_states given, but this GPT-2 has no "
                                  "cross-attention: set config.add_cross_attention=True")
             cross_past = past[2:] if past is not None and len(past) == 4 else None
@@ -105,7 +108,7 @@ class GPT2Model(nn.Module):
             params.materialize(self, [(self, self.table(), config)])
 
     def table(self) -> weights.Table:
-        return weights.gpt2_model(self.config)
+        return architecture(self.config).encoder_table(self.config)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.wte
@@ -124,9 +127,11 @@ class GPT2Model(nn.Module):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
-        B, T = x.shape[:2]
+        B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        check_length(self.config, "input_ids" if input_ids is not None else "inputs_embeds", T,
+                     past_len)
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         if position_ids is None:
             position_ids = (torch.arange(T, device=x.device) + past_len)[None]  # (1, T)
         x = x + self.wpe(position_ids)
@@ -170,6 +175,8 @@ class GPT2Model(nn.Module):
         """Static-cache decoding step: input_ids (B, T) at positions cache_index + arange(T)."""
         B, T = input_ids.shape
         max_len = cache[0][0].shape[2]
+        if isinstance(cache_index, int):  # a tensor index: the cache's size was checked
+            check_length(self.config, "input_ids", T, cache_index)
         position_ids = (torch.arange(T, device=input_ids.device) + cache_index)[None]
         x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, H)
         mask = causal_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask,
@@ -188,7 +195,8 @@ class GPT2Model(nn.Module):
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size)
+        return params.save_backbone(self, directory, max_shard_size,
+                                    architecture(self.config).base_class)
 
 
 class GPT2LMHeadModel(nn.Module):
@@ -206,7 +214,7 @@ class GPT2LMHeadModel(nn.Module):
             params.materialize(self, [(self, self.table(), config)])
 
     def table(self) -> weights.Table:
-        return weights.gpt2_lm_head_model(self.config)
+        return architecture(self.config).decoder_table(self.config)
 
     @property
     def base_model(self) -> GPT2Model:
@@ -253,4 +261,5 @@ class GPT2LMHeadModel(nn.Module):
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size)
+        return params.save_backbone(self, directory, max_shard_size,
+                                    architecture(self.config).lm_class)

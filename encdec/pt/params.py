@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import threading
 from collections.abc import Iterable, Iterator
 
@@ -20,9 +19,10 @@ import torch
 from torch import nn
 
 from encdec.core import modeling
-from encdec.core.config import ModelConfig
+from encdec.core.config import ConfigError, ModelConfig
 from encdec.core.modeling import load_backbone_weights, read_backbone_config
-from encdec.core.weights import Dialect, Role, Table
+from encdec.core.registry import architecture, initializers
+from encdec.core.weights import Dialect, Table
 
 logger = logging.getLogger("encdec")
 
@@ -70,28 +70,22 @@ def materialize(module: nn.Module, tables: Iterable[tuple[nn.Module, Table, Mode
 
 def init_params(module: nn.Module, table: Table, config: ModelConfig,
                 names: Iterable[str] | None = None) -> None:
-    """The reference's init: normal(0, initializer_range) for matrices (GPT-2's residual
-    `c_proj` scaled by 1/sqrt(2 n_layer)), zeroed BERT padding row, LayerNorm 1/0, biases 0."""
+    """The reference's init, as the registry states it (`encdec.core.registry.initializers`):
+    normal draws (some rows zeroed, some std scaled), LayerNorm 1/0, biases 0, fixed tables."""
     wanted = None if names is None else set(names)
-    std = config.initializer_range
-    gpt2 = config.model_type == "gpt2"
-    pad = config.pad_token_id if not gpt2 else None
     with torch.no_grad():
-        for p in table.owned:
-            if wanted is not None and p.name not in wanted:
-                continue
+        for p, init in initializers(table, config, wanted):
             t = module.get_parameter(p.name)
-            if p.role in (Role.LINEAR, Role.CONV1D, Role.EMBEDDING):
-                s = std / math.sqrt(2 * config.num_hidden_layers) \
-                    if gpt2 and p.name.endswith("c_proj.weight") else std
-                t.normal_(0.0, s)
-                if p.role is Role.EMBEDDING and p.name.endswith("word_embeddings.weight") \
-                        and pad is not None and 0 <= pad < t.shape[0]:
-                    t[pad].zero_()
-            elif p.role is Role.NORM:
+            if init.kind == "normal":
+                t.normal_(0.0, init.std)
+                if init.zero_row is not None:
+                    t[init.zero_row].zero_()
+            elif init.kind == "ones":
                 t.fill_(1.0)
-            else:
+            elif init.kind == "zeros":
                 t.zero_()
+            else:  # "array"
+                t.copy_(torch.from_numpy(init.array))
 
 
 def tie_params(module: nn.Module, table: Table) -> None:
@@ -124,6 +118,12 @@ def load_backbone(cls: type, path_or_id, *, output_loading_info: bool = False, *
     """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
     the checkpoint lacks are initialised and reported), returned in eval mode."""
     directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
+    want = cls.config_class.model_type
+    if config.model_type != want:  # a config subclass (RoBERTa's of BERT's) is another model
+        arch = architecture(config)
+        classes = " or ".join(c for c in (arch.base_class, arch.lm_class) if c)
+        raise ConfigError(f"{directory / 'config.json'}: model_type {config.model_type!r} is not "
+                          f"a {cls.config_class.__name__} ({want!r}); load it with {classes}")
     with skip_init():
         model = cls(config)
     table = model.table()
@@ -135,8 +135,11 @@ def load_backbone(cls: type, path_or_id, *, output_loading_info: bool = False, *
     return (model, report) if output_loading_info else model
 
 
-def save_backbone(model: nn.Module, directory, max_shard_size: int | str = "5GB"):
-    """`save_pretrained` of a backbone (core.modeling.save_backbone)."""
-    return modeling.save_backbone(directory, type(model).__name__, model.config, model.table(),
+def save_backbone(model: nn.Module, directory, max_shard_size: int | str = "5GB",
+                  reference_class: str | None = None):
+    """`save_pretrained` of a backbone (core.modeling.save_backbone); `reference_class` is the
+    reference's class name written to `architectures` (default: the model's class name)."""
+    name = reference_class or type(model).__name__
+    return modeling.save_backbone(directory, name, model.config, model.table(),
                                   Dialect.PT, functools.partial(get, model),
                                   max_shard_size=max_shard_size)

@@ -142,7 +142,7 @@ def test_random_init_constructors_and_mutable_config(reference_dir):
                    intermediate_size=37),
         GPT2Config(vocab_size=99, n_embd=24, n_layer=2, n_head=4))
     model = EncoderDecoderModel(config=config)
-    assert hasattr(model, "enc_to_dec_proj")
+    assert model.enc_to_dec_proj is not None
     w = model.decoder.transformer.h[0].crossattention.c_attn.weight
     assert abs(w.std().item() - 0.02) < 0.005 and not w.is_meta
     assert model.decoder.lm_head.weight is model.decoder.transformer.wte.weight
@@ -153,9 +153,9 @@ def test_random_init_constructors_and_mutable_config(reference_dir):
     model.config.decoder.use_cache = False  # the backbones share the composite's config
     assert model(input_ids=b["input_ids"], labels=b["labels"]).past_key_values is None
     again = EncoderDecoderModel(encoder=model.encoder, decoder=model.decoder)
-    assert again.encoder is model.encoder and hasattr(again, "enc_to_dec_proj")
+    assert again.encoder is model.encoder and again.enc_to_dec_proj is not None
     same = EncoderDecoderModel(config=EncoderDecoderConfig.from_encoder_decoder_configs(
         BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4),
         BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4)))
-    assert not hasattr(same, "enc_to_dec_proj")
+    assert same.enc_to_dec_proj is None
     assert same.decoder.cls.predictions.decoder.bias is same.decoder.cls.predictions.bias

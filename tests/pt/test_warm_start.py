@@ -76,7 +76,7 @@ def test_against_hf_minilm_warm_start(minilm_dir):
     model, info = EncoderDecoderModel.from_encoder_decoder_pretrained(
         minilm_dir, minilm_dir, output_loading_info=True)
     assert set(info["decoder"].missing) == reference_missing(minilm_dir)
-    assert not hasattr(model, "enc_to_dec_proj")
+    assert model.enc_to_dec_proj is None
     src = load_file(minilm_dir / "model.safetensors")
     state = model.state_dict()
     for k, v in src.items():
