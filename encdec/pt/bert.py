@@ -69,7 +69,11 @@ class BertEmbeddings(nn.Module):
     def forward(self, input_ids: Tensor | None, token_type_ids: Tensor | None,
                 position_ids: Tensor, inputs_embeds: Tensor | None) -> Tensor:
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, E)
-        if self.token_type_embeddings is not None:
+        if self.token_type_embeddings is None:
+            if token_type_ids is not None:
+                raise ValueError("token_type_ids given, but this architecture has no token type "
+                                 "embeddings (its registry layout has token_types=False)")
+        else:
             if token_type_ids is None:
                 token_type_ids = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
             x = x + self.token_type_embeddings(token_type_ids)

@@ -81,6 +81,7 @@ class EncoderDecoderModel(nn.Module):
                 raise ValueError("Either a configuration or an encoder and a decoder has to be "
                                  "provided.")
             dc = decoder.config
+            decoder_class(dc)  # the registry's clear error for an encoder-only architecture
             if not (dc.is_decoder and dc.add_cross_attention):
                 raise ValueError(f"decoder {type(decoder).__name__}: its config needs "
                                  "is_decoder=True and add_cross_attention=True (it has no "
@@ -177,6 +178,11 @@ class EncoderDecoderModel(nn.Module):
                 decoder_attention_mask = (decoder_input_ids != self.config.pad_token_id).to(
                     decoder_input_ids.dtype)
 
+        dec_in = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
+        if dec_in is not None:  # named as the caller knows it (the decoder checks it again)
+            check_length(self.config.decoder, "decoder_input_ids" if decoder_input_ids is not None
+                         else "decoder_inputs_embeds", dec_in.shape[1],
+                         0 if past_key_values is None else past_key_values[0][0].shape[2])
         dec = self.decoder(input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
                            inputs_embeds=decoder_inputs_embeds, encoder_hidden_states=states,
                            encoder_attention_mask=attention_mask, past_key_values=past_key_values,

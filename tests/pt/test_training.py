@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from encdec.pt import EncoderDecoderModel
-from tests.conftest import make_batch
+from tests.conftest import make_batch, pair_batch
 
 from .conftest import to_torch
 
@@ -23,11 +23,12 @@ def _grads(model, batch, **kw):
                              if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", ["bert2bert", "bert2gpt2_proj"])
+@pytest.mark.parametrize("name", ["bert2bert", "bert2gpt2_proj", "roberta2roberta",
+                                  "distilbert2bert", "electra2electra"])
 def test_against_hf_gradients(name, reference_dir, hf_model):
     d = reference_dir(name)
     ref, ours = hf_model(d), EncoderDecoderModel.from_pretrained(d)  # eval: dropout off
-    batch = to_torch(make_batch())
+    batch = to_torch(pair_batch(name))
     ref_loss, ref_grads = _grads(ref, batch)
     loss, grads = _grads(ours, batch)
     assert abs(ref_loss - loss) < 1e-5
@@ -53,9 +54,10 @@ def test_adamw_lowers_the_loss(reference_dir):
     assert losses[-1] < losses[0] - 0.1, losses
 
 
-@pytest.mark.parametrize("name", ["bert2bert", "bert2gpt2"])
+@pytest.mark.parametrize("name", ["bert2bert", "bert2gpt2", "distilbert2gpt2", "electra2electra"])
 def test_gradient_checkpointing_same_gradients(name, reference_dir, monkeypatch):
     import encdec.pt.bert
+    import encdec.pt.distilbert
     import encdec.pt.gpt2
 
     model = EncoderDecoderModel.from_pretrained(reference_dir(name))
@@ -67,7 +69,7 @@ def test_gradient_checkpointing_same_gradients(name, reference_dir, monkeypatch)
             if hasattr(m, "dropout") and isinstance(m.dropout, float):
                 m.dropout = 0.0
     model.train()
-    batch = to_torch(make_batch())
+    batch = to_torch(pair_batch(name))
     loss, grads = _grads(model, batch)
     calls = []
 
@@ -75,7 +77,7 @@ def test_gradient_checkpointing_same_gradients(name, reference_dir, monkeypatch)
         calls.append(kwargs["use_reentrant"])
         return torch.utils.checkpoint.checkpoint(fn, *args, **kwargs)
 
-    for module in (encdec.pt.bert, encdec.pt.gpt2):
+    for module in (encdec.pt.bert, encdec.pt.distilbert, encdec.pt.gpt2):
         monkeypatch.setattr(module, "checkpoint", counting)
     model.gradient_checkpointing_enable()
     loss_ckpt, grads_ckpt = _grads(model, batch)
