@@ -1,7 +1,8 @@
-"""`Attention` for BERT and GPT-2 (self and cross), its masks and caches; plus the shared leaf
-layers (`dense`, `layer_norm`, `embed`, activations) of the Flax NNX backend.
+"""The one `Attention` (self and cross; projections named by the registry's `AttentionNames`),
+its masks and caches; plus the shared leaf layers (`dense`, `layer_norm`, `embed`, `LMDecoder`,
+activations) of the Flax NNX backend.
 
-Follows transformers' `BertSelfAttention` / `BertCrossAttention` / `GPT2Attention` with the
+Follows transformers' `BertSelfAttention` / `DistilBertSelfAttention` / `GPT2Attention` with the
 reference's default SDPA masks: padding masks act on keys only, the decoder's padding mask is
 and-ed with the causal mask, and a query row with no visible key outputs zeros (what the
 reference's boolean SDPA mask gives). Masks are additive with fill `finfo(dtype).min`; softmax
@@ -21,6 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from encdec.core.registry import AttentionNames
 
 PRECISION = jax.lax.Precision.HIGHEST
 
@@ -52,13 +55,11 @@ def default_rngs(rngs: nnx.Rngs | None) -> nnx.Rngs:
     return nnx.Rngs(0) if rngs is None else rngs
 
 
-def dense(n_in: int, n_out: int, std: float, *, rngs: nnx.Rngs,
-          use_bias: bool = True) -> nnx.Linear:
-    """A Linear (kernel (in, out)) initialised as the reference: normal(0, std), zero bias.
-
-    Also serves GPT-2's Conv1D, whose weight is already stored (in, out)."""
+def dense(n_in: int, n_out: int, *, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
+    """A Linear (kernel (in, out)); also GPT-2's Conv1D, whose weight is stored (in, out).
+    Built with zeros: the reference's initial values come from `params.initialize`."""
     return nnx.Linear(n_in, n_out, use_bias=use_bias, precision=PRECISION,
-                      kernel_init=nnx.initializers.normal(std), rngs=rngs)
+                      kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
 
 
 def layer_norm(size: int, eps: float, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -66,8 +67,26 @@ def layer_norm(size: int, eps: float, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(size, epsilon=eps, use_fast_variance=False, rngs=rngs)
 
 
-def embed(num: int, size: int, std: float, *, rngs: nnx.Rngs) -> nnx.Embed:
-    return nnx.Embed(num, size, embedding_init=nnx.initializers.normal(std), rngs=rngs)
+def embed(num: int, size: int, *, rngs: nnx.Rngs) -> nnx.Embed:
+    """An embedding table (num, size), zeros until `params.initialize`."""
+    return nnx.Embed(num, size, embedding_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+
+class LMDecoder(nnx.Module):
+    """An LM head's vocabulary projection (`decoder`, `generator_lm_head`, `lm_head`): its own
+    `kernel` (in, vocab), or, when the weight table ties it to the word embeddings, that very
+    (vocab, in) Variable, shared by `params.tie`; plus an optional `bias` (vocab,)."""
+
+    def __init__(self, n_in: int, vocab: int, *, tied: bool, use_bias: bool = True,
+                 rngs: nnx.Rngs):
+        self.tied = tied
+        self.kernel = nnx.data(None) if tied else nnx.Param(jnp.zeros((n_in, vocab)))  # params.tie
+        self.bias = nnx.Param(jnp.zeros((vocab,))) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        spec = "...i,vi->...v" if self.tied else "...i,iv->...v"  # (B, T, in) -> (B, T, V)
+        logits = jnp.einsum(spec, x, self.kernel[...], precision=PRECISION)
+        return logits if self.bias is None else logits + self.bias[...]
 
 
 def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -134,53 +153,61 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | None, *, scale
 
 
 class Attention(nnx.Module):
-    """Multi-head attention: BERT (`query`/`key`/`value`) or GPT-2 (`c_attn` [+ `q_attn`],
-    `c_proj`) flavour, self- or cross-attention. BERT's output projection lives in its caller
-    (`attention.output.dense`, as in the reference); GPT-2's `c_proj` is applied here."""
+    """Multi-head attention, self or cross, building exactly the projections `names` lists
+    (`query`/`key`/`value`, or a fused `c_attn` [+ `q_attn`]; an owned output projection
+    `out_lin` / `c_proj` when named, else the caller owns it as BERT's `attention.output`).
+    Initial values come from the registry's init rules (`params.initialize`)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, *, gpt2: bool, cross: bool,
+    def __init__(self, hidden_size: int, num_heads: int, names: AttentionNames, *, cross: bool,
                  dropout: float = 0.0, resid_dropout: float = 0.0, scale: float | None = None,
-                 std: float = 0.02, proj_std: float | None = None, rngs: nnx.Rngs):
-        self.gpt2, self.cross = gpt2, cross
+                 rngs: nnx.Rngs):
+        self.names, self.cross = names, cross
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         self.hidden_size = hidden_size
         self.scale = self.head_dim ** -0.5 if scale is None else scale
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         h = hidden_size
-        if gpt2:
-            self.c_attn = dense(h, (2 if cross else 3) * h, std, rngs=rngs)
-            if cross:
-                self.q_attn = dense(h, h, std, rngs=rngs)
-            self.c_proj = dense(h, h, std if proj_std is None else proj_std, rngs=rngs)
-            self.resid_dropout = nnx.Dropout(resid_dropout, rngs=rngs)
-        else:
-            self.query = dense(h, h, std, rngs=rngs)
-            self.key = dense(h, h, std, rngs=rngs)
-            self.value = dense(h, h, std, rngs=rngs)
+        if names.fused:  # q|k|v, or k|v when the queries have their own projection
+            setattr(self, names.fused, dense(h, (2 if names.query else 3) * h, rngs=rngs))
+        for name in (names.query, names.key, names.value, names.out):
+            if name:
+                setattr(self, name, dense(h, h, rngs=rngs))
+        self.resid_dropout = nnx.Dropout(resid_dropout, rngs=rngs) if names.resid_dropout \
+            else None
 
     def _heads(self, x: jax.Array) -> jax.Array:  # (B, T, h*d) -> (B, h, T, d)
         return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
+    def _split(self, x: jax.Array) -> tuple[jax.Array, ...]:  # the fused projection's parts
+        parts = jnp.split(getattr(self, self.names.fused)(x), 2 if self.names.query else 3,
+                          axis=-1)
+        return tuple(self._heads(t) for t in parts)
+
     def project_q(self, x: jax.Array) -> jax.Array:
-        """Queries (B, h, T, d) of a cross-attention, or of a BERT self-attention."""
-        return self._heads(self.q_attn(x) if self.gpt2 else self.query(x))
+        """Queries (B, h, T, d) from the query projection."""
+        return self._heads(getattr(self, self.names.query)(x))
 
     def project_kv(self, states: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Keys and values (B, h, S, d) from the attended states (cross-attention)."""
-        if self.gpt2:
-            k, v = jnp.split(self.c_attn(states), 2, axis=-1)
-            return self._heads(k), self._heads(v)
-        return self._heads(self.key(states)), self._heads(self.value(states))
+        n = self.names
+        if n.fused:
+            return self._split(states)
+        k, v = getattr(self, n.key)(states), getattr(self, n.value)(states)  # (B, S, hidden)
+        return self._heads(k), self._heads(v)
 
     def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        if self.gpt2:
-            q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)  # GPT-2's fused projection
-            return self._heads(q), self._heads(k), self._heads(v)
-        return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        """Queries, keys and values (B, h, T, d) of a self-attention."""
+        if self.names.fused and not self.names.query:
+            return self._split(x)  # GPT-2's fused projection
+        return (self.project_q(x), *self.project_kv(x))
 
     def _out(self, ctx: jax.Array) -> jax.Array:  # (B, h, T, d) -> (B, T, hidden)
         out = ctx.transpose(0, 2, 1, 3).reshape(ctx.shape[0], ctx.shape[2], self.hidden_size)
-        return self.resid_dropout(self.c_proj(out)) if self.gpt2 else out
+        if self.names.out:
+            out = getattr(self, self.names.out)(out)
+        if self.resid_dropout is not None:
+            out = self.resid_dropout(out)
+        return out
 
     def __call__(self, x: jax.Array, mask: Mask | None = None, *, states: jax.Array | None = None,
                  past: tuple[jax.Array, jax.Array] | None = None, output_attentions: bool = False,

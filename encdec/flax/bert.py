@@ -1,6 +1,9 @@
-"""BERT in Flax NNX: `BertModel` (encoder, or causal decoder with cross-attention) and
-`BertLMHeadModel`, following transformers' `modeling_bert.py` (post-LayerNorm blocks, exact
-erf GELU, absolute positions offset by the cache length, token type 0 by default).
+"""The BERT family in Flax NNX: `BertModel` (encoder, or causal decoder with cross-attention) and
+`BertLMHeadModel`, serving every architecture whose registry entry has family "bert" (BERT,
+RoBERTa, XLM-R, CamemBERT, ELECTRA, BertGeneration) from its `BertLayout`: token types or none,
+positions by arange or RoBERTa's rule from the input ids, ELECTRA's `embeddings_project`, and
+the LM head's modules at the reference's names. Follows transformers' `modeling_bert.py` and
+its copies (post-LayerNorm blocks, exact erf GELU, positions offset by the cache length).
 
 Attribute names reproduce the reference's state-dict names (`encoder.layer.0.attention.self.query`),
 so NNX state paths are `encoder.layer.0.attention.self.query.kernel`.
@@ -16,14 +19,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from encdec.core import weights
-from encdec.core.config import BertConfig
+from encdec.core.config import BertConfig, ModelConfig
 from encdec.core.outputs import BaseModelOutput, CausalLMOutput
+from encdec.core.registry import (
+    BERT_ATTENTION,
+    Positions,
+    architecture,
+    max_positions,
+    position_offset,
+)
 
 from . import params
 from .attention import (
     ACTIVATIONS,
-    PRECISION,
     Attention,
+    LMDecoder,
     Mask,
     causal_lm_loss,
     causal_mask,
@@ -37,24 +47,59 @@ from .attention import (
 Past = tuple[jax.Array, ...]  # (self_k, self_v[, cross_k, cross_v]), each (B, h, T, d)
 
 
+def check_length(config: ModelConfig, argument: str, length: int, past: int = 0) -> None:
+    """Refuse `length` new tokens after `past` ones beyond the config's position table (checked
+    on the host from static shapes, before any gather: XLA would clamp the index silently)."""
+    limit = max_positions(config)
+    if past + length > limit:
+        offset = position_offset(config)
+        held = f"{length} tokens" + (f" after {past} cached ones" if past else "")
+        table = f"max_position_embeddings={config.max_position_embeddings}" + \
+            (f" minus the offset {offset}" if offset else "")
+        raise ValueError(f"{argument} has {held}; the {config.model_type} position table serves "
+                         f"{limit} ({table})")
+
+
+def _embedding_width(c: ModelConfig) -> int:
+    return c.embedding_size if architecture(c).layout.embedding_size else c.hidden_size
+
+
+def default_position_ids(config: ModelConfig, input_ids: jax.Array | None, length: int,
+                         past: int | jax.Array) -> jax.Array:
+    """The reference's default positions ((1|B, T), `encdec.core.registry.position_ids`):
+    past + arange(T); RoBERTa's pad + (cumsum(ids != pad) + past) * (ids != pad), or
+    arange(pad + 1, T + pad + 1) for inputs_embeds."""
+    if architecture(config).layout.positions is Positions.FROM_INPUT_IDS:
+        pad = config.pad_token_id
+        if input_ids is None:
+            return jnp.arange(pad + 1, length + pad + 1)[None]
+        keep = (input_ids != pad).astype(jnp.int32)  # (B, T)
+        return (jnp.cumsum(keep, axis=1) + past) * keep + pad
+    return (jnp.arange(length) + past)[None]  # (1, T)
+
+
 class BertEmbeddings(nnx.Module):
-    def __init__(self, c: BertConfig, *, rngs: nnx.Rngs):
-        std, h = c.initializer_range, c.hidden_size
-        self.word_embeddings = embed(c.vocab_size, h, std, rngs=rngs)
-        if c.pad_token_id is not None and 0 <= c.pad_token_id < c.vocab_size:  # reference init
-            table = self.word_embeddings.embedding
-            table.set_value(table[...].at[c.pad_token_id].set(0.0))
-        self.position_embeddings = embed(c.max_position_embeddings, h, std, rngs=rngs)
-        self.token_type_embeddings = embed(c.type_vocab_size, h, std, rngs=rngs)
-        self.LayerNorm = layer_norm(h, c.layer_norm_eps, rngs=rngs)
+    """word + [token type +] position embeddings, LayerNorm, dropout (width `embedding_size`
+    for ELECTRA)."""
+
+    def __init__(self, c: ModelConfig, *, rngs: nnx.Rngs):
+        layout, e = architecture(c).layout, _embedding_width(c)
+        self.word_embeddings = embed(c.vocab_size, e, rngs=rngs)
+        self.position_embeddings = embed(c.max_position_embeddings, e, rngs=rngs)
+        self.token_type_embeddings = embed(c.type_vocab_size, e, rngs=rngs) \
+            if layout.token_types else None
+        self.LayerNorm = layer_norm(e, c.layer_norm_eps, rngs=rngs)
         self.dropout = nnx.Dropout(c.hidden_dropout_prob, rngs=rngs)
 
     def __call__(self, input_ids: jax.Array | None, token_type_ids: jax.Array | None,
                  position_ids: jax.Array, inputs_embeds: jax.Array | None) -> jax.Array:
-        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros(x.shape[:2], jnp.int32)
-        x = x + self.token_type_embeddings(token_type_ids)
+        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, E)
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = jnp.zeros(x.shape[:2], jnp.int32)
+            x = x + self.token_type_embeddings(token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given, but this model has no token type embeddings")
         x = x + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(x))
 
@@ -62,8 +107,8 @@ class BertEmbeddings(nnx.Module):
 class BertOutput(nnx.Module):
     """dense -> dropout -> LayerNorm(+ residual): `attention.output` and the FFN's `output`."""
 
-    def __init__(self, c: BertConfig, n_in: int, *, rngs: nnx.Rngs):
-        self.dense = dense(n_in, c.hidden_size, c.initializer_range, rngs=rngs)
+    def __init__(self, c: ModelConfig, n_in: int, *, rngs: nnx.Rngs):
+        self.dense = dense(n_in, c.hidden_size, rngs=rngs)
         self.LayerNorm = layer_norm(c.hidden_size, c.layer_norm_eps, rngs=rngs)
         self.dropout = nnx.Dropout(c.hidden_dropout_prob, rngs=rngs)
 
@@ -74,16 +119,15 @@ class BertOutput(nnx.Module):
 class BertAttention(nnx.Module):
     """`attention` / `crossattention`: `self` (the `Attention`) + `output` (dense, LayerNorm)."""
 
-    def __init__(self, c: BertConfig, cross: bool, *, rngs: nnx.Rngs):
-        self.self = Attention(c.hidden_size, c.num_attention_heads, gpt2=False, cross=cross,
-                              dropout=c.attention_probs_dropout_prob, std=c.initializer_range,
-                              rngs=rngs)
+    def __init__(self, c: ModelConfig, cross: bool, *, rngs: nnx.Rngs):
+        self.self = Attention(c.hidden_size, c.num_attention_heads, BERT_ATTENTION, cross=cross,
+                              dropout=c.attention_probs_dropout_prob, rngs=rngs)
         self.output = BertOutput(c, c.hidden_size, rngs=rngs)
 
 
 class BertIntermediate(nnx.Module):
-    def __init__(self, c: BertConfig, *, rngs: nnx.Rngs):
-        self.dense = dense(c.hidden_size, c.intermediate_size, c.initializer_range, rngs=rngs)
+    def __init__(self, c: ModelConfig, *, rngs: nnx.Rngs):
+        self.dense = dense(c.hidden_size, c.intermediate_size, rngs=rngs)
         self.act = ACTIVATIONS[c.hidden_act]
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -91,10 +135,10 @@ class BertIntermediate(nnx.Module):
 
 
 class BertLayer(nnx.Module):
-    def __init__(self, c: BertConfig, *, rngs: nnx.Rngs):
+    def __init__(self, c: ModelConfig, *, rngs: nnx.Rngs):
         self.attention = BertAttention(c, cross=False, rngs=rngs)
-        if c.add_cross_attention:
-            self.crossattention = BertAttention(c, cross=True, rngs=rngs)
+        self.crossattention = BertAttention(c, cross=True, rngs=rngs) \
+            if c.add_cross_attention else None
         self.intermediate = BertIntermediate(c, rngs=rngs)
         self.output = BertOutput(c, c.intermediate_size, rngs=rngs)
 
@@ -106,8 +150,8 @@ class BertLayer(nnx.Module):
         x = self.attention.output(a, x)
         cross_probs, present = None, kv
         if states is not None:
-            if not hasattr(self, "crossattention"):
-                raise ValueError("encoder_hidden_states given, but this BERT has no "
+            if self.crossattention is None:
+                raise ValueError("encoder_hidden_states given, but this model has no "
                                  "cross-attention: set config.add_cross_attention=True")
             cross_past = past[2:] if past is not None and len(past) == 4 else None
             a, cross_probs, ckv = self.crossattention.self(
@@ -129,39 +173,61 @@ class BertLayer(nnx.Module):
 
 
 class BertEncoder(nnx.Module):
-    def __init__(self, c: BertConfig, *, rngs: nnx.Rngs):
+    def __init__(self, c: ModelConfig, *, rngs: nnx.Rngs):
         self.layer = nnx.List([BertLayer(c, rngs=rngs) for _ in range(c.num_hidden_layers)])
 
 
 class BertPooler(nnx.Module):
-    def __init__(self, c: BertConfig, *, rngs: nnx.Rngs):
-        self.dense = dense(c.hidden_size, c.hidden_size, c.initializer_range, rngs=rngs)
+    def __init__(self, c: ModelConfig, *, rngs: nnx.Rngs):
+        self.dense = dense(c.hidden_size, c.hidden_size, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return jnp.tanh(self.dense(x[:, 0]))  # first token
 
 
+
+
 class BertModel(nnx.Module):
-    """transformers' `BertModel`: bidirectional encoder, or (`config.is_decoder`) a causal decoder
-    with cross-attention when `config.add_cross_attention`. Built in inference mode."""
+    """transformers' `BertModel` and its family's base models (`RobertaModel`, `ElectraModel`,
+    `BertGenerationEncoder`, …): bidirectional encoder, or (`config.is_decoder`) a causal
+    decoder with cross-attention when `config.add_cross_attention`. Built in inference mode."""
 
     config_class = BertConfig
 
-    def __init__(self, config: BertConfig, add_pooling_layer: bool = True, *,
+    def __init__(self, config: ModelConfig, add_pooling_layer: bool | None = None, *,
                  rngs: nnx.Rngs | None = None):
         rngs = default_rngs(rngs)
+        arch = architecture(config)
         self.config = config
-        self.add_pooling_layer = add_pooling_layer
+        self.add_pooling_layer = arch.has_pooler if add_pooling_layer is None \
+            else add_pooling_layer
+        e = _embedding_width(config)
         self.embeddings = BertEmbeddings(config, rngs=rngs)
+        self.embeddings_project = dense(e, config.hidden_size, rngs=rngs) \
+            if e != config.hidden_size else None
         self.encoder = BertEncoder(config, rngs=rngs)
-        self.pooler = BertPooler(config, rngs=rngs) if add_pooling_layer else None
+        self.pooler = BertPooler(config, rngs=rngs) if self.add_pooling_layer else None
+        table = self.table()
+        params.tie(self, table)
+        params.initialize(self, table, config, rngs)
         self.eval()
 
     def table(self) -> weights.Table:
-        return weights.bert_model(self.config, pooler=self.add_pooling_layer)
+        return architecture(self.config).encoder_table(self.config, self.add_pooling_layer)
 
     def get_input_embeddings(self) -> nnx.Embed:
         return self.embeddings.word_embeddings
+
+    def embed(self, input_ids: jax.Array | None, token_type_ids: jax.Array | None,
+              position_ids: jax.Array | None, inputs_embeds: jax.Array | None,
+              past: int | jax.Array) -> jax.Array:
+        """Embeddings (B, T, hidden): default positions after `past` tokens, projected to the
+        hidden size when the embeddings are narrower (ELECTRA)."""
+        ref = input_ids if input_ids is not None else inputs_embeds
+        if position_ids is None:
+            position_ids = default_position_ids(self.config, input_ids, ref.shape[1], past)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        return x if self.embeddings_project is None else self.embeddings_project(x)
 
     def __call__(self, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
                  token_type_ids: jax.Array | None = None, position_ids: jax.Array | None = None,
@@ -178,9 +244,8 @@ class BertModel(nnx.Module):
         use_cache = (c.use_cache if use_cache is None else use_cache) and c.is_decoder
         B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
-        if position_ids is None:
-            position_ids = (jnp.arange(T) + past_len)[None]  # (1, T)
-        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
+        check_length(c, "input_ids" if input_ids is not None else "inputs_embeds", T, past_len)
+        x = self.embed(input_ids, token_type_ids, position_ids, inputs_embeds, past_len)
         dtype = x.dtype
         if c.is_decoder:
             mask = causal_mask(B, T, past_len, past_len + T, dtype, attention_mask)
@@ -216,11 +281,15 @@ class BertModel(nnx.Module):
     def step(self, input_ids: jax.Array, cache: tuple, cache_index,
              encoder_attention_mask: jax.Array | None,
              decoder_attention_mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
-        """Static-cache decoding step: input_ids (B, T) at positions cache_index + arange(T)."""
+        """Static-cache decoding step: input_ids (B, T) after cache_index tokens, positions by
+        the architecture's rule with the cache length `cache_index`. The cache's length is
+        checked against the position table (a traced `cache_index` stays inside it)."""
         B, T = input_ids.shape
         max_len = cache[0][0].shape[2]
-        position_ids = (jnp.arange(T) + cache_index)[None]  # (1, T)
-        x = self.embeddings(input_ids, None, position_ids, None)  # (B, T, H)
+        check_length(self.config, "the decoder cache", max_len)
+        if isinstance(cache_index, int):
+            check_length(self.config, "input_ids", T, cache_index)
+        x = self.embed(input_ids, None, None, None, cache_index)  # (B, T, H)
         mask = causal_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask)
         cross_mask = padding_mask(encoder_attention_mask, x.dtype)
         new = []
@@ -231,72 +300,88 @@ class BertModel(nnx.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised and
-        reported)."""
+        """Load a single-model checkpoint of this class's model type (non-strict: missing
+        weights are initialised and reported)."""
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size)
+        return params.save_backbone(self, directory, max_shard_size,
+                                    architecture(self.config).base_class)
 
 
-class BertPredictionHeadTransform(nnx.Module):
-    def __init__(self, c: BertConfig, *, rngs: nnx.Rngs):
-        self.dense = dense(c.hidden_size, c.hidden_size, c.initializer_range, rngs=rngs)
-        self.act = ACTIVATIONS[c.hidden_act]
-        self.LayerNorm = layer_norm(c.hidden_size, c.layer_norm_eps, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.LayerNorm(self.act(self.dense(x)))
+class Container(nnx.Module):
+    """An empty module holding an LM head's parts at the reference's dotted names."""
 
 
-class BertLMPredictionHead(nnx.Module):
-    """`transform` then the vocabulary projection: the word-embedding matrix when tied (the
-    reference's `decoder.weight` is that very tensor), else an own `decoder`; plus `bias`."""
-
-    def __init__(self, c: BertConfig, *, rngs: nnx.Rngs):
-        self.transform = BertPredictionHeadTransform(c, rngs=rngs)
-        self.decoder = None if c.tie_word_embeddings else \
-            dense(c.hidden_size, c.vocab_size, c.initializer_range, rngs=rngs)
-        self.bias = nnx.Param(jnp.zeros((c.vocab_size,)))  # also the reference's `decoder.bias`
-
-    def __call__(self, x: jax.Array, word_embeddings: nnx.Embed) -> jax.Array:
-        x = self.transform(x)  # (B, T, H)
-        if self.decoder is not None:  # untied, as the reference: `decoder.bias`, not `bias`
-            return self.decoder(x)  # (B, T, V)
-        logits = jnp.einsum("bth,vh->btv", x, word_embeddings.embedding[...], precision=PRECISION)
-        return logits + self.bias[...]  # (B, T, V)
+def _place(root: nnx.Module, dotted: str, value: nnx.Module | nnx.Param) -> None:
+    """Set `root.a.b.c = value`, creating `Container` modules along the path."""
+    *path, name = dotted.split(".")
+    for part in path:
+        if getattr(root, part, None) is None:
+            setattr(root, part, Container())
+        root = getattr(root, part)
+    setattr(root, name, value)
 
 
-class BertOnlyMLMHead(nnx.Module):
-    def __init__(self, c: BertConfig, *, rngs: nnx.Rngs):
-        self.predictions = BertLMPredictionHead(c, rngs=rngs)
+def _find(root: nnx.Module, dotted: str) -> Any:
+    for part in dotted.split("."):
+        root = getattr(root, part)
+    return root
 
 
 class BertLMHeadModel(nnx.Module):
-    """transformers' `BertLMHeadModel`: `bert` (no pooler) + `cls.predictions`, whose decoder
-    weight is the word embedding matrix when `tie_word_embeddings`. Built in inference mode."""
+    """transformers' `BertLMHeadModel` and its family's causal LMs (`RobertaForCausalLM`,
+    `ElectraForCausalLM`, `BertGenerationDecoder`, …): the base model (no pooler) under the
+    architecture's prefix and the LM head's modules at the names of `layout.head`
+    ([dense -> activation -> LayerNorm ->] decoder), whose decoder weight is the word
+    embedding matrix when `tie_word_embeddings`. Built in inference mode."""
 
     config_class = BertConfig
 
-    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None = None):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs | None = None):
         rngs = default_rngs(rngs)
+        arch = architecture(config)
+        head, v = arch.layout.head, config.vocab_size
+        w = _embedding_width(config) if head.width == "embedding" else config.hidden_size
+        table = arch.decoder_table(config)
         self.config = config
-        self.bert = BertModel(config, add_pooling_layer=False, rngs=rngs)
-        self.cls = BertOnlyMLMHead(config, rngs=rngs)
+        self.prefix = arch.prefix
+        self.head = head
+        self.activation = head.activation or config.hidden_act
+        base = BertModel(config, add_pooling_layer=False, rngs=rngs)
+        setattr(self, arch.prefix, base)
+        if head.dense:
+            _place(self, head.dense, dense(config.hidden_size, w, rngs=rngs))
+        if head.norm:
+            _place(self, head.norm, layer_norm(w, config.layer_norm_eps, rngs=rngs))
+        if head.bias:  # the vocabulary bias the decoder's bias is tied to
+            _place(self, head.bias, nnx.Param(jnp.zeros((v,))))
+        tied = table.by_name[f"{head.decoder}.weight"].tied_to is not None
+        _place(self, head.decoder, LMDecoder(w, v, tied=tied, rngs=rngs))
+        params.tie(self, table)
+        done = {f"{arch.prefix}.{p.name}" for p in base.table().owned}  # initialised by `base`
+        params.initialize(self, table, config, rngs,
+                          {p.name for p in table.owned if p.name not in done})
         self.eval()
 
     def table(self) -> weights.Table:
-        return weights.bert_lm_head_model(self.config)
+        return architecture(self.config).decoder_table(self.config)
 
     @property
     def base_model(self) -> BertModel:
-        return self.bert
+        return getattr(self, self.prefix)
 
     def get_input_embeddings(self) -> nnx.Embed:
-        return self.bert.embeddings.word_embeddings
+        return self.base_model.embeddings.word_embeddings
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        return self.cls.predictions(hidden, self.bert.embeddings.word_embeddings)
+        """The LM head: hidden (B, T, H) -> logits (B, T, V)."""
+        x = hidden
+        if self.head.dense:
+            x = ACTIVATIONS[self.activation](_find(self, self.head.dense)(x))
+        if self.head.norm:
+            x = _find(self, self.head.norm)(x)
+        return _find(self, self.head.decoder)(x)
 
     def __call__(self, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
                  token_type_ids: jax.Array | None = None, position_ids: jax.Array | None = None,
@@ -309,9 +394,9 @@ class BertLMHeadModel(nnx.Module):
         """As the reference; `labels` give the shifted next-token loss (ignoring -100)."""
         if labels is not None:
             use_cache = False
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
-                        output_attentions, output_hidden_states)
+        out = self.base_model(input_ids, attention_mask, token_type_ids, position_ids,
+                              inputs_embeds, encoder_hidden_states, encoder_attention_mask,
+                              past_key_values, use_cache, output_attentions, output_hidden_states)
         logits = self.logits(out.last_hidden_state)  # (B, T, V)
         loss = None if labels is None else causal_lm_loss(logits, labels)
         result = CausalLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
@@ -320,20 +405,21 @@ class BertLMHeadModel(nnx.Module):
         return result if return_dict else result.to_tuple()
 
     def cross_kv(self, encoder_hidden_states: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
-        return self.bert.cross_kv(encoder_hidden_states)
+        return self.base_model.cross_kv(encoder_hidden_states)
 
     def step(self, input_ids: jax.Array, cache: tuple, cache_index, encoder_attention_mask,
              decoder_attention_mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
         """Static-cache decoding step -> (logits (B, T, V), cache)."""
-        x, cache = self.bert.step(input_ids, cache, cache_index, encoder_attention_mask,
-                                  decoder_attention_mask)
+        x, cache = self.base_model.step(input_ids, cache, cache_index, encoder_attention_mask,
+                                        decoder_attention_mask)
         return self.logits(x), cache
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised and
-        reported)."""
+        """Load a single-model checkpoint of this class's model type (non-strict: missing
+        weights are initialised and reported)."""
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size)
+        return params.save_backbone(self, directory, max_shard_size,
+                                    architecture(self.config).lm_class)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from encdec.core import weights
-from encdec.core.config import EncoderDecoderConfig, GenerationConfig
+from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 from encdec.core.modeling import (
     load_weights,
     prepare_warm_start,
@@ -25,16 +25,34 @@ from encdec.core.modeling import (
     warm_start_weights,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
+from encdec.core.registry import architecture
 from encdec.core.seq2seq import IGNORE_INDEX, shift_token_ids
 from encdec.core.weights import Dialect
 
 from . import params
 from .attention import cross_entropy, default_rngs, dense
-from .bert import BertLMHeadModel, BertModel
+from .bert import BertLMHeadModel, BertModel, check_length
+from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
 
-ENCODERS: dict[str, type[nnx.Module]] = {"bert": BertModel, "gpt2": GPT2Model}
-DECODERS: dict[str, type[nnx.Module]] = {"bert": BertLMHeadModel, "gpt2": GPT2LMHeadModel}
+# family (`encdec.core.registry.Architecture.family`) -> (base model, causal LM or None)
+FAMILIES: dict[str, tuple[type[nnx.Module], type[nnx.Module] | None]] = {
+    "bert": (BertModel, BertLMHeadModel),
+    "distilbert": (DistilBertModel, None),
+    "gpt2": (GPT2Model, GPT2LMHeadModel),
+}
+
+
+def encoder_class(config: ModelConfig) -> type[nnx.Module]:
+    """The class that serves `config` as the encoder."""
+    return FAMILIES[architecture(config).family][0]
+
+
+def decoder_class(config: ModelConfig) -> type[nnx.Module]:
+    """The class that serves `config` as the decoder; the registry's clear error when its
+    architecture has no causal LM."""
+    architecture(config).decoder_table(config)  # raises for an encoder-only architecture
+    return FAMILIES[architecture(config).family][1]
 
 # per decoder layer (self_k_buf, self_v_buf, cross_k, cross_v)
 Cache = tuple[tuple[jax.Array, jax.Array, jax.Array, jax.Array], ...]
@@ -66,17 +84,20 @@ class EncoderDecoderModel(nnx.Module):
         self.config = config
         self.generation_config = GenerationConfig.from_model_config(config)
         if encoder is None:
-            encoder = ENCODERS[config.encoder.model_type](config.encoder, rngs=rngs)
+            encoder = encoder_class(config.encoder)(config.encoder, rngs=rngs)
         if decoder is None:
-            decoder = DECODERS[config.decoder.model_type](config.decoder, rngs=rngs)
+            decoder = decoder_class(config.decoder)(config.decoder, rngs=rngs)
         self.encoder, self.decoder = encoder, decoder
         self.enc_to_dec_proj = dense(config.encoder.hidden_size, config.decoder.hidden_size,
-                                     config.decoder.initializer_range, rngs=rngs) \
-            if weights.has_enc_to_dec_proj(config) else None
+                                     rngs=rngs) if weights.has_enc_to_dec_proj(config) else None
         # the backbones share the composite's configs, so `model.config.decoder.x = …` reaches them
         self.encoder.config, self.decoder.config = config.encoder, config.decoder
-        if config.tie_encoder_decoder:  # the decoder's base weights are the encoder's Variables
-            params.tie(self, self.table())
+        table = self.table()
+        params.tie(self, table)  # heads, and `tie_encoder_decoder`'s decoder copies
+        own = {p.name for p in table.owned} - \
+            {f"{side}.{p.name}" for side in ("encoder", "decoder")
+             for p in getattr(self, side).table().owned}  # the backbones initialised theirs
+        params.initialize(self, table, config.decoder, rngs, own)
         self.eval()
 
     def table(self) -> weights.Table:
@@ -151,6 +172,7 @@ class EncoderDecoderModel(nnx.Module):
         (projected) encoder states. `batch_size` may be Be * num_beams. The mask is applied
         by `decode_step`."""
         c = self.config.decoder
+        check_length(c, "the decoding cache (max_length)", max_length)
         h, d = c.num_attention_heads, c.hidden_size // c.num_attention_heads
         states = self._project(encoder_hidden_states)
         shape = (batch_size, h, max_length, d)
@@ -171,9 +193,8 @@ class EncoderDecoderModel(nnx.Module):
 
     def _inference_decoder(self) -> nnx.Module:
         """The decoder, or (in train mode) a view of it with dropout off sharing its weights."""
-        base = self.decoder.base_model
-        drop = base.embeddings.dropout if hasattr(base, "embeddings") else base.drop
-        if drop.deterministic:
+        if all(m.deterministic for _, m in nnx.iter_modules(self.decoder)
+               if isinstance(m, nnx.Dropout)):
             return self.decoder
         return nnx.view(self.decoder, deterministic=True, raise_if_not_found=False)
 

@@ -29,8 +29,10 @@ import numpy as np
 from flax import nnx
 
 from encdec.core import generation as gen
-from encdec.core.registry import max_positions
 from encdec.core.config import GenerationConfig
+from encdec.core.registry import max_positions
+
+from .bert import check_length
 
 TRACES: collections.Counter[str] = collections.Counter()  # strategy name -> times traced
 _PROGRAMS: dict[Any, Any] = {}  # (plan, shapes) -> nnx.jit function, shared by all models
@@ -51,6 +53,7 @@ def generate(model: nnx.Module, input_ids: Any, attention_mask: Any = None, *,
     # no mask: every position is attended (the reference infers none for encoder-decoders)
     mask = np.ones(ids.shape, np.int32) if attention_mask is None else \
         np.asarray(attention_mask).astype(np.int32)
+    check_length(model.config.encoder, "input_ids", ids.shape[1])  # before any tracing
     limit = max_positions(model.config.encoder)
     ids, mask = gen.pad_to_bucket(ids, mask, gen.bucket_length(ids.shape[1], limit),
                                   p.pad_token_id or 0)

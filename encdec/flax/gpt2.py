@@ -6,7 +6,6 @@ regardless of padding, final `ln_f`, `lm_head` tied to `wte`).
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -17,12 +16,13 @@ from flax import nnx
 from encdec.core import weights
 from encdec.core.config import GPT2Config
 from encdec.core.outputs import BaseModelOutput, CausalLMOutput
+from encdec.core.registry import GPT2_CROSS_ATTENTION, GPT2_SELF_ATTENTION, architecture
 
 from . import params
 from .attention import (
     ACTIVATIONS,
-    PRECISION,
     Attention,
+    LMDecoder,
     Mask,
     causal_lm_loss,
     causal_mask,
@@ -32,7 +32,7 @@ from .attention import (
     layer_norm,
     padding_mask,
 )
-from .bert import Past
+from .bert import Past, check_length
 
 
 def _check_supported(c: GPT2Config) -> None:
@@ -43,15 +43,10 @@ def _check_supported(c: GPT2Config) -> None:
         raise NotImplementedError("GPT2Config.reorder_and_upcast_attn=True is not supported")
 
 
-def _proj_std(c: GPT2Config) -> float:
-    """The reference's init of residual projections (`c_proj`): std / sqrt(2 n_layer)."""
-    return c.initializer_range / math.sqrt(2 * c.num_hidden_layers)
-
-
 class GPT2MLP(nnx.Module):
     def __init__(self, c: GPT2Config, *, rngs: nnx.Rngs):
-        self.c_fc = dense(c.hidden_size, c.intermediate_size, c.initializer_range, rngs=rngs)
-        self.c_proj = dense(c.intermediate_size, c.hidden_size, _proj_std(c), rngs=rngs)
+        self.c_fc = dense(c.hidden_size, c.intermediate_size, rngs=rngs)
+        self.c_proj = dense(c.intermediate_size, c.hidden_size, rngs=rngs)
         self.act = ACTIVATIONS[c.activation_function]
         self.dropout = nnx.Dropout(c.resid_pdrop, rngs=rngs)
 
@@ -63,14 +58,14 @@ class GPT2Block(nnx.Module):
     def __init__(self, c: GPT2Config, *, rngs: nnx.Rngs):
         h, eps = c.hidden_size, c.layer_norm_epsilon
         scale = (c.hidden_size // c.num_attention_heads) ** -0.5 if c.scale_attn_weights else 1.0
-        kw = dict(dropout=c.attn_pdrop, resid_dropout=c.resid_pdrop, scale=scale, gpt2=True,
-                  std=c.initializer_range, proj_std=_proj_std(c), rngs=rngs)
+        kw = dict(dropout=c.attn_pdrop, resid_dropout=c.resid_pdrop, scale=scale, rngs=rngs)
         self.ln_1 = layer_norm(h, eps, rngs=rngs)
-        self.attn = Attention(h, c.num_attention_heads, cross=False, **kw)
+        self.attn = Attention(h, c.num_attention_heads, GPT2_SELF_ATTENTION, cross=False, **kw)
         self.ln_2 = layer_norm(h, eps, rngs=rngs)
-        if c.add_cross_attention:
-            self.crossattention = Attention(h, c.num_attention_heads, cross=True, **kw)
-            self.ln_cross_attn = layer_norm(h, eps, rngs=rngs)
+        cross = c.add_cross_attention
+        self.crossattention = Attention(h, c.num_attention_heads, GPT2_CROSS_ATTENTION,
+                                        cross=True, **kw) if cross else None
+        self.ln_cross_attn = layer_norm(h, eps, rngs=rngs) if cross else None
         self.mlp = GPT2MLP(c, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: Mask | None, states: jax.Array | None,
@@ -81,7 +76,7 @@ class GPT2Block(nnx.Module):
         x = x + a
         cross_probs, present = None, kv
         if states is not None:
-            if not hasattr(self, "crossattention"):
+            if self.crossattention is None:
                 raise ValueError("encoder_hidden_states given, but this GPT-2 has no "
                                  "cross-attention: set config.add_cross_attention=True")
             cross_past = past[2:] if past is not None and len(past) == 4 else None
@@ -111,16 +106,18 @@ class GPT2Model(nnx.Module):
         _check_supported(config)
         rngs = default_rngs(rngs)
         self.config = config
-        std = config.initializer_range
-        self.wte = embed(config.vocab_size, config.hidden_size, std, rngs=rngs)
-        self.wpe = embed(config.max_position_embeddings, config.hidden_size, std, rngs=rngs)
+        self.wte = embed(config.vocab_size, config.hidden_size, rngs=rngs)
+        self.wpe = embed(config.max_position_embeddings, config.hidden_size, rngs=rngs)
         self.drop = nnx.Dropout(config.embd_pdrop, rngs=rngs)
         self.h = nnx.List([GPT2Block(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
         self.ln_f = layer_norm(config.hidden_size, config.layer_norm_epsilon, rngs=rngs)
+        table = self.table()
+        params.tie(self, table)
+        params.initialize(self, table, config, rngs)
         self.eval()
 
     def table(self) -> weights.Table:
-        return weights.gpt2_model(self.config)
+        return architecture(self.config).encoder_table(self.config)
 
     def get_input_embeddings(self) -> nnx.Embed:
         return self.wte
@@ -141,6 +138,8 @@ class GPT2Model(nnx.Module):
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         B, T = x.shape[:2]
         past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        check_length(self.config, "input_ids" if input_ids is not None else "inputs_embeds", T,
+                     past_len)
         if position_ids is None:
             position_ids = (jnp.arange(T) + past_len)[None]  # (1, T)
         x = x + self.wpe(position_ids)
@@ -180,6 +179,9 @@ class GPT2Model(nnx.Module):
         """Static-cache decoding step: input_ids (B, T) at positions cache_index + arange(T)."""
         B, T = input_ids.shape
         max_len = cache[0][0].shape[2]
+        check_length(self.config, "the decoder cache", max_len)
+        if isinstance(cache_index, int):
+            check_length(self.config, "input_ids", T, cache_index)
         position_ids = (jnp.arange(T) + cache_index)[None]  # (1, T)
         x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, H)
         mask = causal_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask)
@@ -197,7 +199,8 @@ class GPT2Model(nnx.Module):
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size)
+        return params.save_backbone(self, directory, max_shard_size,
+                                    architecture(self.config).base_class)
 
 
 class GPT2LMHeadModel(nnx.Module):
@@ -209,14 +212,19 @@ class GPT2LMHeadModel(nnx.Module):
     def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs | None = None):
         rngs = default_rngs(rngs)
         self.config = config
+        table = architecture(config).decoder_table(config)
         self.transformer = GPT2Model(config, rngs=rngs)
-        self.lm_head = None if config.tie_word_embeddings else \
-            dense(config.hidden_size, config.vocab_size, config.initializer_range,
-                  use_bias=False, rngs=rngs)
+        self.lm_head = LMDecoder(config.hidden_size, config.vocab_size, use_bias=False,
+                                 tied=table.by_name["lm_head.weight"].tied_to is not None,
+                                 rngs=rngs)
+        params.tie(self, table)
+        done = {f"transformer.{p.name}" for p in self.transformer.table().owned}
+        params.initialize(self, table, config, rngs,
+                          {p.name for p in table.owned if p.name not in done})
         self.eval()
 
     def table(self) -> weights.Table:
-        return weights.gpt2_lm_head_model(self.config)
+        return architecture(self.config).decoder_table(self.config)
 
     @property
     def base_model(self) -> GPT2Model:
@@ -226,10 +234,8 @@ class GPT2LMHeadModel(nnx.Module):
         return self.transformer.wte
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        if self.lm_head is not None:
-            return self.lm_head(hidden)
-        return jnp.einsum("bth,vh->btv", hidden, self.transformer.wte.embedding[...],
-                          precision=PRECISION)  # (B, T, V)
+        """The LM head: hidden (B, T, H) -> logits (B, T, V)."""
+        return self.lm_head(hidden)
 
     def __call__(self, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
                  token_type_ids: jax.Array | None = None, position_ids: jax.Array | None = None,
@@ -267,4 +273,5 @@ class GPT2LMHeadModel(nnx.Module):
         return params.load_backbone(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size)
+        return params.save_backbone(self, directory, max_shard_size,
+                                    architecture(self.config).lm_class)

@@ -22,8 +22,10 @@ from flax import nnx
 
 from encdec.core import modeling
 from encdec.core.checkpoint import CheckpointError
+from encdec.core.config import ConfigError, ModelConfig
 from encdec.core.modeling import load_backbone_weights, read_backbone_config
-from encdec.core.weights import Dialect, Table, leaf
+from encdec.core.registry import architecture, initializers
+from encdec.core.weights import Dialect, Table, leaf, to_dialect
 
 logger = logging.getLogger("encdec")
 
@@ -61,17 +63,40 @@ def assign(model: nnx.Module, path: str, array: np.ndarray) -> None:
 
 
 def tie(model: nnx.Module, table: Table) -> None:
-    """Make every tied parameter of `table` that the model holds as an attribute (the decoder
-    copies of `tie_encoder_decoder`) the very Variable of its source. Tied LM heads hold no
-    attribute: they read the embedding matrix when computing logits."""
+    """Make every tied parameter of `table` the very Variable of its source (followed to the
+    owning parameter): LM-head decoders and their biases, and `tie_encoder_decoder`'s decoder
+    copies. The one tying mechanism of the backend; a Variable shared this way is one leaf of
+    the model's state."""
     for p in table.params:
         if p.tied_to is None:
             continue
-        path = leaf(p, Dialect.NNX)
-        owner_path, _, name = path.rpartition(".")
+        src = p
+        while src.tied_to is not None:
+            src = table.by_name[src.tied_to]
+        owner_path, _, name = leaf(p, Dialect.NNX).rpartition(".")
         owner = _node(model, owner_path)
-        if owner is not None and isinstance(getattr(owner, name, None), nnx.Param):
-            setattr(owner, name, _variable(model, leaf(table.by_name[p.tied_to], Dialect.NNX)))
+        if not isinstance(owner, nnx.Module):
+            raise CheckpointError(f"{type(model).__name__} has no module {owner_path!r} for the "
+                                  f"tied parameter {p.name!r}")
+        setattr(owner, name, _variable(model, leaf(src, Dialect.NNX)))
+
+
+def initialize(model: nnx.Module, table: Table, config: ModelConfig, rngs: nnx.Rngs,
+               names: set[str] | None = None) -> None:
+    """Draw the reference's initial values (`registry.initializers`: normal(std) with a zero
+    padding row, ones, zeros or a fixed table) into the parameters of `table` (or those in
+    `names`), in table order from the `params` stream of `rngs`."""
+    for p, init in initializers(table, config, names):
+        var = _variable(model, leaf(p, Dialect.NNX))
+        if init.kind == "normal":
+            value = init.std * jax.random.normal(rngs.params(), p.shape, var.dtype)
+            if init.zero_row is not None:
+                value = value.at[init.zero_row].set(0.0)
+        elif init.kind == "array":
+            value = jnp.asarray(init.array, var.dtype)
+        else:
+            value = (jnp.ones if init.kind == "ones" else jnp.zeros)(p.shape, var.dtype)
+        var.set_value(to_dialect(p, value, Dialect.NNX))
 
 
 def get(model: nnx.Module, path: str) -> np.ndarray:
@@ -106,6 +131,12 @@ def load_backbone(cls: type, path_or_id: str | os.PathLike, *, rngs: nnx.Rngs | 
     """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
     the checkpoint lacks keep their random init and are reported), returned in eval mode."""
     directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
+    if config.model_type != cls.config_class.model_type:
+        arch = architecture(config)
+        classes = " or ".join(c for c in (arch.base_class, arch.lm_class) if c)
+        raise ConfigError(f"{directory}: model_type {config.model_type!r}, but {cls.__name__} "
+                          f"loads {cls.config_class.model_type!r} checkpoints; use "
+                          f"encdec.flax.{classes}")
     model = cls(config, rngs=rngs)
     report = load_backbone_weights(model.table(), directory, Dialect.NNX,
                                    functools.partial(assign, model), cls.__name__)
@@ -114,8 +145,9 @@ def load_backbone(cls: type, path_or_id: str | os.PathLike, *, rngs: nnx.Rngs | 
 
 
 def save_backbone(model: nnx.Module, directory: str | os.PathLike,
-                  max_shard_size: int | str = "5GB"):
-    """`save_pretrained` of a backbone (core.modeling.save_backbone)."""
-    return modeling.save_backbone(directory, type(model).__name__, model.config, model.table(),
-                                  Dialect.NNX, functools.partial(get, model),
-                                  max_shard_size=max_shard_size)
+                  max_shard_size: int | str = "5GB", architecture_name: str | None = None):
+    """`save_pretrained` of a backbone (core.modeling.save_backbone); `architecture_name` is the
+    reference's class name written to config.json (the model's class name by default)."""
+    return modeling.save_backbone(directory, architecture_name or type(model).__name__,
+                                  model.config, model.table(), Dialect.NNX,
+                                  functools.partial(get, model), max_shard_size=max_shard_size)
