@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,18 @@ import pytest
 from tools.convert.cli import main as convert_main
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
-COMPOSITES = ("bert2bert", "bert2gpt2")
+
+
+def _formats(name: str) -> tuple[str, ...]:
+    return tuple(json.loads((FIXTURES / name / "MANIFEST.json").read_text())["formats"])
+
+
+# every composite under tests/fixtures/reference and the formats the reference wrote it in
+COMPOSITES = tuple(sorted(p.parent.name for p in FIXTURES.glob("*/MANIFEST.json")))
+FORMATS = {name: _formats(name) for name in COMPOSITES}
+# (composite, format) for each file the reference wrote; REFERENCE_FILES: tf / flax only
+FIXTURE_FILES = tuple((n, f) for n in COMPOSITES for f in FORMATS[n])
+REFERENCE_FILES = tuple((n, f) for n, f in FIXTURE_FILES if f != "pt")
 
 
 def fixture_dir(name: str, fmt: str) -> Path:

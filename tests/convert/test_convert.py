@@ -14,7 +14,7 @@ import transformers
 from encdec.core.checkpoint import open_state_dict
 from tools.convert.files import H5Reader, read_msgpack
 
-from .conftest import COMPOSITES, fixture_dir, fixture_inputs
+from .conftest import FIXTURE_FILES, REFERENCE_FILES, fixture_dir, fixture_inputs
 
 BOUND = 1e-5  # DESIGN.md, fp32 logits
 
@@ -30,8 +30,7 @@ def _state(directory) -> dict[str, np.ndarray]:
         return {k: reader[k] for k in reader}
 
 
-@pytest.mark.parametrize("name", COMPOSITES)
-@pytest.mark.parametrize("fmt", ["pt", "tf", "flax"])
+@pytest.mark.parametrize("name, fmt", FIXTURE_FILES)
 def test_against_reference_fixture_logits(convert, tmp_path, name, fmt):
     """The reference's own pt / tf / flax files convert to our format; both encdec.pt and
     transformers load the result and reproduce the reference's recorded logits."""
@@ -51,27 +50,38 @@ def test_against_reference_fixture_logits(convert, tmp_path, name, fmt):
     assert np.abs(logits - ref).max() <= BOUND
 
 
-@pytest.mark.parametrize("name", COMPOSITES)
-def test_written_files_hold_the_reference_tensors(convert, tmp_path, name):
+@pytest.mark.parametrize("name, fmt", REFERENCE_FILES)
+def test_written_files_hold_the_reference_tensors(convert, tmp_path, name, fmt):
     """pt -> tf / flax writes exactly the tensors (names, dtypes, values) the reference wrote."""
-    for fmt in ("tf", "flax"):  # (verification is tested above)
-        assert convert(fixture_dir(name, "pt"), tmp_path / fmt, "--to", fmt, "--no-verify")[0] == 0
-    ours = H5Reader(tmp_path / "tf" / "tf_model.h5")
-    ref = H5Reader(fixture_dir(name, "tf") / "tf_model.h5")
-    assert sorted(ours.keys()) == sorted(ref.keys())
-    for k in ref.keys():
-        a, b = ours.get(k), ref.get(k)
+    out = tmp_path / fmt
+    assert convert(fixture_dir(name, "pt"), out, "--to", fmt, "--no-verify")[0] == 0
+    if fmt == "tf":  # (verification is tested above)
+        ours, ref = H5Reader(out / "tf_model.h5"), H5Reader(fixture_dir(name, "tf") / "tf_model.h5")
+        ours_keys, ref_keys, get_ours, get_ref = ours.keys(), ref.keys(), ours.get, ref.get
+    else:
+        ours, ref = (read_msgpack(out / "flax_model.msgpack"),
+                     read_msgpack(fixture_dir(name, "flax") / "flax_model.msgpack"))
+        ours_keys, ref_keys, get_ours, get_ref = list(ours), list(ref), ours.get, ref.get
+    assert sorted(ours_keys) == sorted(ref_keys)
+    for k in ref_keys:
+        a, b = get_ours(k), get_ref(k)
         assert a.dtype == b.dtype and np.array_equal(a, b), k
-    ours.close(), ref.close()
-    ours_fx, ref_fx = (read_msgpack(tmp_path / "flax" / "flax_model.msgpack"),
-                       read_msgpack(fixture_dir(name, "flax") / "flax_model.msgpack"))
-    assert sorted(ours_fx) == sorted(ref_fx)
-    assert all(ours_fx[k].dtype == ref_fx[k].dtype and np.array_equal(ours_fx[k], ref_fx[k])
-               for k in ref_fx)
-    for fmt in ("tf", "flax"):
-        config = json.loads((tmp_path / fmt / "config.json").read_text())
-        assert config["architectures"] == ["EncoderDecoderModel"]
-        assert (tmp_path / fmt / "generation_config.json").is_file()
+    if fmt == "tf":
+        ours.close(), ref.close()
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["EncoderDecoderModel"]
+    assert (out / "generation_config.json").is_file()
+
+
+@pytest.mark.parametrize("name, fmt", REFERENCE_FILES)
+def test_round_trip_through_reference_format_is_bit_identical(convert, tmp_path, name, fmt):
+    """The reference's pt file -> its tf / flax form -> pt: every tensor bit-identical."""
+    assert convert(fixture_dir(name, "pt"), tmp_path / fmt, "--to", fmt, "--no-verify")[0] == 0
+    assert convert(tmp_path / fmt, tmp_path / "pt", "--to", "pt", "--no-verify")[0] == 0
+    before, after = _state(fixture_dir(name, "pt")), _state(tmp_path / "pt")
+    assert before.keys() == after.keys()
+    for k in before:
+        assert before[k].dtype == after[k].dtype and np.array_equal(before[k], after[k]), k
 
 
 @pytest.mark.parametrize("name", ["bert2bert", "bert2gpt2", "bert2bert_proj", "bert2gpt2_proj"])

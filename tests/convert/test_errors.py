@@ -69,10 +69,20 @@ def test_msgpack_unmatched_key(convert, tmp_path):
 def test_unknown_architecture(convert, tmp_path):
     src = _copy(tmp_path, "bert2bert", "pt")
     config = json.loads((src / "config.json").read_text())
-    config["encoder"]["model_type"] = "roberta"
+    config["encoder"]["model_type"] = "albert"
     (src / "config.json").write_text(json.dumps(config))
     code, _, err = convert(src, tmp_path / "dst", "--to", "flax")
-    assert code == 3 and "'roberta'" in err
+    assert code == 3 and "'albert'" in err and "supported" in err
+    assert _nothing_left(tmp_path, tmp_path / "dst")
+
+
+@pytest.mark.parametrize("name, target, needle", [
+    ("electra2electra", "tf", "ElectraForCausalLM"),  # TF had ElectraModel, no causal LM
+    ("camembert2camembert", "flax", "CamembertModel"),  # no Flax CamemBERT at all
+])
+def test_no_reference_class_for_the_target(convert, tmp_path, name, target, needle):
+    code, _, err = convert(fixture_dir(name, "pt"), tmp_path / "dst", "--to", target)
+    assert code == 3 and needle in err and f"no {target} form" in err
     assert _nothing_left(tmp_path, tmp_path / "dst")
 
 

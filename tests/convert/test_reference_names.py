@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from encdec.core.checkpoint import read_config_dict
+from encdec.core.checkpoint import CheckpointError, read_config_dict
 from encdec.core.config import EncoderDecoderConfig, config_from_dict
+from encdec.core.registry import architecture
 from tools.convert.reference import (
     FLAX,
     TF,
@@ -20,7 +21,7 @@ from tools.convert.reference import (
     to_file,
 )
 
-from .conftest import COMPOSITES, FIXTURES
+from .conftest import FIXTURES, REFERENCE_FILES
 
 MANIFEST_LAYOUT = {"same": Layout.SAME, "transpose": Layout.TRANSPOSE, "reshape": Layout.ROW}
 
@@ -42,17 +43,18 @@ def _manifest_mapping(name: str, fmt: str) -> dict[str, tuple[str, Layout]]:
     return out
 
 
-@pytest.mark.parametrize("name", COMPOSITES)
-@pytest.mark.parametrize("fmt, dialect", [("tf", TF), ("flax", FLAX)])
-def test_against_reference_manifest(name, fmt, dialect):
+DIALECTS = {"tf": TF, "flax": FLAX}
+
+
+@pytest.mark.parametrize("name, fmt", REFERENCE_FILES)
+def test_against_reference_manifest(name, fmt):
     """Every tensor the reference stores, with its layout, and nothing else."""
-    assert reference_names(_config(name), dialect) == _manifest_mapping(name, fmt)
+    assert reference_names(_config(name), DIALECTS[fmt]) == _manifest_mapping(name, fmt)
 
 
-@pytest.mark.parametrize("name", COMPOSITES)
-@pytest.mark.parametrize("dialect", [TF, FLAX])
-def test_reverse_is_computed_inverse(name, dialect):
-    config = _config(name)
+@pytest.mark.parametrize("name, fmt", REFERENCE_FILES)
+def test_reverse_is_computed_inverse(name, fmt):
+    config, dialect = _config(name), DIALECTS[fmt]
     forward = reference_names(config, dialect)
     reverse = canonical_names(config, dialect)
     assert len(reverse) == len(forward)
@@ -66,3 +68,32 @@ def test_layouts_round_trip(layout):
     stored = to_file(canonical, layout)
     assert stored.shape == stored_shape(canonical.shape, layout)
     np.testing.assert_array_equal(from_file(stored, layout), canonical)
+
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=37, max_position_embeddings=64)
+
+
+def _pair(encoder: str, decoder: str, **decoder_kw) -> EncoderDecoderConfig:
+    enc = architecture(encoder).config_class(**TINY)
+    dec = architecture(decoder).config_class(**TINY, is_decoder=True, add_cross_attention=True,
+                                             **decoder_kw)
+    return EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+
+
+@pytest.mark.parametrize("encoder, decoder, fmt, needle", [
+    ("bert-generation", "bert", "tf", "BertGenerationEncoder"),
+    ("bert", "bert-generation", "flax", "BertGenerationDecoder"),
+    ("bert", "electra", "tf", "ElectraForCausalLM"),
+    ("camembert", "roberta", "flax", "CamembertModel"),
+])
+def test_architectures_the_reference_lacked(encoder, decoder, fmt, needle):
+    """Only what the reference's TF / Flax classes had has a reference name (the registry's
+    `Architecture.tf` / `.flax`); anything else is an error naming the missing class."""
+    with pytest.raises(CheckpointError, match=needle):
+        reference_names(_pair(encoder, decoder), DIALECTS[fmt])
+
+
+def test_untied_head_has_no_tf_form():
+    with pytest.raises(CheckpointError, match=r"decoder\.lm_head\.decoder\.weight"):
+        reference_names(_pair("roberta", "roberta", tie_word_embeddings=False), TF)

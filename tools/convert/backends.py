@@ -23,6 +23,7 @@ import numpy as np
 
 from encdec.core.checkpoint import write_checkpoint
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig
+from encdec.core.registry import max_positions
 from encdec.core.seq2seq import IGNORE_INDEX
 
 FRAMEWORKS = ("pt", "tf", "flax")
@@ -178,20 +179,34 @@ def greedy(framework: str, model, batch: Mapping[str, np.ndarray], max_new_token
     return _numpy(out).astype(np.int64)
 
 
+def _tokens(rng: np.random.Generator, shape: tuple[int, int], vocab: int,
+            pad: int | None) -> np.ndarray:
+    """Random ids in [1, vocab) other than `pad` (a pad id inside a sequence would shift
+    RoBERTa's positions)."""
+    skip = pad is not None and pad >= 1
+    ids = rng.integers(1, vocab - skip, shape)
+    return ids + (skip & (ids >= (pad or 0)))
+
+
 def random_batch(config: EncoderDecoderConfig, *, seed: int = 0, batch: int = 2,
                  src_len: int = 12, tgt_len: int = 8,
                  labels: bool = False) -> dict[str, np.ndarray]:
-    """Random token ids for a forward: row 1 of the source is padded (mask 0) at the end."""
+    """Random token ids for a forward: row 1 of the source is padded (mask 0, the encoder's pad
+    id) at the end. Lengths are capped by each side's position table (`registry.max_positions`,
+    RoBERTa's offset included)."""
     rng = np.random.default_rng(seed)
-    src_len = min(src_len, config.encoder.max_position_embeddings)
-    tgt_len = min(tgt_len, config.decoder.max_position_embeddings)
-    input_ids = rng.integers(1, config.encoder.vocab_size, (batch, src_len))
+    enc, dec = config.encoder, config.decoder
+    src_len = min(src_len, max_positions(enc))
+    tgt_len = min(tgt_len, max_positions(dec))
+    top_pad = config.pad_token_id if config.pad_token_id is not None else 0
+    enc_pad = enc.pad_token_id if enc.pad_token_id is not None else top_pad
+    input_ids = _tokens(rng, (batch, src_len), enc.vocab_size, enc_pad)
     attention_mask = np.ones((batch, src_len), np.int64)
     attention_mask[-1, src_len // 2:] = 0
-    pad = config.pad_token_id if config.pad_token_id is not None else 0
-    input_ids[attention_mask == 0] = pad
+    input_ids[attention_mask == 0] = enc_pad
     out = {"input_ids": input_ids, "attention_mask": attention_mask}
-    target = rng.integers(1, config.decoder.vocab_size, (batch, tgt_len))
+    target = _tokens(rng, (batch, tgt_len), dec.vocab_size,
+                     dec.pad_token_id if dec.pad_token_id is not None else top_pad)
     if labels:
         target[-1, -2:] = IGNORE_INDEX
         out["labels"] = target

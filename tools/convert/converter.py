@@ -34,9 +34,8 @@ from encdec.core.checkpoint import (
     write_checkpoint,
 )
 from encdec.core.config import ConfigError, EncoderDecoderConfig, GenerationConfig, config_from_dict
+from encdec.core.registry import architecture
 from encdec.core.weights import (
-    DECODER_ARCHITECTURE,
-    ENCODER_ARCHITECTURE,
     Table,
     decoder_table,
     encoder_decoder_table,
@@ -297,15 +296,15 @@ def write_split(out: Path, source: Source, *, dtype: str = "float32",
     decoder_from_pt=True)`, with the composite config beside them."""
     out.mkdir()
     config = source.config
-    for side, table, arch in (
-            ("encoder", encoder_table(config.encoder), ENCODER_ARCHITECTURE),
-            ("decoder", decoder_table(config.decoder), DECODER_ARCHITECTURE)):
+    for side, table, cls in (
+            ("encoder", encoder_table(config.encoder), architecture(config.encoder).base_class),
+            ("decoder", decoder_table(config.decoder), architecture(config.decoder).lm_class)):
         sub = getattr(config, side)
         progress = _progress(len(table.owned), f"writing {side}", quiet)
         tensors = ((p.name, cast(source.get(_owner(source.table, f"{side}.{p.name}")), dtype))
                    for p in progress(table.owned))
         write_checkpoint(out / side, tensors,
-                         config={**sub.to_dict(), "architectures": [arch[sub.model_type]],
+                         config={**sub.to_dict(), "architectures": [cls],
                                  "dtype": dtype},
                          max_shard_size=shard_size)
     if "enc_to_dec_proj.weight" in source.table.by_name:

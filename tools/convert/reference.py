@@ -7,13 +7,18 @@ tools/fixtures/README.md). Each reference dialect is the core dialect its layers
 (Keras / NNX leaf names and layouts) plus the few places where the reference departs from it,
 written down as data:
 
-- TF: GPT-2's `TFConv1D` keeps `weight` (in, out) and a `(1, n)` bias; BERT's word-embedding
-  table is `weight`, not `embeddings`; the encoder's base model sits under its main-layer name
-  (`bert`, `transformer`); the BERT LM head is `mlm___cls`; list items are `layer_._0`, `h_._0`.
+- TF: GPT-2's `TFConv1D` keeps `weight` (in, out) and a `(1, n)` bias; BERT-family and
+  DistilBERT word-embedding tables are `weight`, not `embeddings`; the encoder's base model sits
+  under its main-layer name and some modules are renamed (the registry's `Architecture.tf`:
+  `bert`, `roberta`, `electra`, `distilbert`, `transformer`; BERT's LM head `cls` is
+  `mlm___cls`); list items are `layer_._0`, `h_._0`; LM heads are always tied.
   Every dataset lives at `<side>/<scope>/<side>/<path>:0` (`<side>` = encoder, decoder,
   enc_to_dec_proj; `<scope>` = the model's Keras name, which the reference's loader ignores).
 - Flax: GPT-2's Conv1D kernel is stored (out, in), i.e. transposed; paths are the canonical
   module paths joined with `/`.
+
+Which architectures the reference had a TF / Flax class for is the registry's too
+(`Architecture.tf` / `.flax`); asking for another is an error naming the class.
 
 The reverse mapping (file key -> canonical name) is computed from the forward one.
 """
@@ -28,6 +33,7 @@ import numpy as np
 
 from encdec.core.checkpoint import CheckpointError
 from encdec.core.config import EncoderDecoderConfig
+from encdec.core.registry import Architecture, architecture
 from encdec.core.weights import Dialect, Role, encoder_decoder_table, leaf_rule
 
 
@@ -68,17 +74,20 @@ def stored_shape(shape: tuple[int, ...], layout: Layout) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class RefDialect:
-    """A reference framework's naming: a core dialect plus the reference's departures from it."""
+    """A reference framework's naming: a core dialect plus the reference's departures from it.
+
+    Per-architecture facts (the TF main-layer name and module renames, which architectures
+    the reference had a class for) come from the registry (`Architecture.tf`, `.flax`).
+    """
 
     name: str  # "tf" / "flax"
     base: Dialect  # whose leaf names and layouts the reference's layers use
     role_leaves: Mapping[Role, tuple[str, bool]] = field(default_factory=dict)  # (leaf, transpose)
     stem_leaves: Mapping[str, str] = field(default_factory=dict)  # module-path suffix -> leaf
     conv1d_bias_row: bool = False  # Conv1D biases stored (1, n)
-    main_layer: Mapping[str, str] | None = None  # model_type -> the encoder's main-layer name
-    renames: Mapping[str, str] = field(default_factory=dict)  # canonical module -> reference's
+    main_layer: bool = False  # the encoder's base model sits under its main-layer name
     list_item: str = "{}/{}"  # name of item i of list `name`
-    untied: tuple[str, ...] = ()  # canonical suffixes the reference only has tied (not stored)
+    tied_only: bool = False  # the reference always ties LM heads to the input embeddings
 
     def leaf(self, role: Role, stem: str) -> tuple[str, bool]:
         name, transpose = self.role_leaves.get(role, leaf_rule(role, self.base))
@@ -93,23 +102,61 @@ TF = RefDialect(
     role_leaves={Role.CONV1D: ("weight", False)},
     stem_leaves={"embeddings.word_embeddings": "weight"},
     conv1d_bias_row=True,
-    main_layer={"bert": "bert", "gpt2": "transformer"},
-    renames={"cls": "mlm___cls"},
+    main_layer=True,
     list_item="{}_._{}",
-    untied=("cls.predictions.decoder.weight", "lm_head.weight"),
+    tied_only=True,
 )
 FLAX = RefDialect("flax", Dialect.NNX, role_leaves={Role.CONV1D: ("kernel", True)})
 DIALECTS = {"tf": TF, "flax": FLAX}
 TF_SCOPE = "tf_encoder_decoder_model"  # the Keras name of the top-level model when written
 
+# FALLBACK until the registry says it (proposed: `RefNaming.causal_lm: bool = True`, False for
+# electra): architectures whose reference TF classes had the base model but no causal LM
+# (transformers 4.57's TF_MODEL_FOR_CAUSAL_LM_MAPPING has no ELECTRA).
+_TF_WITHOUT_CAUSAL_LM = frozenset({"electra"})
 
-def _module_path(parts: list[str], dialect: RefDialect) -> list[str]:
-    out: list[str] = []
+
+@dataclass(frozen=True)
+class _Side:
+    """How the reference names one side (`encoder` / `decoder`) of a composite."""
+
+    main_layer: str | None  # prepended to the encoder's canonical names (TF only)
+    renames: Mapping[str, str]  # canonical module -> reference's
+
+
+def _side(arch: Architecture, side: str, dialect: RefDialect) -> _Side:
+    """The reference's naming of `arch` on `side`; a clear error where it had no class."""
+    cls = arch.base_class if side == "encoder" else arch.lm_class
+    tf = arch.tf if dialect.name == "tf" else None
+    had = tf is not None if dialect.name == "tf" else arch.flax
+    if side == "decoder" and dialect.name == "tf" and arch.name in _TF_WITHOUT_CAUSAL_LM:
+        had = False
+    if not had:
+        raise CheckpointError(
+            f"the reference's {dialect.name} classes had no {cls} (a {arch.name!r} {side}), so "
+            f"this checkpoint has no {dialect.name} form; convert it to pt instead")
+    if tf is None:
+        return _Side(None, {})
+    return _Side(tf.main_layer if dialect.main_layer and side == "encoder" else None,
+                 dict(tf.renames))
+
+
+def _tied_in_reference(config: EncoderDecoderConfig) -> set[str]:
+    """Decoder parameters that the reference's tied LM head shares with the input embeddings
+    (owned here only when the config unties them)."""
+    dec = config.decoder
+    tied = type(dec).from_dict({**dec.to_dict(), "tie_word_embeddings": True})
+    table = architecture(dec).decoder_table(tied)
+    return {"decoder." + p.name for p in table.params if p.tied_to is not None}
+
+
+def _module_path(parts: list[str], dialect: RefDialect, side: _Side) -> list[str]:
+    out: list[str] = [side.main_layer] if side.main_layer else []
     for part in parts:
         if part.isdigit() and out:
             out[-1] = dialect.list_item.format(out[-1], part)
         else:
-            out.append(dialect.renames.get(part, part))
+            out.append(side.renames.get(part, part))
     return out
 
 
@@ -121,21 +168,19 @@ def reference_names(config: EncoderDecoderConfig,
     `encoder/<scope>/encoder/bert/embeddings/word_embeddings/weight:0`.
     """
     table = encoder_decoder_table(config)
+    sides = {"encoder": _side(architecture(config.encoder), "encoder", dialect),
+             "decoder": _side(architecture(config.decoder), "decoder", dialect),
+             "enc_to_dec_proj": _Side(None, {})}
+    tied_only = _tied_in_reference(config) if dialect.tied_only else set()
     conv1d = {p.name.rpartition(".")[0] for p in table.params if p.role is Role.CONV1D}
     out: dict[str, tuple[str, Layout]] = {}
     for p in table.owned:
-        if p.name.endswith(dialect.untied):
+        if p.name in tied_only:
             raise CheckpointError(f"{p.name} is not tied to the input embeddings; the reference's "
                                   f"{dialect.name} classes always tie it, so this checkpoint has "
                                   f"no {dialect.name} form")
         stem = p.name.rpartition(".")[0]
         side, *mods = stem.split(".")
-        if side == "encoder" and dialect.main_layer is not None:
-            mt = config.encoder.model_type
-            if mt not in dialect.main_layer:
-                raise CheckpointError(f"the reference's {dialect.name} naming of a {mt!r} encoder "
-                                      "is not known")
-            mods = [dialect.main_layer[mt], *mods]
         leaf, transpose = dialect.leaf(p.role, stem)
         if transpose:
             layout = Layout.TRANSPOSE
@@ -143,7 +188,8 @@ def reference_names(config: EncoderDecoderConfig,
             layout = Layout.ROW
         else:
             layout = Layout.SAME
-        out[p.name] = ("/".join([side, *_module_path(mods, dialect), leaf]), layout)
+        path = _module_path(mods, dialect, sides[side])
+        out[p.name] = ("/".join([side, *path, leaf]), layout)
     keys = [k for k, _ in out.values()]
     if len(set(keys)) != len(keys):  # a rule bug, never a user error
         raise AssertionError(f"{dialect.name} naming maps two parameters to one key")
