@@ -1,8 +1,10 @@
-"""Shared fixtures: reference checkpoints built locally with transformers (the test oracle)."""
+"""Shared fixtures: the architecture pairs of the test matrix and their reference checkpoints,
+built locally with transformers (the test oracle) from the registry's data."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,41 +14,113 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# name -> (encoder kwargs, decoder kwargs, decoder model_type). Tiny, as the reference's testers.
+from encdec.core.registry import architecture  # noqa: E402
+
+# Tiny sizes, as the reference's testers: hidden 32, 2 layers, 4 heads, vocab 99.
 TINY = dict(vocab_size=99, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64, hidden_act="gelu")
-COMPOSITES = {
-    "bert2bert": (dict(TINY, hidden_size=32), dict(TINY, hidden_size=32), "bert"),
-    "bert2gpt2": (dict(TINY, hidden_size=32),
-                  dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64), "gpt2"),
-    "bert2bert_proj": (dict(TINY, hidden_size=32),
-                       dict(TINY, hidden_size=24, num_attention_heads=4), "bert"),
-    "bert2gpt2_proj": (dict(TINY, hidden_size=32),
-                       dict(vocab_size=99, n_embd=24, n_layer=2, n_head=4, n_positions=64), "gpt2"),
+FAMILY_SIZES = {  # the registry's family -> its config's names for the tiny sizes
+    "bert": lambda h: dict(TINY, hidden_size=h),
+    "distilbert": lambda h: dict(vocab_size=99, dim=h, n_layers=2, n_heads=4, hidden_dim=37,
+                                 max_position_embeddings=64, activation="gelu"),
+    "gpt2": lambda h: dict(vocab_size=99, n_embd=h, n_layer=2, n_head=4, n_positions=64),
 }
+EXTRA = {"electra": dict(embedding_size=16)}  # ELECTRA's embeddings narrower than hidden
 DECODER_START, PAD, EOS = 2, 0, 3
 
 
+@dataclass(frozen=True)
+class Pair:
+    """One composite of the test matrix: encoder and decoder model types (registry names)."""
+
+    encoder: str
+    decoder: str
+    decoder_hidden: int = 32  # != 32: an `enc_to_dec_proj`
+    tie: bool = False  # tie_encoder_decoder
+
+    def kwargs(self, side: str) -> dict:
+        """The transformers config kwargs of one side ("encoder" / "decoder")."""
+        mt = getattr(self, side)
+        hidden = 32 if side == "encoder" else self.decoder_hidden
+        return dict(FAMILY_SIZES[architecture(mt).family](hidden), **EXTRA.get(mt, {}))
+
+    def pad(self, side: str) -> int:
+        """The side's padding id: transformers' config default (RoBERTa's 1), else PAD."""
+        import transformers as tr
+
+        pad = tr.AutoConfig.for_model(getattr(self, side)).pad_token_id
+        return PAD if pad is None else pad
+
+
+PAIRS: dict[str, Pair] = {
+    "bert2bert": Pair("bert", "bert"),
+    "bert2gpt2": Pair("bert", "gpt2"),
+    "bert2bert_proj": Pair("bert", "bert", decoder_hidden=24),
+    "bert2gpt2_proj": Pair("bert", "gpt2", decoder_hidden=24),
+    "roberta2roberta": Pair("roberta", "roberta"),
+    "roberta2roberta_tied": Pair("roberta", "roberta", tie=True),
+    "xlm-roberta2xlm-roberta": Pair("xlm-roberta", "xlm-roberta"),
+    "camembert2camembert": Pair("camembert", "camembert"),
+    "electra2electra": Pair("electra", "electra"),
+    "bertgeneration2bertgeneration": Pair("bert-generation", "bert-generation"),
+    "distilbert2bert": Pair("distilbert", "bert"),
+    "distilbert2gpt2": Pair("distilbert", "gpt2"),
+    "roberta2gpt2": Pair("roberta", "gpt2"),
+    "bert2roberta": Pair("bert", "roberta"),
+    "electra2bert": Pair("electra", "bert"),
+}
+# The per-backend folders' original four composites, in their (encoder kwargs, decoder kwargs,
+# decoder model_type) form.
+COMPOSITES = {name: (PAIRS[name].kwargs("encoder"), PAIRS[name].kwargs("decoder"),
+                     PAIRS[name].decoder)
+              for name in ("bert2bert", "bert2gpt2", "bert2bert_proj", "bert2gpt2_proj")}
+
+
 def build_reference(name: str, seed: int = 0):
-    """A transformers `EncoderDecoderModel` with random weights (eval mode)."""
+    """A transformers `EncoderDecoderModel` of pair `name` with random weights (eval mode).
+
+    Configs come from `AutoConfig.for_model(model_type)`, and the classes transformers picks
+    are checked against the registry's `base_class` / `lm_class`. With `tie`, the decoder's base
+    weights are set equal to the encoder's (transformers 5 keeps `tie_encoder_decoder` in the
+    config but no longer ties; equal weights make it the tied model)."""
     import torch
     import transformers as tr
 
-    enc_kw, dec_kw, dec_type = COMPOSITES[name]
-    enc = tr.BertConfig(**enc_kw)
-    dec = (tr.BertConfig if dec_type == "bert" else tr.GPT2Config)(
-        **dec_kw, is_decoder=True, add_cross_attention=True, bos_token_id=1, eos_token_id=EOS,
-        pad_token_id=PAD)
+    pair = PAIRS[name]
+    dec_pad = pair.pad("decoder")
+    enc = tr.AutoConfig.for_model(pair.encoder, **pair.kwargs("encoder"))
+    dec = tr.AutoConfig.for_model(
+        pair.decoder, **pair.kwargs("decoder"), is_decoder=True, add_cross_attention=True,
+        bos_token_id=1 if dec_pad != 1 else 0, eos_token_id=EOS, pad_token_id=dec_pad)
     config = tr.EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
-    config.decoder_start_token_id, config.pad_token_id = DECODER_START, PAD
+    config.decoder_start_token_id, config.pad_token_id = DECODER_START, dec_pad
+    if pair.tie:
+        config.tie_encoder_decoder = True
     torch.manual_seed(seed)
     model = tr.EncoderDecoderModel(config=config)
+    enc_arch, dec_arch = architecture(pair.encoder), architecture(pair.decoder)
+    assert type(model.encoder).__name__ == enc_arch.base_class, type(model.encoder)
+    assert type(model.decoder).__name__ == dec_arch.lm_class, type(model.decoder)
     # random LayerNorm / bias values so that a wrong leaf mapping cannot hide behind 1s and 0s
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if n.endswith("bias") or "LayerNorm" in n or ".ln_" in n:
+            if n.endswith("bias") or "norm" in n.lower() or ".ln_" in n:
                 p.add_(0.1 * torch.randn_like(p))
+    if pair.tie:
+        tie_encoder_decoder(model)
     return model.eval()
+
+
+def tie_encoder_decoder(model) -> None:
+    """Copy the encoder's weights onto the decoder base's same-named ones (in place)."""
+    import torch
+
+    base = getattr(model.decoder, architecture(model.config.decoder.model_type).prefix)
+    enc = model.encoder.state_dict()
+    with torch.no_grad():
+        for n, p in base.state_dict().items():
+            if n in enc:
+                p.copy_(enc[n])
 
 
 @pytest.fixture(scope="session")
@@ -65,14 +139,15 @@ def reference_dir(tmp_path_factory):
 
 
 def make_batch(seed: int = 0, vocab: int = 99, batch: int = 3, src_len: int = 9,
-               tgt_len: int = 7) -> dict[str, np.ndarray]:
-    """A padded batch with -100 in the labels (numpy int64 / int64 masks)."""
+               tgt_len: int = 7, pad: int = PAD) -> dict[str, np.ndarray]:
+    """A padded batch with -100 in the labels (numpy int64 / int64 masks); source padding
+    holds `pad` (the encoder's padding id: RoBERTa's positions depend on it)."""
     rng = np.random.default_rng(seed)
     input_ids = rng.integers(4, vocab, (batch, src_len))
     attention_mask = np.ones((batch, src_len), np.int64)
     attention_mask[1, -3:] = 0
     attention_mask[-1, -1:] = 0
-    input_ids[attention_mask == 0] = PAD
+    input_ids[attention_mask == 0] = pad
     labels = rng.integers(4, vocab, (batch, tgt_len))
     labels[0, -2:] = -100
     labels[-1, -1:] = -100
@@ -80,6 +155,11 @@ def make_batch(seed: int = 0, vocab: int = 99, batch: int = 3, src_len: int = 9,
     decoder_input_ids[:, 0] = DECODER_START
     return dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                 decoder_input_ids=decoder_input_ids)
+
+
+def pair_batch(name: str, seed: int = 0, **kwargs) -> dict[str, np.ndarray]:
+    """`make_batch` for pair `name`: its encoder's padding id in the source."""
+    return make_batch(seed, pad=PAIRS[name].pad("encoder"), **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""The transformers oracle for generation tests: reference models, their `generate`, and
-next-token logits functions for `encdec.core.generation.generate_reference`."""
+"""The transformers oracle for generation and parity tests: reference models of every pair in
+`tests.conftest.PAIRS`, their `generate`, and next-token logits functions for
+`encdec.core.generation.generate_reference`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import warnings
 import numpy as np
 
 from encdec.core import EncoderDecoderConfig
-from tests.conftest import build_reference, make_batch
+from tests.conftest import PAIRS, build_reference, make_batch, tie_encoder_decoder
 
-NAMES = ("bert2bert", "bert2gpt2")
+NAMES = ("bert2bert", "bert2gpt2")  # the pairs the detailed generation tests run on
 STD = 0.15  # see `reference`
 
 
@@ -33,6 +34,8 @@ def _reference(name: str, seed: int):
         for p in model.parameters():  # tied weights are one parameter: redrawn once
             if p.dim() == 2:
                 p.normal_(0.0, STD, generator=g)
+    if PAIRS[name].tie:
+        tie_encoder_decoder(model)
     return model
 
 
@@ -41,9 +44,11 @@ def core_config(model) -> EncoderDecoderConfig:
     return EncoderDecoderConfig.from_dict(model.config.to_dict())
 
 
-def batch(seed: int = 0, size: int = 3, src_len: int = 9) -> tuple[np.ndarray, np.ndarray]:
-    """A padded encoder batch (input_ids, attention_mask), int64."""
-    b = make_batch(seed, batch=size, src_len=src_len)
+def batch(seed: int = 0, size: int = 3, src_len: int = 9,
+          name: str = "bert2bert") -> tuple[np.ndarray, np.ndarray]:
+    """A padded encoder batch (input_ids, attention_mask), int64, padded with the encoder's
+    padding id of pair `name`."""
+    b = make_batch(seed, batch=size, src_len=src_len, pad=PAIRS[name].pad("encoder"))
     return b["input_ids"], b["attention_mask"]
 
 

@@ -1,7 +1,8 @@
 """One adapter per backend, so the parity harness runs the same checks on every pair.
 
-Each adapter loads a checkpoint, runs a forward on a numpy batch and returns numpy outputs,
-computes gradients of the loss for canonical parameter names (canonical layout), and saves.
+Each adapter loads a checkpoint (or warm-starts from two), runs a forward or `generate` on
+numpy inputs and returns numpy outputs, computes gradients of the loss for canonical
+parameter names (canonical layout), and saves.
 """
 
 from __future__ import annotations
@@ -26,7 +27,38 @@ def outputs_to_numpy(out) -> dict[str, np.ndarray | tuple]:
     return {k: _numpy(out[k]) for k in OUTPUTS if out.get(k) is not None}
 
 
-class PT:
+class Adapter:
+    """What every backend does alike (each subclass sets `module` and `inputs`)."""
+
+    name: str
+    module = None
+
+    def inputs(self, batch):
+        raise NotImplementedError
+
+    def load(self, directory):
+        return self.module.EncoderDecoderModel.from_pretrained(directory)
+
+    def warm_start(self, encoder_dir, decoder_dir, **kwargs):
+        """`from_encoder_decoder_pretrained(..., output_loading_info=True)` -> (model, info)."""
+        return self.module.EncoderDecoderModel.from_encoder_decoder_pretrained(
+            encoder_dir, decoder_dir, output_loading_info=True, **kwargs)
+
+    def forward(self, model, batch, **kw):
+        return outputs_to_numpy(model(**self.inputs(batch), **kw))
+
+    def generate(self, model, input_ids, attention_mask=None, **kw) -> np.ndarray:
+        """`model.generate` on numpy inputs -> numpy token ids."""
+        x = self.inputs({"input_ids": input_ids})["input_ids"]
+        mask = None if attention_mask is None else \
+            self.inputs({"attention_mask": attention_mask})["attention_mask"]
+        return _numpy(model.generate(x, mask, **kw))
+
+    def save(self, model, directory):
+        model.save_pretrained(directory)
+
+
+class PT(Adapter):
     name, dialect = "pt", Dialect.PT
 
     def __init__(self):
@@ -35,9 +67,6 @@ class PT:
         import encdec.pt
 
         self.torch, self.module = torch, encdec.pt
-
-    def load(self, directory):
-        return self.module.EncoderDecoderModel.from_pretrained(directory)
 
     def inputs(self, batch):
         return {k: self.torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
@@ -52,11 +81,8 @@ class PT:
         return {p.name: from_dialect(p, model.get_parameter(leaf(p, self.dialect)).grad.numpy(),
                                      self.dialect) for p in params}
 
-    def save(self, model, directory):
-        model.save_pretrained(directory)
 
-
-class TF:
+class TF(Adapter):
     name, dialect = "tf", Dialect.KERAS
 
     def __init__(self):
@@ -67,14 +93,8 @@ class TF:
 
         self.tf, self.module, self.params = tf, encdec.tf, params
 
-    def load(self, directory):
-        return self.module.EncoderDecoderModel.from_pretrained(directory)
-
     def inputs(self, batch):
         return {k: self.tf.constant(np.asarray(v)) for k, v in batch.items()}
-
-    def forward(self, model, batch, **kw):
-        return outputs_to_numpy(model(**self.inputs(batch), **kw))
 
     def grads(self, model, batch, params: list[Param]):
         variables = self.params.variables(model)
@@ -85,11 +105,8 @@ class TF:
         return {p.name: from_dialect(p, self.tf.convert_to_tensor(g).numpy(), self.dialect)
                 for p, g in zip(params, grads, strict=True)}
 
-    def save(self, model, directory):
-        model.save_pretrained(directory)
 
-
-class Flax:
+class Flax(Adapter):
     name, dialect = "flax", Dialect.NNX
 
     def __init__(self):
@@ -100,14 +117,8 @@ class Flax:
 
         self.jnp, self.nnx, self.module = jnp, nnx, encdec.flax
 
-    def load(self, directory):
-        return self.module.EncoderDecoderModel.from_pretrained(directory)
-
     def inputs(self, batch):
         return {k: self.jnp.asarray(np.asarray(v)) for k, v in batch.items()}
-
-    def forward(self, model, batch, **kw):
-        return outputs_to_numpy(model(**self.inputs(batch), **kw))
 
     def grads(self, model, batch, params: list[Param]):
         inputs = self.inputs(batch)
@@ -116,9 +127,6 @@ class Flax:
                 for path, v in self.nnx.to_flat_state(grads)}
         return {p.name: from_dialect(p, flat[leaf(p, self.dialect)], self.dialect)
                 for p in params}
-
-    def save(self, model, directory):
-        model.save_pretrained(directory)
 
 
 ADAPTERS = {"pt": PT, "tf": TF, "flax": Flax}
