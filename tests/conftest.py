@@ -29,6 +29,11 @@ EXTRA = {"electra": dict(embedding_size=16)}  # ELECTRA's embeddings narrower th
 DECODER_START, PAD, EOS = 2, 0, 3
 
 
+def tiny_kwargs(model_type: str, hidden: int = 32) -> dict:
+    """transformers config kwargs of a tiny model of `model_type` (a registry name)."""
+    return dict(FAMILY_SIZES[architecture(model_type).family](hidden), **EXTRA.get(model_type, {}))
+
+
 @dataclass(frozen=True)
 class Pair:
     """One composite of the test matrix: encoder and decoder model types (registry names)."""
@@ -40,9 +45,7 @@ class Pair:
 
     def kwargs(self, side: str) -> dict:
         """The transformers config kwargs of one side ("encoder" / "decoder")."""
-        mt = getattr(self, side)
-        hidden = 32 if side == "encoder" else self.decoder_hidden
-        return dict(FAMILY_SIZES[architecture(mt).family](hidden), **EXTRA.get(mt, {}))
+        return tiny_kwargs(getattr(self, side), 32 if side == "encoder" else self.decoder_hidden)
 
     def pad(self, side: str) -> int:
         """The side's padding id: transformers' config default (RoBERTa's 1), else PAD."""
