@@ -1,7 +1,8 @@
-"""`Attention` for BERT and GPT-2 (self and cross), its masks and caches; plus the shared
-numerics (activations, initialisers, the loss) of the Keras backend.
+"""`Attention` for every family (self and cross; its projections named by the registry's
+`AttentionNames`), its masks and caches; plus the shared leaf layers and numerics (activations,
+the loss) of the Keras backend.
 
-Follows transformers' `BertSelfAttention` / `BertCrossAttention` / `GPT2Attention` with the
+Follows transformers' `BertSelfAttention` / `DistilBertSelfAttention` / `GPT2Attention` with the
 reference's default SDPA masks: padding masks act on keys only, the decoder's padding mask is
 and-ed with the causal mask, and a query row with no visible key outputs zeros (what the
 reference's boolean SDPA mask gives). Masks are additive with fill `dtype.min`; softmax in fp32.
@@ -13,15 +14,14 @@ a dynamic-update-slice so that it traces under `tf.function(jit_compile=True)`.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
+from encdec.core.registry import AttentionNames
 from encdec.core.seq2seq import IGNORE_INDEX
 
 # --- leaf numerics ------------------------------------------------------------------------
@@ -47,32 +47,52 @@ ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
 }
 
 
-_init = threading.local()
+def dense(units: int, name: str, use_bias: bool = True) -> keras.layers.Dense:
+    """A Linear / GPT-2 Conv1D: kernel (in, out). Created as zeros: `params.init_params` draws
+    the reference's init from the registry's data once the model is built."""
+    return keras.layers.Dense(units, use_bias=use_bias, kernel_initializer="zeros", name=name)
 
 
-@contextlib.contextmanager
-def skip_init() -> Iterator[None]:
-    """Inside this block, matrices are created as zeros instead of drawn at random: the caller
-    is about to overwrite every one from a checkpoint (drawing them would cost time, and the
-    random generator's temporaries raise the load's peak memory)."""
-    old = getattr(_init, "skip", False)
-    _init.skip = True
-    try:
-        yield
-    finally:
-        _init.skip = old
+def layer_norm(eps: float, name: str) -> keras.layers.LayerNormalization:
+    """A LayerNorm with the config's eps (never Keras' default)."""
+    return keras.layers.LayerNormalization(epsilon=eps, name=name)
 
 
-def normal(std: float) -> keras.initializers.Initializer:
-    """The reference's `normal_(0, std)` init for matrices and embeddings."""
-    if getattr(_init, "skip", False):
-        return keras.initializers.Zeros()
-    return keras.initializers.RandomNormal(mean=0.0, stddev=std)
+def embed(num: int, dim: int, name: str) -> keras.layers.Embedding:
+    """An embedding table (num, dim), created as zeros (see `dense`)."""
+    return keras.layers.Embedding(num, dim, embeddings_initializer="zeros", name=name)
 
 
-def dense(units: int, name: str, std: float, use_bias: bool = True) -> keras.layers.Dense:
-    """A Linear / GPT-2 Conv1D: kernel (in, out), bias zero-initialised."""
-    return keras.layers.Dense(units, use_bias=use_bias, kernel_initializer=normal(std), name=name)
+class Block(keras.layers.Layer):
+    """A layer whose `mask` argument is an attention `Mask`, not Keras' own masking: it hands
+    no Keras mask on to its outputs (Keras would otherwise warn that the mask is dropped).
+    Callers pass `mask=` by keyword: Keras fills a `mask` argument left None itself, which
+    collides with a positional one."""
+
+    def compute_mask(self, inputs, previous_mask):  # noqa: ARG002 - Keras' signature
+        return None
+
+
+class LMDecoder(keras.layers.Layer):
+    """An LM head's vocabulary projection (`decoder`, `generator_lm_head`): its own `kernel`
+    (in, vocab), or, when the weight table ties it to the word embeddings, none: the caller
+    passes that (vocab, in) matrix (the reference's `decoder.weight` is that very tensor); plus
+    a `bias` (vocab,), which `params.tie_params` may make another variable (RoBERTa's
+    `lm_head.bias`)."""
+
+    def __init__(self, n_in: int, vocab: int, *, tied: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.tied = tied
+        self.kernel = None if tied else self.add_weight(shape=(n_in, vocab),
+                                                        initializer="zeros", name="kernel")
+        self.bias = self.add_weight(shape=(vocab,), initializer="zeros", name="bias")
+        self.built = True
+
+    def call(self, x: tf.Tensor, embedding: tf.Tensor | None = None) -> tf.Tensor:
+        """x (B, T, in) -> logits (B, T, V); `embedding` (V, in) when tied."""
+        if self.tied:
+            return tf.einsum("bti,vi->btv", x, embedding) + self.bias
+        return tf.einsum("bti,iv->btv", x, self.kernel) + self.bias
 
 
 def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -84,11 +104,6 @@ def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         tf.where(keep, labels, 0), tf.cast(logits, tf.float32))  # (...)
     keep = tf.cast(keep, tf.float32)
     return tf.reduce_sum(losses * keep) / tf.reduce_sum(keep)
-
-
-def causal_lm_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    """The reference's `ForCausalLMLoss`: position t predicts label t + 1."""
-    return cross_entropy(logits[:, :-1], labels[:, 1:])
 
 
 # --- masks --------------------------------------------------------------------------------
@@ -107,9 +122,10 @@ def make_mask(allowed: tf.Tensor, dtype: tf.DType, *, may_be_empty: bool) -> Mas
     return Mask(bias, keep)
 
 
-def causal_mask(q_len: int | tf.Tensor, past: int | tf.Tensor, kv_len: int | tf.Tensor,
-                dtype: tf.DType, padding: tf.Tensor | None = None) -> Mask:
-    """Key p is visible to query t iff p <= past + t and (p is not padding); padding (B, kv_len)."""
+def causal_mask(batch: int | tf.Tensor, q_len: int | tf.Tensor, past: int | tf.Tensor,
+                kv_len: int | tf.Tensor, dtype: tf.DType, padding: tf.Tensor | None = None) -> Mask:
+    """Key p is visible to query t iff p <= past + t and (p is not padding); padding (B, kv_len).
+    Without padding the mask broadcasts over the batch (`batch` names it, as in the others)."""
     q = tf.range(q_len) + tf.cast(past, tf.int32)  # (Tq,)
     k = tf.range(kv_len)  # (Tk,)
     allowed = (k[None, :] <= q[:, None])[None, None]  # (1, 1, Tq, Tk)
@@ -128,80 +144,85 @@ def padding_mask(padding: tf.Tensor | None, dtype: tf.DType) -> Mask | None:
 # --- attention ----------------------------------------------------------------------------
 
 def attend(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, mask: Mask | None, *, scale: float,
-           dropout: keras.layers.Dropout | None = None, training: bool = False,
-           ) -> tuple[tf.Tensor, tf.Tensor]:
+           dropout: keras.layers.Dropout | None = None, output_attentions: bool = False,
+           ) -> tuple[tf.Tensor, tf.Tensor | None]:
     """softmax(q k^T * scale + bias) v: q (B, h, T, d), k/v (B, h, S, d) -> ((B, h, T, d),
-    probs (B, h, T, S))."""
+    probs (B, h, T, S) or None); `dropout` on the probabilities (given only when training)."""
     scores = tf.matmul(q, k, transpose_b=True) * scale  # (B, h, T, S)
     if mask is not None:
         scores = scores + mask.bias
     probs = tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1), v.dtype)
     if mask is not None and mask.keep is not None:
         probs = probs * mask.keep
-    dropped = dropout(probs, training=training) if dropout is not None else probs
-    return tf.matmul(dropped, v), probs
+    dropped = dropout(probs, training=True) if dropout is not None else probs
+    return tf.matmul(dropped, v), probs if output_attentions else None
 
 
-class Attention(keras.layers.Layer):
-    """Multi-head attention: BERT (`query`/`key`/`value`) or GPT-2 (`c_attn` [+ `q_attn`],
-    `c_proj`) flavour, self- or cross-attention. BERT's output projection lives in its caller
-    (`attention.output.dense`, as in the reference); GPT-2's `c_proj` is applied here."""
+class Attention(Block):
+    """Multi-head attention, self or cross, building exactly the projections an
+    `AttentionNames` names: separate `query`/`key`/`value` (BERT, DistilBERT) or a fused one
+    (GPT-2's `c_attn`: q|k|v, or k|v for cross-attention whose queries come from `query`),
+    and an `out` projection when the attention owns it (DistilBERT's `out_lin`, GPT-2's
+    `c_proj`; BERT's lives in its caller, `attention.output.dense`, as in the reference)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, *, gpt2: bool, cross: bool,
+    def __init__(self, hidden_size: int, num_heads: int, names: AttentionNames, *, cross: bool,
                  dropout: float = 0.0, resid_dropout: float = 0.0, scale: float | None = None,
-                 std: float = 0.02, proj_std: float | None = None, **kwargs):
+                 **kwargs):
         super().__init__(**kwargs)
-        self.gpt2, self.cross = gpt2, cross
+        self.names, self.cross = names, cross
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         self.hidden_size = hidden_size
         self.scale = self.head_dim ** -0.5 if scale is None else scale
         self.dropout = keras.layers.Dropout(dropout, name="dropout")
-        if gpt2:
-            self.c_attn = dense((2 if cross else 3) * hidden_size, "c_attn", std)
-            if cross:
-                self.q_attn = dense(hidden_size, "q_attn", std)
-            self.c_proj = dense(hidden_size, "c_proj", std if proj_std is None else proj_std)
-            self.resid_dropout = keras.layers.Dropout(resid_dropout, name="resid_dropout")
-        else:
-            self.query = dense(hidden_size, "query", std)
-            self.key = dense(hidden_size, "key", std)
-            self.value = dense(hidden_size, "value", std)
+        if names.fused:  # q|k|v, or k|v beside a separate query for cross-attention
+            setattr(self, names.fused, dense((2 if cross else 3) * hidden_size, names.fused))
+        for proj in (names.query, names.key, names.value, names.out):
+            if proj:
+                setattr(self, proj, dense(hidden_size, proj))
+        self.resid_dropout = keras.layers.Dropout(resid_dropout if names.resid_dropout else 0.0,
+                                                  name="resid_dropout")
         self.built = True  # sublayers create their variables on the first call
+
+    def _proj(self, name: str, x: tf.Tensor) -> tf.Tensor:
+        return getattr(self, name)(x)
 
     def _heads(self, x: tf.Tensor) -> tf.Tensor:  # (B, T, h*d) -> (B, h, T, d)
         b, t = tf.shape(x)[0], tf.shape(x)[1]
         return tf.transpose(tf.reshape(x, [b, t, self.num_heads, self.head_dim]), [0, 2, 1, 3])
 
     def project_q(self, x: tf.Tensor) -> tf.Tensor:
-        """Queries (B, h, T, d) of a cross-attention, or of a BERT self-attention."""
-        return self._heads(self.q_attn(x) if self.gpt2 else self.query(x))
+        """Queries (B, h, T, d) of a cross-attention (or of unfused self-attention)."""
+        return self._heads(self._proj(self.names.query, x))
 
     def project_kv(self, states: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Keys and values (B, h, S, d) from the attended states (cross-attention)."""
-        if self.gpt2:
-            k, v = tf.split(self.c_attn(states), 2, axis=2)
+        n = self.names
+        if n.fused:
+            k, v = tf.split(self._proj(n.fused, states), 2, axis=2)
             return self._heads(k), self._heads(v)
-        return self._heads(self.key(states)), self._heads(self.value(states))
+        return self._heads(self._proj(n.key, states)), self._heads(self._proj(n.value, states))
 
     def project_qkv(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        if self.gpt2:
-            q, k, v = tf.split(self.c_attn(x), 3, axis=2)  # GPT-2's fused projection
+        """Queries, keys and values (B, h, T, d) of a self-attention."""
+        if self.names.fused:
+            q, k, v = tf.split(self._proj(self.names.fused, x), 3, axis=2)
             return self._heads(q), self._heads(k), self._heads(v)
-        return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        return (self.project_q(x), *self.project_kv(x))
 
     def _out(self, ctx: tf.Tensor, training: bool = False) -> tf.Tensor:
         b, t = tf.shape(ctx)[0], tf.shape(ctx)[2]  # (B, h, T, d) -> (B, T, hidden)
         out = tf.reshape(tf.transpose(ctx, [0, 2, 1, 3]), [b, t, self.hidden_size])
-        return self.resid_dropout(self.c_proj(out), training=training) if self.gpt2 else out
+        if self.names.out:
+            out = self.resid_dropout(self._proj(self.names.out, out), training=training)
+        return out
 
-    def call(self, x: tf.Tensor, attn_mask: Mask | None = None, *, states: tf.Tensor | None = None,
+    def call(self, x: tf.Tensor, mask: Mask | None = None, *, states: tf.Tensor | None = None,
              past: tuple[tf.Tensor, tf.Tensor] | None = None, output_attentions: bool = False,
              training: bool = False) -> tuple[tf.Tensor, tf.Tensor | None, tuple]:
         """x (B, T, hidden) -> (out (B, T, hidden), attention probs or None, (k, v) for the cache).
 
         Self-attention appends its new keys/values to `past`; cross-attention reuses `past`
-        when given, else projects `states` (B, S, hidden). (`attn_mask`, not `mask`: Keras
-        reserves a `call` argument named `mask` for its own masking.)
+        when given, else projects `states` (B, S, hidden).
         """
         if self.cross:
             q = self.project_q(x)
@@ -210,9 +231,10 @@ class Attention(keras.layers.Layer):
             q, k, v = self.project_qkv(x)
             if past is not None:
                 k, v = tf.concat([past[0], k], axis=2), tf.concat([past[1], v], axis=2)
-        ctx, probs = attend(q, k, v, attn_mask, scale=self.scale, dropout=self.dropout,
-                            training=training)
-        return self._out(ctx, training), probs if output_attentions else None, (k, v)
+        ctx, probs = attend(q, k, v, mask, scale=self.scale,
+                            dropout=self.dropout if training else None,
+                            output_attentions=output_attentions)
+        return self._out(ctx, training), probs, (k, v)
 
     # --- static cache (decoding contract) ------------------------------------------------
 

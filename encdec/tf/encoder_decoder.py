@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from encdec.core import seq2seq, weights
-from encdec.core.config import EncoderDecoderConfig, GenerationConfig
+from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 from encdec.core.modeling import (
     load_weights,
     prepare_warm_start,
@@ -25,15 +25,34 @@ from encdec.core.modeling import (
     warm_start_weights,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
+from encdec.core.registry import architecture
 from encdec.core.weights import Dialect
 
 from . import params
-from .attention import cross_entropy, dense, skip_init
+from .attention import cross_entropy, dense
 from .bert import BertLMHeadModel, BertModel
+from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
 
-ENCODERS: dict[str, type[keras.Model]] = {"bert": BertModel, "gpt2": GPT2Model}
-DECODERS: dict[str, type[keras.Model]] = {"bert": BertLMHeadModel, "gpt2": GPT2LMHeadModel}
+# the registry's family -> (base model class, causal LM class or None); the only class list
+FAMILIES: dict[str, tuple[type[keras.Model], type[keras.Model] | None]] = {
+    "bert": (BertModel, BertLMHeadModel),
+    "distilbert": (DistilBertModel, None),
+    "gpt2": (GPT2Model, GPT2LMHeadModel),
+}
+
+
+def encoder_class(config: ModelConfig) -> type[keras.Model]:
+    """The base model class serving `config` as an encoder (by its registry family)."""
+    return FAMILIES[architecture(config).family][0]
+
+
+def decoder_class(config: ModelConfig) -> type[keras.Model]:
+    """The causal LM class serving `config` as a decoder; the registry's clear error for an
+    encoder-only architecture."""
+    arch = architecture(config)
+    arch.decoder_table(config)  # raises when the reference has no causal LM for it
+    return FAMILIES[arch.family][1]
 
 # per decoder layer (self_k_buf, self_v_buf, cross_k, cross_v)
 Cache = tuple[tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], ...]
@@ -73,26 +92,38 @@ class EncoderDecoderModel(keras.Model):
                              f"{type(config).__name__}")
         self.config = config
         self.generation_config = GenerationConfig.from_model_config(config)
-        self.encoder = encoder or ENCODERS[config.encoder.model_type](config.encoder,
-                                                                      name="encoder")
-        if decoder is None:
-            # tie_encoder_decoder: the decoder's base reuses the encoder's layers (variables)
-            tie = config.tie_encoder_decoder and \
-                config.encoder.model_type == config.decoder.model_type
-            decoder = DECODERS[config.decoder.model_type](
-                config.decoder, shared=self.encoder if tie else None, name="decoder")
-        elif config.tie_encoder_decoder:
+        if decoder is not None and config.tie_encoder_decoder:
             raise ValueError("tie_encoder_decoder=True needs the decoder built by the model "
                              "(pass a config, not a decoder object)")
-        self.decoder = decoder
+        with params.constructing() as c:
+            fresh = [side for side, given in (("encoder", encoder), ("decoder", decoder))
+                     if given is None]
+            self.encoder = encoder or encoder_class(config.encoder)(config.encoder,
+                                                                    name="encoder")
+            self.decoder = decoder or decoder_class(config.decoder)(config.decoder,
+                                                                    name="decoder")
+            self.enc_to_dec_proj = dense(config.decoder.hidden_size, "enc_to_dec_proj") \
+                if weights.has_enc_to_dec_proj(config) else None
         # the backbones share the composite's configs, so `model.config.decoder.x = …` reaches them
         self.encoder.config, self.decoder.config = config.encoder, config.decoder
-        if weights.has_enc_to_dec_proj(config):
-            self.enc_to_dec_proj = dense(config.decoder.hidden_size, "enc_to_dec_proj",
-                                         config.decoder.initializer_range)
         self.built = True  # sublayers create their variables on the first call
-        ids = tf.zeros((1, 1), tf.int32)  # build every variable (and mark the model built)
-        self(ids, decoder_input_ids=ids, use_cache=False)
+        if c.outermost:
+            ids = tf.zeros((1, 1), tf.int32)
+            self(input_ids=ids, decoder_input_ids=ids, use_cache=False)  # creates the variables
+            params.materialize(self, [(sub, sub.table(), sub.config) for sub in
+                                      (getattr(self, side) for side in fresh)])
+            self._init_proj()
+            self.tie_weights()
+
+    def _init_proj(self) -> None:
+        if self.enc_to_dec_proj is not None and not params.skipping_init():
+            params.init_params(self, self.table(), self.config.decoder, ["enc_to_dec_proj.weight",
+                                                                         "enc_to_dec_proj.bias"])
+
+    def tie_weights(self) -> None:
+        """Tie word embeddings inside the decoder and, with `tie_encoder_decoder`, the decoder's
+        base weights to the encoder's (the encoder's values win, as in the reference)."""
+        params.tie_params(self, self.table())
 
     def table(self) -> weights.Table:
         return weights.encoder_decoder_table(self.config)
@@ -103,7 +134,7 @@ class EncoderDecoderModel(keras.Model):
     # --- forward --------------------------------------------------------------------------
 
     def _project(self, encoder_hidden_states: tf.Tensor) -> tf.Tensor:
-        if hasattr(self, "enc_to_dec_proj"):
+        if self.enc_to_dec_proj is not None:
             return self.enc_to_dec_proj(encoder_hidden_states)  # (B, S, H_dec)
         return encoder_hidden_states
 
@@ -215,9 +246,15 @@ class EncoderDecoderModel(keras.Model):
         reported (with `output_loading_info`, also returned as {"encoder": …, "decoder": …})."""
         config, enc_dir, dec_dir = prepare_warm_start(
             encoder_pretrained_model_name_or_path, decoder_pretrained_model_name_or_path, **kwargs)
-        model = cls(config=config)
+        with params.skip_init():
+            model = cls(config=config)
         reports = warm_start_weights(config, enc_dir, dec_dir, Dialect.KERAS,
                                      functools.partial(params.assign, model))
+        for side in ("encoder", "decoder"):
+            sub = getattr(model, side)
+            params.init_params(sub, sub.table(), sub.config, reports[side].missing)
+        model._init_proj()
+        model.tie_weights()
         return (model, reports) if output_loading_info else model
 
     @classmethod
@@ -226,7 +263,7 @@ class EncoderDecoderModel(keras.Model):
         """Load a composite checkpoint in the one encdec format (the reference's PyTorch names;
         strict: every weight must be there)."""
         pre = read_pretrained(pretrained_model_name_or_path, **config_overrides)
-        with skip_init():  # strict: every weight is overwritten below
+        with params.skip_init():  # strict: every weight is overwritten below
             model = cls(config=pre.config)
         model.generation_config = pre.generation_config
         load_weights(model.table(), pre.directory, Dialect.KERAS,

@@ -24,8 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from encdec.core import generation as gen
-from encdec.core.registry import max_positions
 from encdec.core.config import GenerationConfig
+from encdec.core.registry import max_positions
 
 TRACES: collections.Counter[str] = collections.Counter()  # strategy name -> times traced
 _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: tf.function}

@@ -9,7 +9,6 @@ exactly a Keras `Dense` kernel.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -18,23 +17,30 @@ import tensorflow as tf
 
 from encdec.core.config import GPT2Config
 from encdec.core.outputs import BaseModelOutput, CausalLMOutput
-from encdec.core.weights import Table, gpt2_lm_head_model, gpt2_model
+from encdec.core.registry import GPT2_CROSS_ATTENTION, GPT2_SELF_ATTENTION, architecture
+from encdec.core.weights import Table
 
 from . import params
 from .attention import (
     ACTIVATIONS,
     Attention,
+    Block,
     Mask,
-    causal_lm_loss,
     causal_mask,
     dense,
-    normal,
+    embed,
+    layer_norm,
     padding_mask,
 )
+from .bert import Past, causal_lm_loss, check_length
 
 
-def _layer_norm(c: GPT2Config, name: str) -> keras.layers.LayerNormalization:
-    return keras.layers.LayerNormalization(epsilon=c.layer_norm_epsilon, name=name)
+def _check_supported(c: GPT2Config) -> None:
+    if c.scale_attn_by_inverse_layer_idx:
+        raise NotImplementedError("GPT2Config.scale_attn_by_inverse_layer_idx=True is not "
+                                  "supported")
+    if c.reorder_and_upcast_attn:
+        raise NotImplementedError("GPT2Config.reorder_and_upcast_attn=True is not supported")
 
 
 class GPT2MLP(keras.layers.Layer):
@@ -42,9 +48,8 @@ class GPT2MLP(keras.layers.Layer):
 
     def __init__(self, c: GPT2Config, **kwargs):
         super().__init__(**kwargs)
-        proj_std = c.initializer_range / math.sqrt(2 * c.n_layer)  # GPT-2's residual scaling
-        self.c_fc = dense(c.intermediate_size, "c_fc", c.initializer_range)
-        self.c_proj = dense(c.hidden_size, "c_proj", proj_std)
+        self.c_fc = dense(c.intermediate_size, "c_fc")
+        self.c_proj = dense(c.hidden_size, "c_proj")
         self.act = ACTIVATIONS[c.activation_function]
         self.dropout = keras.layers.Dropout(c.resid_pdrop, name="dropout")
         self.built = True  # sublayers create their variables on the first call
@@ -53,56 +58,52 @@ class GPT2MLP(keras.layers.Layer):
         return self.dropout(self.c_proj(self.act(self.c_fc(x))), training=training)
 
 
-class GPT2Block(keras.layers.Layer):
+class GPT2Block(Block):
     """x + attn(ln_1 x) [+ crossattention(ln_cross_attn x)] + mlp(ln_2 x)."""
 
-    def __init__(self, c: GPT2Config, layer_idx: int, shared: GPT2Block | None = None,
-                 **kwargs):
+    def __init__(self, c: GPT2Config, **kwargs):
         super().__init__(**kwargs)
-        scale = (c.n_embd // c.n_head) ** -0.5 if c.scale_attn_weights else 1.0
-        if c.scale_attn_by_inverse_layer_idx:
-            scale /= float(layer_idx + 1)
-        kw = dict(dropout=c.attn_pdrop, resid_dropout=c.resid_pdrop, scale=scale,
-                  std=c.initializer_range, proj_std=c.initializer_range / math.sqrt(2 * c.n_layer))
-        if shared is not None:  # tie_encoder_decoder: the encoder block's sublayers
-            self.ln_1, self.attn, self.ln_2 = shared.ln_1, shared.attn, shared.ln_2
-        else:
-            self.ln_1 = _layer_norm(c, "ln_1")
-            self.attn = Attention(c.n_embd, c.n_head, gpt2=True, cross=False, name="attn", **kw)
-            self.ln_2 = _layer_norm(c, "ln_2")
+        h, eps = c.hidden_size, c.layer_norm_epsilon
+        scale = (c.hidden_size // c.num_attention_heads) ** -0.5 if c.scale_attn_weights else 1.0
+        kw = dict(dropout=c.attn_pdrop, resid_dropout=c.resid_pdrop, scale=scale)
+        self.ln_1 = layer_norm(eps, "ln_1")
+        self.attn = Attention(h, c.num_attention_heads, GPT2_SELF_ATTENTION, cross=False,
+                              name="attn", **kw)
+        self.ln_2 = layer_norm(eps, "ln_2")
         if c.add_cross_attention:
-            self.crossattention = Attention(c.n_embd, c.n_head, gpt2=True, cross=True,
-                                            name="crossattention", **kw)
-            self.ln_cross_attn = _layer_norm(c, "ln_cross_attn")
-        self.mlp = shared.mlp if shared is not None else GPT2MLP(c, name="mlp")
+            self.crossattention = Attention(h, c.num_attention_heads, GPT2_CROSS_ATTENTION,
+                                            cross=True, name="crossattention", **kw)
+            self.ln_cross_attn = layer_norm(eps, "ln_cross_attn")
+        else:
+            self.crossattention = self.ln_cross_attn = None
+        self.mlp = GPT2MLP(c, name="mlp")
         self.built = True  # sublayers create their variables on the first call
 
-    def call(self, x: tf.Tensor, attn_mask: Mask | None = None, *, states=None,
-             cross_mask: Mask | None = None, past: tuple | None = None,
+    def call(self, x: tf.Tensor, mask: Mask | None = None, states: tf.Tensor | None = None,
+             cross_mask: Mask | None = None, past: Past | None = None,
              output_attentions: bool = False, training: bool = False):
-        """-> (x, self probs, cross probs, present (k, v[, cross_k, cross_v]))."""
-        a, probs, kv = self.attn(self.ln_1(x), attn_mask, past=None if past is None else past[:2],
+        """-> (x, self probs, cross probs, present (k, v[, ck, cv]))."""
+        a, probs, kv = self.attn(self.ln_1(x), mask=mask, past=None if past is None else past[:2],
                                  output_attentions=output_attentions, training=training)
         x = x + a
-        cross_probs = None
-        if states is not None or (past is not None and len(past) == 4):
+        cross_probs, present = None, kv
+        cross_past = past[2:] if past is not None and len(past) == 4 else None
+        if states is not None or cross_past is not None:
+            if self.crossattention is None:
+                raise ValueError("encoder_hidden_states given, but this GPT-2 has no "
+                                 "cross-attention: set config.add_cross_attention=True")
             a, cross_probs, ckv = self.crossattention(
-                self.ln_cross_attn(x), cross_mask, states=states,
-                past=None if past is None else past[2:], output_attentions=output_attentions,
-                training=training)
+                self.ln_cross_attn(x), mask=cross_mask, states=states, past=cross_past,
+                output_attentions=output_attentions, training=training)
             x = x + a
-            kv = kv + ckv
-        return x + self.mlp(self.ln_2(x), training=training), probs, cross_probs, kv
+            present = kv + ckv
+        return x + self.mlp(self.ln_2(x), training=training), probs, cross_probs, present
 
-    def cross_kv(self, states: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Cross-attention keys/values (Be, h, S, d), computed once per generation."""
-        return self.crossattention.project_kv(states)
-
-    def step(self, x: tf.Tensor, cache: tuple, cache_index, attn_mask: Mask,
-             cross_mask: Mask | None) -> tuple[tf.Tensor, tuple]:
-        """Static-cache decoding: cache = (self_k_buf, self_v_buf, cross_k, cross_v)."""
+    def step(self, x: tf.Tensor, cache: tuple[tf.Tensor, ...], cache_index, mask: Mask,
+             cross_mask: Mask | None) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
+        """Static-cache step; cache = (k_buf, v_buf, cross_k, cross_v)."""
         k_buf, v_buf, ck, cv = cache
-        a, k_buf, v_buf = self.attn.step_self(self.ln_1(x), k_buf, v_buf, cache_index, attn_mask)
+        a, k_buf, v_buf = self.attn.step_self(self.ln_1(x), k_buf, v_buf, cache_index, mask)
         x = x + a
         x = x + self.crossattention.step_cross(self.ln_cross_attn(x), ck, cv, cross_mask)
         return x + self.mlp(self.ln_2(x)), (k_buf, v_buf, ck, cv)
@@ -113,46 +114,41 @@ class GPT2Model(keras.Model):
 
     config_class = GPT2Config
 
-    def __init__(self, config: GPT2Config, *, shared: GPT2Model | None = None,
-                 name: str = "transformer", **kwargs):
-        """`shared`: an encoder `GPT2Model` whose embeddings, blocks' sublayers and `ln_f` this
-        model reuses (the reference's `tie_encoder_decoder`)."""
+    def __init__(self, config: GPT2Config, *, name: str = "transformer", **kwargs):
         super().__init__(name=name, **kwargs)
+        _check_supported(config)
         self.config = config
-        init = normal(config.initializer_range)
-        if shared is not None:
-            self.wte, self.wpe = shared.wte, shared.wpe
-        else:
-            self.wte = keras.layers.Embedding(config.vocab_size, config.n_embd,
-                                              embeddings_initializer=init, name="wte")
-            self.wpe = keras.layers.Embedding(config.n_positions, config.n_embd,
-                                              embeddings_initializer=init, name="wpe")
-        self.drop = keras.layers.Dropout(config.embd_pdrop, name="drop")
-        tied = [] if shared is None else shared.h
-        self.h = [GPT2Block(config, i, tied[i] if i < len(tied) else None, name=f"h_{i}")
-                  for i in range(config.n_layer)]
-        self.ln_f = shared.ln_f if shared is not None else _layer_norm(config, "ln_f")
+        with params.constructing() as c:
+            self.wte = embed(config.vocab_size, config.hidden_size, "wte")
+            self.wpe = embed(config.max_position_embeddings, config.hidden_size, "wpe")
+            self.drop = keras.layers.Dropout(config.embd_pdrop, name="drop")
+            self.h = [GPT2Block(config, name=f"h_{i}") for i in range(config.num_hidden_layers)]
+            self.ln_f = layer_norm(config.layer_norm_epsilon, "ln_f")
         self.built = True  # sublayers create their variables on the first call
-        params.build(self, config)
+        if c.outermost:
+            self(**params.one_token(config))  # creates the variables
+            params.materialize(self, [(self, self.table(), config)])
 
     def table(self) -> Table:
-        return gpt2_model(self.config)
+        return architecture(self.config).encoder_table(self.config)
+
+    def get_input_embeddings(self) -> keras.layers.Embedding:
+        return self.wte
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """A GPT-2 checkpoint (with or without the `transformer.` prefix)."""
+        """Load a single-model checkpoint (with or without the `transformer.` prefix)."""
         return params.load_backbone(cls, path_or_id, **kwargs)
 
-    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any):
-        return params.save_backbone(self, directory, **kwargs)
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
+        return params.save_backbone(self, directory, max_shard_size)
 
-    def _embed(self, input_ids, position_ids, inputs_embeds, token_type_ids, past,
+    def _embed(self, input_ids, token_type_ids, position_ids, inputs_embeds, past_length,
                training: bool = False) -> tf.Tensor:
-        if inputs_embeds is None:
-            inputs_embeds = self.wte(input_ids)  # (B, T, H)
-        if position_ids is None:
-            position_ids = (tf.range(tf.shape(inputs_embeds)[1]) + tf.cast(past, tf.int32))[None]
-        x = inputs_embeds + self.wpe(position_ids)
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        if position_ids is None:  # past + arange(T), regardless of padding (as the reference)
+            position_ids = (tf.range(tf.shape(x)[1]) + tf.cast(past_length, tf.int32))[None]
+        x = x + self.wpe(position_ids)
         if token_type_ids is not None:
             x = x + self.wte(token_type_ids)
         return self.drop(x, training=training)
@@ -163,78 +159,98 @@ class GPT2Model(keras.Model):
              output_hidden_states=False, return_dict=True, training=False):
         """As the reference's `GPT2Model` (always causal; arguments in BertModel's order, as
         every encdec backbone); legacy-tuple `past_key_values`."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         c = self.config
         use_cache = bool(c.use_cache if use_cache is None else use_cache)
-        past = 0 if past_key_values is None else tf.shape(past_key_values[0][0])[2]
-        x = self._embed(input_ids, position_ids, inputs_embeds, token_type_ids, past, training)
-        t = tf.shape(x)[1]
-        attn_mask = causal_mask(t, past, past + t, x.dtype, attention_mask)
-        cross_mask = padding_mask(encoder_attention_mask, x.dtype)
-        hidden, attns, crosses, presents = [x], [], [], []
+        ref = input_ids if input_ids is not None else inputs_embeds
+        past = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        if past is None:  # a dynamic cache length: the positions follow the tensor
+            past = tf.shape(past_key_values[0][0])[2]
+        else:
+            check_length(c, "input_ids" if input_ids is not None else "inputs_embeds",
+                         ref.shape[1], past)
+        x = self._embed(input_ids, token_type_ids, position_ids, inputs_embeds, past, training)
+        b, t = tf.shape(x)[0], tf.shape(x)[1]
+        mask = causal_mask(b, t, past, past + t, x.dtype, attention_mask)
+        cross_mask = padding_mask(encoder_attention_mask, x.dtype) \
+            if encoder_hidden_states is not None else None
+        hidden, attns, cross_attns, presents = [], [], [], []
         for i, block in enumerate(self.h):
-            x, probs, cross_probs, kv = block(
-                x, attn_mask, states=encoder_hidden_states, cross_mask=cross_mask,
-                past=None if past_key_values is None else past_key_values[i],
-                output_attentions=output_attentions, training=training)
             hidden.append(x)
-            attns.append(probs)
-            crosses.append(cross_probs)
-            presents.append(kv)
+            x, p, cp, present = block(x, mask=mask, states=encoder_hidden_states,
+                                      cross_mask=cross_mask,
+                                      past=None if past_key_values is None else past_key_values[i],
+                                      output_attentions=output_attentions, training=training)
+            attns.append(p)
+            cross_attns.append(cp)
+            presents.append(present)
         x = self.ln_f(x)
-        hidden[-1] = x  # as the reference: the last hidden state is after ln_f
+        hidden.append(x)  # as the reference: the last hidden state is after ln_f
         out = BaseModelOutput(
             last_hidden_state=x,
             past_key_values=tuple(presents) if use_cache else None,
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attentions=tuple(attns) if output_attentions else None,
-            cross_attentions=tuple(crosses) if output_attentions and crosses[0] is not None
-            else None)
+            cross_attentions=tuple(cross_attns)
+            if output_attentions and cross_attns[0] is not None else None)
         return out if return_dict else out.to_tuple()
 
-    def step(self, input_ids: tf.Tensor, cache: tuple, cache_index, encoder_attention_mask=None,
-             attention_mask=None) -> tuple[tf.Tensor, tuple]:
-        """Static-cache decoding through every block: -> (hidden (B, T, H), new cache)."""
-        x = self._embed(input_ids, None, None, None, cache_index)  # positions cache_index + t
-        max_len = tf.shape(cache[0][0])[2]
-        attn_mask = causal_mask(tf.shape(x)[1], cache_index, max_len, x.dtype, attention_mask)
+    def cross_kv(self, encoder_hidden_states: tf.Tensor) -> tuple[tuple[tf.Tensor, tf.Tensor], ...]:
+        """Cross-attention keys/values (Be, h, S, d) of every block, computed once."""
+        return tuple(block.crossattention.project_kv(encoder_hidden_states) for block in self.h)
+
+    def step(self, input_ids: tf.Tensor, cache: tuple, cache_index,
+             encoder_attention_mask: tf.Tensor | None,
+             decoder_attention_mask: tf.Tensor | None = None) -> tuple[tf.Tensor, tuple]:
+        """Static-cache decoding step: input_ids (B, T) at positions cache_index + arange(T)."""
+        max_len = cache[0][0].shape[2]
+        if isinstance(cache_index, int):
+            check_length(self.config, "input_ids", input_ids.shape[1], cache_index)
+        else:  # a traced index: what the cache can hold must fit the table
+            check_length(self.config, "the decoder cache", max_len)
+        x = self._embed(input_ids, None, None, None, cache_index)  # (B, T, H)
+        mask = causal_mask(tf.shape(x)[0], tf.shape(x)[1], cache_index, max_len, x.dtype,
+                           decoder_attention_mask)
         cross_mask = padding_mask(encoder_attention_mask, x.dtype)
         new = []
-        for block, entry in zip(self.h, cache, strict=True):
-            x, entry = block.step(x, entry, cache_index, attn_mask, cross_mask)
-            new.append(entry)
+        for block, layer_cache in zip(self.h, cache, strict=True):
+            x, layer_cache = block.step(x, layer_cache, cache_index, mask, cross_mask)
+            new.append(layer_cache)
         return self.ln_f(x), tuple(new)
 
 
 class GPT2LMHeadModel(keras.Model):
-    """transformers' `GPT2LMHeadModel`: `transformer` + `lm_head` (tied to `wte`)."""
+    """transformers' `GPT2LMHeadModel`: `transformer` + `lm_head` (no bias), whose weight is
+    `wte`'s matrix when the table ties it (then it holds no variable of its own)."""
 
     config_class = GPT2Config
 
-    def __init__(self, config: GPT2Config, *, shared: GPT2Model | None = None,
-                 name: str = "gpt2_lm_head", **kwargs):
+    def __init__(self, config: GPT2Config, *, name: str = "gpt2_lm_head", **kwargs):
         super().__init__(name=name, **kwargs)
         self.config = config
-        self.transformer = GPT2Model(config, shared=shared, name="transformer")
-        if not config.tie_word_embeddings:
-            self.lm_head = dense(config.vocab_size, "lm_head", config.initializer_range,
-                                 use_bias=False)
+        tied = self.table().by_name["lm_head.weight"].tied_to is not None
+        with params.constructing() as c:
+            self.transformer = GPT2Model(config, name="transformer")
+            self.lm_head = None if tied else dense(config.vocab_size, "lm_head", use_bias=False)
         self.built = True  # sublayers create their variables on the first call
-        params.build(self, config)
+        if c.outermost:
+            self(**params.one_token(config))  # creates the variables
+            params.materialize(self, [(self, self.table(), config)])
 
     def table(self) -> Table:
-        return gpt2_lm_head_model(self.config)
+        return architecture(self.config).decoder_table(self.config)
 
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """A GPT-2 checkpoint; weights it lacks (cross-attention) are initialised, reported."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
+    @property
+    def base_model(self) -> GPT2Model:
+        return self.transformer
 
-    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any):
-        return params.save_backbone(self, directory, **kwargs)
+    def get_input_embeddings(self) -> keras.layers.Embedding:
+        return self.transformer.wte
 
     def logits(self, hidden: tf.Tensor) -> tf.Tensor:
         """(B, T, H) -> (B, T, V)."""
-        if hasattr(self, "lm_head"):
+        if self.lm_head is not None:
             return self.lm_head(hidden)
         return tf.einsum("bth,vh->btv", hidden, self.transformer.wte.embeddings)
 
@@ -248,20 +264,30 @@ class GPT2LMHeadModel(keras.Model):
                                past_key_values, use_cache=use_cache,
                                output_attentions=output_attentions,
                                output_hidden_states=output_hidden_states, training=training)
-        logits = self.logits(out.last_hidden_state)
+        logits = self.logits(out.last_hidden_state)  # (B, T, V)
         loss = None if labels is None else causal_lm_loss(logits, labels)
         out = CausalLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
                              hidden_states=out.hidden_states, attentions=out.attentions,
                              cross_attentions=out.cross_attentions)
         return out if return_dict else out.to_tuple()
 
-    def cross_kv(self, states: tf.Tensor) -> tuple[tuple[tf.Tensor, tf.Tensor], ...]:
-        """Per block, cross-attention (k, v) (Be, h, S, d) of the encoder states."""
-        return tuple(block.cross_kv(states) for block in self.transformer.h)
+    def cross_kv(self, encoder_hidden_states: tf.Tensor) -> tuple[tuple[tf.Tensor, tf.Tensor], ...]:
+        return self.transformer.cross_kv(encoder_hidden_states)
 
     def step(self, input_ids: tf.Tensor, cache: tuple, cache_index,
-                    encoder_attention_mask=None, attention_mask=None) -> tuple[tf.Tensor, tuple]:
-        """Static-cache decoding: input_ids (B, T) -> (logits (B, T, V), new cache)."""
+             encoder_attention_mask: tf.Tensor | None,
+             decoder_attention_mask: tf.Tensor | None = None) -> tuple[tf.Tensor, tuple]:
+        """Static-cache decoding step -> (logits (B, T, V), new cache)."""
         x, cache = self.transformer.step(input_ids, cache, cache_index, encoder_attention_mask,
-                                         attention_mask)
+                                         decoder_attention_mask)
         return self.logits(x), cache
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
+        """Load a single-model checkpoint (non-strict: weights it lacks, e.g. cross-attention,
+        are initialised and reported)."""
+        return params.load_backbone(cls, path_or_id, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
+        return params.save_backbone(self, directory, max_shard_size,
+                                    architecture(self.config).lm_class)

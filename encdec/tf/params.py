@@ -10,10 +10,13 @@ name (`cls.predictions.bias`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import threading
 import weakref
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import keras
@@ -22,9 +25,10 @@ import tensorflow as tf
 
 from encdec.core import modeling
 from encdec.core.checkpoint import CheckpointError
-from encdec.core.config import ModelConfig
+from encdec.core.config import ConfigError, ModelConfig
 from encdec.core.modeling import load_backbone_weights, read_backbone_config
-from encdec.core.weights import Dialect
+from encdec.core.registry import architecture, initializers
+from encdec.core.weights import Dialect, Table, leaf, leaf_rule, to_dialect
 
 logger = logging.getLogger("encdec")
 
@@ -33,22 +37,21 @@ _LEAF_LAYERS = (keras.layers.Dense, keras.layers.LayerNormalization, keras.layer
 _MAPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def variables(model: keras.layers.Layer) -> dict[str, keras.Variable]:
-    """path -> variable for every weight of `model`, by attribute names (cached per model)."""
-    if model in _MAPS:
-        return _MAPS[model]
-    out: dict[str, keras.Variable] = {}
+def _walk(model: keras.layers.Layer) -> dict[str, tuple[keras.layers.Layer, str]]:
+    """path -> (owning layer, attribute name) of every variable of `model`."""
+    out: dict[str, tuple[keras.layers.Layer, str]] = {}
 
     def visit(obj: keras.layers.Layer, prefix: str) -> None:
         if isinstance(obj, _LEAF_LAYERS):
+            attrs = {id(v): k for k, v in vars(obj).items() if isinstance(v, keras.Variable)}
             for v in obj.weights:
-                out[prefix + v.name] = v
+                out[prefix + v.name] = (obj, attrs[id(v)])
             return
         for name, value in vars(obj).items():
             if name.startswith("_"):
                 continue
             if isinstance(value, keras.Variable):
-                out[prefix + name] = value
+                out[prefix + name] = (obj, name)
             elif isinstance(value, keras.layers.Layer):
                 visit(value, f"{prefix}{name}.")
             elif isinstance(value, (list, tuple)) and value \
@@ -57,15 +60,23 @@ def variables(model: keras.layers.Layer) -> dict[str, keras.Variable]:
                     visit(x, f"{prefix}{name}.{i}.")
 
     visit(model, "")
+    return out
+
+
+def variables(model: keras.layers.Layer) -> dict[str, keras.Variable]:
+    """path -> variable for every weight of `model`, by attribute names (cached per model)."""
+    if model in _MAPS:
+        return _MAPS[model]
+    out = {path: getattr(owner, attr) for path, (owner, attr) in _walk(model).items()}
     if not out:
         raise CheckpointError(f"{type(model).__name__} has no variables: build it first")
     _MAPS[model] = out
     return out
 
 
-def assign(model: keras.layers.Layer, path: str, array: np.ndarray) -> None:
+def assign(module: keras.layers.Layer, path: str, array: np.ndarray) -> None:
     """Write `array` (dialect layout) into the variable at `path`."""
-    var = _lookup(model, path)
+    var = _lookup(module, path)
     if tuple(var.shape) != tuple(array.shape):
         raise CheckpointError(f"{path}: variable has shape {tuple(var.shape)}, "
                               f"got {tuple(array.shape)}")
@@ -81,9 +92,9 @@ def assign(model: keras.layers.Layer, path: str, array: np.ndarray) -> None:
         target[start:start + rows].assign(array[start:start + rows])
 
 
-def get(model: keras.layers.Layer, path: str) -> np.ndarray:
+def get(module: keras.layers.Layer, path: str) -> np.ndarray:
     """The variable at `path` as numpy."""
-    return _lookup(model, path).numpy()
+    return _lookup(module, path).numpy()
 
 
 def _lookup(model: keras.layers.Layer, path: str) -> keras.Variable:
@@ -93,10 +104,104 @@ def _lookup(model: keras.layers.Layer, path: str) -> keras.Variable:
         raise CheckpointError(f"{type(model).__name__} has no variable {path!r}") from None
 
 
-def build(model: keras.Model, config: ModelConfig) -> None:
-    """Create a backbone's variables with a one-token call (cross-attention included)."""
-    states = (tf.zeros((1, 1, config.hidden_size)) if config.add_cross_attention else None)
-    model(tf.zeros((1, 1), tf.int32), encoder_hidden_states=states, use_cache=False)
+# --- building, init and tying ---------------------------------------------------------------
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Inside this block, models keep the zeros their variables are created with instead of
+    drawing the reference's init: the caller is about to overwrite every one from a checkpoint
+    (drawing them would cost time, and the generator's temporaries raise the load's peak)."""
+    old = getattr(_state, "skip", False)
+    _state.skip = True
+    try:
+        yield
+    finally:
+        _state.skip = old
+
+
+def skipping_init() -> bool:
+    """Whether constructors should leave weights uninitialised (see `skip_init`)."""
+    return getattr(_state, "skip", False)
+
+
+class constructing:  # noqa: N801 - used as `with params.constructing() as c:`
+    """Only the outermost model builds, inits and ties the variables of what it contains.
+
+    `with constructing() as c: ...build sublayers...` then `if c.outermost: materialize(...)`.
+    """
+
+    def __enter__(self) -> constructing:
+        self.outermost = getattr(_state, "depth", 0) == 0
+        _state.depth = getattr(_state, "depth", 0) + 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _state.depth -= 1
+
+
+def one_token(config: ModelConfig) -> dict[str, tf.Tensor]:
+    """A backbone's inputs for the call that creates its variables (cross-attention included)."""
+    inputs = {"input_ids": tf.zeros((1, 1), tf.int32)}
+    if config.add_cross_attention:
+        inputs["encoder_hidden_states"] = tf.zeros((1, 1, config.hidden_size))
+    return inputs
+
+
+def materialize(module: keras.layers.Layer,
+                tables: Iterable[tuple[keras.layers.Layer, Table, ModelConfig]]) -> None:
+    """Once `module`'s variables exist (Keras creates them on the first call): unless in
+    `skip_init`, draw the init of every (sublayer, table, config) triple; tie the tied ones."""
+    for sub, table, config in tables:
+        if not skipping_init():
+            init_params(sub, table, config)
+        tie_params(sub, table)
+
+
+def init_params(module: keras.layers.Layer, table: Table, config: ModelConfig,
+                names: Iterable[str] | None = None) -> None:
+    """The reference's init, as the registry's data (`registry.initializers`): normal draws
+    (a zeroed padding row where the reference has one), ones, zeros or a fixed table."""
+    found = variables(module)
+    for p, init in initializers(table, config, None if names is None else set(names)):
+        var = found[leaf(p, Dialect.KERAS)]
+        if init.kind == "normal":
+            value = tf.random.normal(p.shape, stddev=init.std, dtype=var.dtype)
+            if init.zero_row is not None:
+                value = tf.tensor_scatter_nd_update(value, [[init.zero_row]],
+                                                    tf.zeros((1, *p.shape[1:]), var.dtype))
+            var.assign(tf.transpose(value) if leaf_rule(p.role, Dialect.KERAS)[1] else value)
+        elif init.kind == "array":
+            var.assign(to_dialect(p, init.array, Dialect.KERAS).astype(var.dtype))
+        else:
+            var.assign(tf.fill(var.shape, tf.constant(1.0 if init.kind == "ones" else 0.0,
+                                                      var.dtype)))
+
+
+def tie_params(module: keras.layers.Layer, table: Table) -> None:
+    """Make every tied parameter of `table` that `model` holds as a variable (the decoder copies
+    of `tie_encoder_decoder`, a decoder bias that is the head's `bias`) the very variable of its
+    source. A tied LM-head matrix holds none: the head reads the word embeddings (its layout
+    is the transpose of a kernel's)."""
+    found = _walk(module)
+    for p in table.params:
+        path = leaf(p, Dialect.KERAS)
+        if p.tied_to is None or path not in found:
+            continue
+        owner, attr = found[path]
+        src_owner, src_attr = found[leaf(table.by_name[p.tied_to], Dialect.KERAS)]
+        old, src = getattr(owner, attr), getattr(src_owner, src_attr)
+        if old is src:
+            continue
+        # Keras' list of the layer's own variables: the source replaces the dropped one
+        owner._untrack_variable(old)
+        locked, owner._tracker.locked = owner._tracker.locked, False
+        owner._track_variable(src)
+        owner._tracker.locked = locked
+        object.__setattr__(owner, attr, src)
+    _MAPS.clear()  # cached path maps may hold the replaced variables
 
 
 def load_backbone(cls: type, path_or_id: str | os.PathLike, *,
@@ -104,15 +209,26 @@ def load_backbone(cls: type, path_or_id: str | os.PathLike, *,
     """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
     the checkpoint lacks keep their random init and are reported), in inference mode."""
     directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
-    model = cls(config)
-    report = load_backbone_weights(model.table(), directory, Dialect.KERAS,
+    if config.model_type != cls.config_class.model_type:
+        arch = architecture(config)
+        raise ConfigError(f"{directory}: a {config.model_type!r} checkpoint; {cls.__name__} loads "
+                          f"{cls.config_class.model_type!r} ones (use {arch.base_class} or "
+                          f"{arch.lm_class})")
+    with skip_init():
+        model = cls(config)
+    table = model.table()
+    report = load_backbone_weights(table, directory, Dialect.KERAS,
                                    functools.partial(assign, model), cls.__name__)
+    init_params(model, table, config, report.missing)
+    tie_params(model, table)
     return (model, report) if output_loading_info else model
 
 
 def save_backbone(model: keras.Model, directory: str | os.PathLike,
-                  max_shard_size: int | str = "5GB"):
-    """`save_pretrained` of a backbone (core.modeling.save_backbone)."""
-    return modeling.save_backbone(directory, type(model).__name__, model.config, model.table(),
+                  max_shard_size: int | str = "5GB", reference_class: str | None = None):
+    """`save_pretrained` of a backbone (core.modeling.save_backbone); `reference_class` is the
+    reference's class name written to `architectures` (default: the model's class name)."""
+    name = reference_class or type(model).__name__
+    return modeling.save_backbone(directory, name, model.config, model.table(),
                                   Dialect.KERAS, functools.partial(get, model),
                                   max_shard_size=max_shard_size)

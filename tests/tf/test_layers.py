@@ -8,14 +8,15 @@ import pytest
 import tensorflow as tf
 
 from encdec.core import seq2seq
+from encdec.core.registry import BERT_ATTENTION, GPT2_CROSS_ATTENTION
 from encdec.tf.attention import (
     ACTIVATIONS,
     Attention,
-    causal_lm_loss,
     causal_mask,
     cross_entropy,
     padding_mask,
 )
+from encdec.tf.bert import causal_lm_loss
 from tests.conftest import make_batch
 
 from .conftest import max_diff
@@ -42,7 +43,7 @@ def test_cross_entropy_matches_core():
 
 def test_mask_semantics():
     pad = tf.constant([[1, 1, 1, 0], [0, 1, 1, 1]])
-    m = causal_mask(2, 2, 4, tf.float32, pad)  # queries at positions 2, 3 over 4 keys
+    m = causal_mask(2, 2, 2, 4, tf.float32, pad)  # queries at positions 2, 3 over 4 keys
     allowed = m.bias.numpy() == 0  # (B, 1, Tq, Tk)
     want = np.array([[[1, 1, 1, 0], [1, 1, 1, 0]], [[0, 1, 1, 0], [0, 1, 1, 1]]], bool)
     np.testing.assert_array_equal(allowed[:, 0], want)
@@ -51,9 +52,9 @@ def test_mask_semantics():
     np.testing.assert_array_equal(p.keep.numpy()[:, 0, 0, 0], [1.0, 0.0])  # empty row -> zeros
 
 
-@pytest.mark.parametrize("gpt2", [False, True], ids=["bert", "gpt2"])
-def test_step_cross_groups_beams_without_repeating_kv(gpt2):
-    attn = Attention(16, 4, gpt2=gpt2, cross=True, name="crossattention")
+@pytest.mark.parametrize("names", [BERT_ATTENTION, GPT2_CROSS_ATTENTION], ids=["bert", "gpt2"])
+def test_step_cross_groups_beams_without_repeating_kv(names):
+    attn = Attention(16, 4, names, cross=True, name="crossattention")
     rng = np.random.default_rng(0)
     states = tf.constant(rng.normal(size=(2, 5, 16)), tf.float32)  # (Be, S, H)
     x = tf.constant(rng.normal(size=(6, 2, 16)), tf.float32)  # (Be * 3 beams, T, H)
