@@ -69,20 +69,19 @@ class BertEmbeddings(nn.Module):
     def forward(self, input_ids: Tensor | None, token_type_ids: Tensor | None,
                 position_ids: Tensor, inputs_embeds: Tensor | None) -> Tensor:
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, E)
-        if self.token_type_embeddings is None:
-            if token_type_ids is not None:
-                raise ValueError("token_type_ids given, but this architecture has no token type "
-                                 "embeddings (its registry layout has token_types=False)")
-        else:
+        if self.token_type_embeddings is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
             x = x + self.token_type_embeddings(token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given, but this architecture has no token type "
+                             "embeddings (its registry layout has token_types=False)")
         x = x + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(x))
 
 
 def default_position_ids(config: ModelConfig, input_ids: Tensor | None, length: int,
-                 past: int | Tensor, device: torch.device) -> Tensor:
+                         past: int | Tensor, device: torch.device) -> Tensor:
     """The reference's default positions ((1|B, T), `encdec.core.registry.position_ids`):
     past + arange(T); RoBERTa's pad + (cumsum(ids != pad) + past) * (ids != pad), or
     arange(pad + 1, T + pad + 1) for inputs_embeds."""
