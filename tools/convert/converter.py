@@ -439,6 +439,12 @@ def _convert(src: Path, dst: Path, to: str, source_format: str | None, split: bo
              verify_result: bool, dtype: str, shard_size: str | int, quiet: bool,
              log: Callable[[str], None]) -> Result:
     source = open_source(src, source_format)
+    if to in DIALECTS and not split:  # the reference's classes may not hold this architecture
+        try:
+            reference_names(source.config, DIALECTS[to])
+        except CheckpointError as e:
+            source.close()
+            raise InputError(str(e)) from None
     diff = None
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
