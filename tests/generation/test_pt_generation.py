@@ -1,6 +1,8 @@
-"""encdec.pt.generation against transformers' PyTorch `generate`: identical token ids for greedy
-and beam search, the reference's samples under the same seed, the sampling distribution, the
-static-cache decoding contract, and generation-config handling."""
+"""What only encdec.pt.generation has, against transformers' PyTorch `generate`: identical
+tokens over the full grid of controls (one torch model per case is cheap; the compiled
+backends run the shared subset in test_generation.py), the reference's samples under the same
+torch seed, the sampling distribution, the static-cache decoding contract, and
+generation-config handling."""
 
 from __future__ import annotations
 
@@ -100,26 +102,6 @@ def test_several_eos_ids_and_no_mask(kw):
                                                 **kw), want)
 
 
-@pytest.mark.parametrize("kw", [dict(max_new_tokens=7), dict(max_new_tokens=7, num_beams=4,
-                                                             num_return_sequences=2)], ids=_ids)
-@pytest.mark.parametrize("name", oracle.NAMES)
-def test_scores_match_reference(name, kw):
-    ref_model = oracle.reference(name, 2)
-    x, a = oracle.batch(2)
-    kw = dict(kw, eos_token_id=oracle.eos_at_step(ref_model, x, a), return_dict_in_generate=True,
-              output_scores=True)
-    got, want = _generate(ours(name, 2), x, a, **kw), oracle.hf_generate(ref_model, x, a, **kw)
-    assert set(got) == set(want)
-    np.testing.assert_array_equal(got.sequences.numpy(), want["sequences"])
-    assert len(got.scores) == len(want["scores"])
-    for s, r in zip(got.scores, want["scores"], strict=True):
-        np.testing.assert_allclose(s.numpy(), r, rtol=0, atol=1e-5)
-    if "sequences_scores" in want:
-        np.testing.assert_allclose(got.sequences_scores.numpy(), want["sequences_scores"],
-                                   rtol=0, atol=1e-5)
-        np.testing.assert_array_equal(got.beam_indices.numpy(), want["beam_indices"])
-
-
 # --- sampling --------------------------------------------------------------------------------
 
 SAMPLE_CASES = [
@@ -143,15 +125,6 @@ def test_sampling_matches_reference_under_the_same_seed(name, kw):
         torch.manual_seed(seed)
         np.testing.assert_array_equal(got, oracle.hf_generate(ref_model, x, a, max_new_tokens=10,
                                                               **kw))
-
-
-def test_sampling_with_top_k_1_is_greedy():
-    x, a = oracle.batch(1)
-    model = ours("bert2gpt2")
-    greedy = _generate(model, x, a, max_new_tokens=10)
-    for seed in range(3):
-        np.testing.assert_array_equal(
-            _generate(model, x, a, max_new_tokens=10, do_sample=True, top_k=1, seed=seed), greedy)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(num_beams=2, num_return_sequences=2)], ids=_ids)
