@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,6 +34,39 @@ def fixture_dir(name: str, fmt: str) -> Path:
 def fixture_inputs(name: str) -> dict[str, np.ndarray]:
     """The batch and the reference's recorded logits of a fixture."""
     return dict(np.load(FIXTURES / name / "inputs_logits.npz"))
+
+
+# tiny configs; pad 1 so that RoBERTa's positions start at 2 (pad + 1), as in its checkpoints
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=37, max_position_embeddings=64, bos_token_id=0, pad_token_id=1,
+            eos_token_id=3)
+TINY_EXTRA = dict(hidden_dim=37, n_inner=37, embedding_size=16)  # where the config has them
+
+
+def reference_pair(encoder: str, decoder: str, directory: Path, **composite: Any) -> Path:
+    """A transformers EncoderDecoderModel of the pair (model types), random weights (biases and
+    LayerNorms too), saved with save_pretrained; `composite` is set on the composite config."""
+    import torch
+    import transformers as tr
+
+    def config(model_type: str, **kw):
+        known = tr.AutoConfig.for_model(model_type).to_dict()
+        extra = {k: v for k, v in TINY_EXTRA.items() if k in known}
+        return tr.AutoConfig.for_model(model_type, **TINY, **extra, **kw)
+
+    cfg = tr.EncoderDecoderConfig.from_encoder_decoder_configs(
+        config(encoder), config(decoder, is_decoder=True, add_cross_attention=True))
+    cfg.decoder_start_token_id, cfg.pad_token_id, cfg.eos_token_id = 2, 1, 3
+    for k, v in composite.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(0)
+    model = tr.EncoderDecoderModel(config=cfg).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias") or "norm" in n.lower() or ".ln_" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(directory)
+    return directory
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from encdec.cli import main as encdec_main
 from encdec.core.registry import ARCHITECTURES
 from tools.convert import backends
 
-from .conftest import fixture_dir
+from .conftest import fixture_dir, reference_pair
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
@@ -56,41 +56,10 @@ def _covering_pairs() -> list[tuple[str, str]]:
     return [(a.name, decoders[(i + 1) % len(decoders)]) for i, a in enumerate(ARCHITECTURES)]
 
 
-# tiny configs; pad 1 so that RoBERTa's positions start at 2 (pad + 1), as in its checkpoints
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=37, max_position_embeddings=64, bos_token_id=0, pad_token_id=1,
-            eos_token_id=3)
-TINY_EXTRA = dict(hidden_dim=37, n_inner=37, embedding_size=16)  # where the config has them
-
-
-def _reference_pair(encoder: str, decoder: str, directory: Path) -> Path:
-    """A transformers EncoderDecoderModel of the pair, random weights (biases and LayerNorms
-    too), saved with save_pretrained."""
-    import torch
-    import transformers as tr
-
-    def config(model_type: str, **kw):
-        known = tr.AutoConfig.for_model(model_type).to_dict()
-        extra = {k: v for k, v in TINY_EXTRA.items() if k in known}
-        return tr.AutoConfig.for_model(model_type, **TINY, **extra, **kw)
-
-    cfg = tr.EncoderDecoderConfig.from_encoder_decoder_configs(
-        config(encoder), config(decoder, is_decoder=True, add_cross_attention=True))
-    cfg.decoder_start_token_id, cfg.pad_token_id, cfg.eos_token_id = 2, 1, 3
-    torch.manual_seed(0)
-    model = tr.EncoderDecoderModel(config=cfg).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or "norm" in n.lower() or ".ln_" in n:
-                p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(directory)
-    return directory
-
-
 @pytest.mark.parametrize("encoder, decoder", _covering_pairs())
 def test_parity_every_architecture(capsys, tmp_path, encoder, decoder):
     """`encdec parity` on a checkpoint of each registered architecture, on both sides."""
-    ckpt = _reference_pair(encoder, decoder, tmp_path / f"{encoder}2{decoder}")
+    ckpt = reference_pair(encoder, decoder, tmp_path / f"{encoder}2{decoder}")
     code = encdec_main(["parity", str(ckpt), "--max-new-tokens", "4"])
     out = capsys.readouterr().out
     assert code == 0, out

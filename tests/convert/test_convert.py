@@ -14,7 +14,7 @@ import transformers
 from encdec.core.checkpoint import open_state_dict
 from tools.convert.files import H5Reader, read_msgpack
 
-from .conftest import FIXTURE_FILES, REFERENCE_FILES, fixture_dir, fixture_inputs
+from .conftest import FIXTURE_FILES, REFERENCE_FILES, fixture_dir, fixture_inputs, reference_pair
 
 BOUND = 1e-5  # DESIGN.md, fp32 logits
 
@@ -100,6 +100,22 @@ def test_round_trip_pt_tf_flax_pt_is_bit_identical(convert, reference_dir, tmp_p
     for k in before:
         assert before[k].dtype == after[k].dtype and np.array_equal(before[k], after[k]), k
     assert (tmp_path / "pt" / "vocab.txt").read_text() == "[PAD]\n"
+
+
+def test_tie_encoder_decoder_copies_travel_as_stored(convert, tmp_path):
+    """The decoder copies of a `tie_encoder_decoder` checkpoint (stored in full by the reference)
+    go through tf and flax bit-identically, and transformers loads the result unchanged."""
+    src = reference_pair("roberta", "roberta", tmp_path / "src", tie_encoder_decoder=True)
+    prev = src
+    for target in ("tf", "flax", "pt"):
+        code, _, err = convert(prev, tmp_path / target, "--to", target, "--no-verify")
+        assert code == 0, err
+        prev = tmp_path / target
+    before, after = _state(src), _state(tmp_path / "pt")
+    assert before.keys() == after.keys()
+    assert any(k.startswith("decoder.roberta.encoder.") for k in after)
+    for k in before:
+        assert np.array_equal(before[k], after[k]), k
 
 
 @pytest.mark.parametrize("target, dtype, stored", [

@@ -120,12 +120,16 @@ class Source:
 
     @property
     def names(self) -> list[str]:
-        return [p.name for p in self.table.owned]
+        """What a checkpoint stores: owned parameters and stored tied copies
+        (`tie_encoder_decoder`'s decoder weights, which the reference writes out in full)."""
+        return [p.name for p in self.table.saved]
 
     def get(self, name: str) -> np.ndarray:
-        """Canonical tensor of an owned parameter, shape-checked against the table."""
+        """Canonical tensor of a stored parameter, shape-checked against the table (a tied copy
+        the source does not hold is its owner's tensor)."""
+        owner = name if name in self.getters else _owner(self.table, name)
         try:
-            array = self.getters[name]()
+            array = self.getters[owner]()
         except CheckpointError as e:
             raise InputError(str(e)) from None
         want = self.table.by_name[name].shape
@@ -186,6 +190,10 @@ def _open_pt(directory: Path, config, gen, table: Table) -> Source:
         reader.close()
         raise InputError(f"{directory}: " + "; ".join(problems))
     getters = {name: (lambda key=key: reader[key]) for name, key in m.keys.items()}
+    keys = set(reader.keys())
+    for p in table.saved:  # stored tied copies are carried as stored (match_keys skips them)
+        if p.tied_to is not None and p.name in keys:
+            getters[p.name] = lambda key=p.name: reader[key]
     return Source(directory, "pt", config, gen, table, getters, reader.close)
 
 

@@ -174,8 +174,8 @@ def reference_names(config: EncoderDecoderConfig,
     tied_only = _tied_in_reference(config) if dialect.tied_only else set()
     conv1d = {p.name.rpartition(".")[0] for p in table.params if p.role is Role.CONV1D}
     out: dict[str, tuple[str, Layout]] = {}
-    for p in table.owned:
-        if p.name in tied_only:
+    for p in table.saved:  # tie_encoder_decoder's copies too: the reference stores them
+        if p.tied_to is None and p.name in tied_only:
             raise CheckpointError(f"{p.name} is not tied to the input embeddings; the reference's "
                                   f"{dialect.name} classes always tie it, so this checkpoint has "
                                   f"no {dialect.name} form")
