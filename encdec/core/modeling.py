@@ -24,7 +24,14 @@ from .checkpoint import (
     resolve_checkpoint,
     write_checkpoint,
 )
-from .config import EncoderDecoderConfig, GenerationConfig, ModelConfig, config_from_dict
+from .config import (
+    ConfigError,
+    EncoderDecoderConfig,
+    GenerationConfig,
+    ModelConfig,
+    config_from_dict,
+)
+from .registry import architecture
 from .seq2seq import split_kwargs
 from .weights import (
     Dialect,
@@ -79,6 +86,12 @@ def read_backbone_config(path_or_id: str | os.PathLike, expect: type[ModelConfig
     directory = resolve_checkpoint(path_or_id)
     config = config_from_dict(read_config_dict(directory), source=directory / CONFIG_NAME,
                               expect=expect, **overrides)
+    if expect.model_type and config.model_type != expect.model_type:
+        # a config subclass (RoBERTa's of BERT's) is another model: name the classes to use
+        arch = architecture(config)
+        classes = " or ".join(c for c in (arch.base_class, arch.lm_class) if c)
+        raise ConfigError(f"{directory / CONFIG_NAME}: model_type {config.model_type!r} is not a "
+                          f"{expect.__name__} ({expect.model_type!r}); load it with {classes}")
     return directory, config
 
 

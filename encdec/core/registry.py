@@ -342,6 +342,19 @@ def max_positions(c: ModelConfig) -> int:
     return c.max_position_embeddings - position_offset(c)
 
 
+def check_length(c: ModelConfig, argument: str, length: int, past: int = 0) -> None:
+    """Refuse `length` new tokens after `past` ones beyond the position table (every backend
+    calls this on the host, from static shapes, before any gather or compiled code)."""
+    limit = max_positions(c)
+    if past + length > limit:
+        offset = position_offset(c)
+        held = f"{length} tokens" + (f" after {past} cached ones" if past else "")
+        table = f"max_position_embeddings={c.max_position_embeddings}" + \
+            (f" minus the offset {offset}" if offset else "")
+        raise ValueError(f"{argument} has {held}; the {c.model_type} position table serves "
+                         f"{limit} ({table})")
+
+
 def position_ids(c: ModelConfig, input_ids: np.ndarray, past_length: int = 0) -> np.ndarray:
     """The reference's default position ids for `input_ids` (B, T) after `past_length` tokens
     (numpy; each backend writes the same rule in its own ops)."""

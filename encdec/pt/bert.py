@@ -21,31 +21,12 @@ from torch.utils.checkpoint import checkpoint
 from encdec.core import weights
 from encdec.core.config import BertConfig, ModelConfig
 from encdec.core.outputs import BaseModelOutput, CausalLMOutput
-from encdec.core.registry import (
-    BERT_ATTENTION,
-    Positions,
-    architecture,
-    max_positions,
-    position_offset,
-)
+from encdec.core.registry import BERT_ATTENTION, Positions, architecture, check_length
 
 from . import params
 from .attention import ACTIVATIONS, Attention, Mask, causal_mask, padding_mask
 
 Past = tuple[Tensor, ...]  # (self_k, self_v[, cross_k, cross_v]), each (B, h, T, d)
-
-
-def check_length(config: ModelConfig, argument: str, length: int, past: int = 0) -> None:
-    """Refuse `length` new tokens after `past` ones beyond the config's position table (checked
-    on the host from static shapes, before any gather)."""
-    limit = max_positions(config)
-    if past + length > limit:
-        offset = position_offset(config)
-        held = f"{length} tokens" + (f" after {past} cached ones" if past else "")
-        table = f"max_position_embeddings={config.max_position_embeddings}" + \
-            (f" minus the offset {offset}" if offset else "")
-        raise ValueError(f"{argument} has {held}; the {config.model_type} position table serves "
-                         f"{limit} ({table})")
 
 
 def _embedding_width(c: ModelConfig) -> int:

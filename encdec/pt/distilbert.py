@@ -18,11 +18,10 @@ from torch.utils.checkpoint import checkpoint
 from encdec.core import weights
 from encdec.core.config import DistilBertConfig
 from encdec.core.outputs import BaseModelOutput
-from encdec.core.registry import DISTILBERT_ATTENTION, architecture
+from encdec.core.registry import DISTILBERT_ATTENTION, architecture, check_length
 
 from . import params
 from .attention import ACTIVATIONS, Attention, Mask, padding_mask
-from .bert import check_length
 
 
 class DistilBertEmbeddings(nn.Module):

@@ -26,12 +26,12 @@ from encdec.core.modeling import (
     warm_start_weights,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
-from encdec.core.registry import architecture
+from encdec.core.registry import architecture, check_length
 from encdec.core.seq2seq import IGNORE_INDEX, shift_token_ids
 from encdec.core.weights import Dialect
 
 from . import params
-from .bert import BertLMHeadModel, BertModel, check_length
+from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
 

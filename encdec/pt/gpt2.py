@@ -16,11 +16,16 @@ from torch.utils.checkpoint import checkpoint
 from encdec.core import weights
 from encdec.core.config import GPT2Config
 from encdec.core.outputs import BaseModelOutput, CausalLMOutput
-from encdec.core.registry import GPT2_CROSS_ATTENTION, GPT2_SELF_ATTENTION, architecture
+from encdec.core.registry import (
+    GPT2_CROSS_ATTENTION,
+    GPT2_SELF_ATTENTION,
+    architecture,
+    check_length,
+)
 
 from . import params
 from .attention import ACTIVATIONS, Attention, Conv1D, Mask, causal_mask, padding_mask
-from .bert import Past, causal_lm_loss, check_length
+from .bert import Past, causal_lm_loss
 
 
 def _check_supported(c: GPT2Config) -> None:

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from encdec.core import modeling
-from encdec.core.config import ConfigError, ModelConfig
+from encdec.core.config import ModelConfig
 from encdec.core.modeling import load_backbone_weights, read_backbone_config
-from encdec.core.registry import architecture, initializers
+from encdec.core.registry import initializers
 from encdec.core.weights import Dialect, Table
 
 logger = logging.getLogger("encdec")
@@ -118,12 +118,6 @@ def load_backbone(cls: type, path_or_id, *, output_loading_info: bool = False, *
     """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
     the checkpoint lacks are initialised and reported), returned in eval mode."""
     directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
-    want = cls.config_class.model_type
-    if config.model_type != want:  # a config subclass (RoBERTa's of BERT's) is another model
-        arch = architecture(config)
-        classes = " or ".join(c for c in (arch.base_class, arch.lm_class) if c)
-        raise ConfigError(f"{directory / 'config.json'}: model_type {config.model_type!r} is not "
-                          f"a {cls.config_class.__name__} ({want!r}); load it with {classes}")
     with skip_init():
         model = cls(config)
     table = model.table()
