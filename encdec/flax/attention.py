@@ -74,18 +74,22 @@ def embed(num: int, size: int, *, rngs: nnx.Rngs) -> nnx.Embed:
 
 class LMDecoder(nnx.Module):
     """An LM head's vocabulary projection (`decoder`, `generator_lm_head`, `lm_head`): its own
-    `kernel` (in, vocab), or, when the weight table ties it to the word embeddings, that very
-    (vocab, in) Variable, shared by `params.tie`; plus an optional `bias` (vocab,)."""
+    `kernel` (in, vocab), or, when the weight table ties it to the word embeddings, none: the
+    caller passes that (vocab, in) matrix (so the Variable keeps its owner's path); plus an
+    optional `bias` (vocab,), which `params.tie` may make another Variable (RoBERTa's)."""
 
     def __init__(self, n_in: int, vocab: int, *, tied: bool, use_bias: bool = True,
                  rngs: nnx.Rngs):
         self.tied = tied
-        self.kernel = nnx.data(None) if tied else nnx.Param(jnp.zeros((n_in, vocab)))  # params.tie
+        self.kernel = None if tied else nnx.Param(jnp.zeros((n_in, vocab)))
         self.bias = nnx.Param(jnp.zeros((vocab,))) if use_bias else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        spec = "...i,vi->...v" if self.tied else "...i,iv->...v"  # (B, T, in) -> (B, T, V)
-        logits = jnp.einsum(spec, x, self.kernel[...], precision=PRECISION)
+    def __call__(self, x: jax.Array, embedding: jax.Array | None = None) -> jax.Array:
+        """x (B, T, in) -> logits (B, T, V); `embedding` (V, in) when tied."""
+        if self.tied:
+            logits = jnp.einsum("...i,vi->...v", x, embedding, precision=PRECISION)
+        else:
+            logits = jnp.einsum("...i,iv->...v", x, self.kernel[...], precision=PRECISION)
         return logits if self.bias is None else logits + self.bias[...]
 
 

@@ -381,7 +381,7 @@ class BertLMHeadModel(nnx.Module):
             x = ACTIVATIONS[self.activation](_find(self, self.head.dense)(x))
         if self.head.norm:
             x = _find(self, self.head.norm)(x)
-        return _find(self, self.head.decoder)(x)
+        return _find(self, self.head.decoder)(x, self.get_input_embeddings().embedding[...])
 
     def __call__(self, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
                  token_type_ids: jax.Array | None = None, position_ids: jax.Array | None = None,

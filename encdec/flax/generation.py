@@ -46,8 +46,7 @@ def generate(model: nnx.Module, input_ids: Any, attention_mask: Any = None, *,
     decoder start token, as transformers' `generate`; a `GenerateOutput` when
     `return_dict_in_generate`. `rng` (a jax PRNG key) makes sampling reproducible (random when
     None)."""
-    p = gen.plan(model.config, generation_config or getattr(model, "generation_config", None),
-                 **kwargs)
+    p = gen.plan(model.config, generation_config or model.generation_config, **kwargs)
     gen.check_positions(model.config.decoder, p)
     ids = np.asarray(input_ids)
     # no mask: every position is attended (the reference infers none for encoder-decoders)

@@ -235,7 +235,7 @@ class GPT2LMHeadModel(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """The LM head: hidden (B, T, H) -> logits (B, T, V)."""
-        return self.lm_head(hidden)
+        return self.lm_head(hidden, self.transformer.wte.embedding[...])
 
     def __call__(self, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
                  token_type_ids: jax.Array | None = None, position_ids: jax.Array | None = None,

@@ -25,7 +25,7 @@ from encdec.core.checkpoint import CheckpointError
 from encdec.core.config import ConfigError, ModelConfig
 from encdec.core.modeling import load_backbone_weights, read_backbone_config
 from encdec.core.registry import architecture, initializers
-from encdec.core.weights import Dialect, Table, leaf, to_dialect
+from encdec.core.weights import Dialect, Table, leaf, leaf_rule, to_dialect
 
 logger = logging.getLogger("encdec")
 
@@ -64,15 +64,18 @@ def assign(model: nnx.Module, path: str, array: np.ndarray) -> None:
 
 def tie(model: nnx.Module, table: Table) -> None:
     """Make every tied parameter of `table` the very Variable of its source (followed to the
-    owning parameter): LM-head decoders and their biases, and `tie_encoder_decoder`'s decoder
-    copies. The one tying mechanism of the backend; a Variable shared this way is one leaf of
-    the model's state."""
+    owning parameter): LM-head biases and `tie_encoder_decoder`'s decoder copies; a Variable
+    shared this way is one leaf of the model's state. A tie across layouts (an LM decoder's
+    (in, vocab) kernel to the (vocab, in) word embeddings) holds no Variable: the head reads
+    its source when computing logits (`LMDecoder`), so the source keeps its own path."""
     for p in table.params:
         if p.tied_to is None:
             continue
         src = p
         while src.tied_to is not None:
             src = table.by_name[src.tied_to]
+        if leaf_rule(p.role, Dialect.NNX)[1] != leaf_rule(src.role, Dialect.NNX)[1]:
+            continue
         owner_path, _, name = leaf(p, Dialect.NNX).rpartition(".")
         owner = _node(model, owner_path)
         if not isinstance(owner, nnx.Module):
