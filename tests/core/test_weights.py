@@ -18,9 +18,10 @@ from encdec.core.weights import (
     match_keys,
     to_dialect,
 )
+from tests.conftest import PAIRS
 
 
-@pytest.mark.parametrize("name", ["bert2bert", "bert2gpt2", "bert2bert_proj", "bert2gpt2_proj"])
+@pytest.mark.parametrize("name", list(PAIRS))
 def test_against_hf_composite_state_dict(reference_dir, name):
     import transformers as tr
 
@@ -35,7 +36,7 @@ def test_against_hf_composite_state_dict(reference_dir, name):
         n: table.by_name[n].shape for n in ref if n in table.by_name}
     assert set(ref) - set(table.by_name) == set()
     saved = load_file(reference_dir(name) / "model.safetensors")
-    assert {p.name for p in table.owned} == set(saved)
+    assert {p.name for p in table.saved} == set(saved)
     assert ("enc_to_dec_proj.weight" in table.by_name) == name.endswith("_proj")
     del tr
 

@@ -1,0 +1,101 @@
+"""The registry against transformers: position ids (RoBERTa's rule from the input ids), the
+position limits, the init rules as data (against each reference model's `_init_weights`),
+lookups and the clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from encdec.core import ConfigError
+from encdec.core.registry import (
+    ARCHITECTURES,
+    architecture,
+    decoder_table,
+    encoder_table,
+    initializers,
+    max_positions,
+    position_ids,
+    support_matrix,
+)
+from tests.conftest import tiny_kwargs
+
+
+def core_config(model_type: str, **kw):
+    return architecture(model_type).config_class(**{**tiny_kwargs(model_type), **kw})
+
+
+@pytest.mark.parametrize("past", [0, 3])
+@pytest.mark.parametrize("arch", [a.name for a in ARCHITECTURES])
+def test_against_hf_position_ids(arch, past):
+    """RoBERTa-like: transformers' `create_position_ids_from_input_ids` (pads keep `pad`);
+    others: past + arange."""
+    import torch
+    from transformers.models.roberta.modeling_roberta import RobertaEmbeddings
+
+    c = core_config(arch)
+    pad = c.pad_token_id if c.pad_token_id is not None else 0
+    ids = np.array([[5, 6, 7, pad, pad], [pad, 8, pad, 9, 10]])
+    got = position_ids(c, ids, past)
+    if max_positions(c) < c.max_position_embeddings:  # the offset rule
+        want = RobertaEmbeddings.create_position_ids_from_input_ids(
+            torch.from_numpy(ids), padding_idx=pad, cache_length=past).numpy()
+        assert max_positions(c) == c.max_position_embeddings - pad - 1
+    else:
+        want = np.broadcast_to(np.arange(5) + past, ids.shape)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_position_limits():
+    assert max_positions(core_config("roberta", max_position_embeddings=514)) == 512
+    assert max_positions(core_config("bert", max_position_embeddings=512)) == 512
+    assert max_positions(core_config("gpt2")) == 64
+
+
+def test_lookups_and_errors():
+    with pytest.raises(ConfigError, match=r"unknown model_type 'nope'; supported: \[.*roberta"):
+        architecture("nope")
+    with pytest.raises(ConfigError, match="distilbert cannot be a decoder"):
+        decoder_table(core_config("distilbert"))
+    for arch in ARCHITECTURES:
+        for mt in arch.model_types:
+            assert architecture(mt) is arch
+        assert architecture(core_config(arch.name)) is arch
+    matrix = support_matrix()
+    assert len(matrix) == len(ARCHITECTURES) ** 2
+    assert all(ok == architecture(dec).can_decode for _, dec, ok in matrix)
+
+
+@pytest.mark.parametrize("arch, side", [
+    (a.name, side) for a in ARCHITECTURES for side in ("encoder", "decoder")[:1 + a.can_decode]])
+def test_against_hf_init_rules(arch, side):
+    """`initializers` says what the reference's `_init_weights` does to each parameter: ones,
+    zeros, or normal(0, std) with the padding row zeroed."""
+    import torch
+    import transformers as tr
+
+    a = architecture(arch)
+    flags = dict(is_decoder=True, add_cross_attention=True) if side == "decoder" else {}
+    c = core_config(arch, **flags)
+    table = encoder_table(c) if side == "encoder" else decoder_table(c)
+    cls = getattr(tr, a.base_class if side == "encoder" else a.lm_class)
+    torch.manual_seed(0)
+    ref = cls(tr.AutoConfig.for_model(arch, **tiny_kwargs(arch), **flags)).state_dict()
+    checked = 0
+    for p, init in initializers(table, c):
+        w = ref[p.name].double().numpy()
+        if init.kind == "ones":
+            assert (w == 1).all(), p.name
+        elif init.kind == "zeros":
+            assert (w == 0).all(), p.name
+        elif init.kind == "normal":
+            rows = np.ones(len(w), bool)
+            if init.zero_row is not None:
+                assert (w[init.zero_row] == 0).all(), f"{p.name}: row {init.zero_row} not zero"
+                rows[init.zero_row] = False
+            n = w[rows].size  # bounds: 5 standard errors of the estimates
+            assert abs(w[rows].std() - init.std) < 5 * init.std / np.sqrt(2 * n), \
+                (p.name, w[rows].std(), init.std)
+            assert abs(w[rows].mean()) < 5 * init.std / np.sqrt(n), p.name
+        checked += 1
+    assert checked == len(table.owned)
