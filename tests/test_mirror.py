@@ -36,16 +36,25 @@ EXTRA_METHODS = {
 }
 # Module-level helpers a framework may have alone (module.name), and why; where two
 # backends have one, they are compared.
+# Keras / NNX layer builders with the reference's init (torch has nn.Linear, nn.Embedding,
+# nn.LayerNorm, F.cross_entropy; a bare nn.Module holds named sublayers): not compared, their
+# arguments follow each framework (Keras layers infer their input size and take a `name`).
+BUILDERS = {"attention.dense", "attention.embed", "attention.layer_norm",
+            "attention.cross_entropy", "bert.Container"}
+_KERAS_NNX_BUILDERS = {*BUILDERS,
+                       "attention.LMDecoder"}  # a vocabulary projection: torch's nn.Linear
 EXTRA_HELPERS = {
     "pt": {"attention.Conv1D",  # GPT-2's (in, out) weight as a module; Keras/NNX kernels are
            # (in, out) already
            "params.constructing", "params.skip_init", "params.skipping_init"},  # torch builds
            # modules with a random init; these skip it when weights are loaded
     "tf": {"params.variables",  # path -> keras.Variable (torch has named_parameters)
-           "params.one_token"},  # Keras creates variables on the first call
+           "params.one_token",  # Keras creates variables on the first call
+           *_KERAS_NNX_BUILDERS},
     "flax": {"params.variables",  # path -> nnx.Variable
              "params.abstract",  # nnx.eval_shape construction before loading
-             "attention.default_rngs"},  # NNX modules need rngs to construct
+             "attention.default_rngs",  # NNX modules need rngs to construct
+             *_KERAS_NNX_BUILDERS},
 }
 
 
@@ -107,33 +116,37 @@ def surface(backend: str, public: bool) -> dict[str, object]:
     return out
 
 
-def differences(pt: dict, theirs: dict, other: str) -> list[str]:
-    """Each difference between pt's surface and another backend's, in words."""
-    problems = [f"only in pt: {k}" for k in sorted(pt.keys() - theirs.keys())
-                if k not in EXTRA_HELPERS["pt"]]
-    problems += [f"only in {other}: {k}" for k in sorted(theirs.keys() - pt.keys())
-                 if k not in EXTRA_HELPERS[other]]
-    for key in sorted(pt.keys() & theirs.keys()):
-        a, b = pt[key], theirs[key]
+def differences(x: str, y: str, public: bool) -> list[str]:
+    """Each difference between backend x's surface and backend y's, in words."""
+    sx, sy = surface(x, public), surface(y, public)
+    problems = [f"only in {x}: {k}" for k in sorted(sx.keys() - sy.keys())
+                if k not in EXTRA_HELPERS[x]]
+    problems += [f"only in {y}: {k}" for k in sorted(sy.keys() - sx.keys())
+                 if k not in EXTRA_HELPERS[y]]
+    for key in sorted(sx.keys() & sy.keys() - BUILDERS):
+        a, b = sx[key], sy[key]
         if isinstance(a, dict) and isinstance(b, dict):
-            problems += [f"{key}.{m}: only in pt" for m in sorted(a.keys() - b.keys())]
-            problems += [f"{key}.{m}: only in {other}" for m in sorted(b.keys() - a.keys())]
-            problems += [f"{key}.{m}: pt {a[m]} != {other} {b[m]}"
+            problems += [f"{key}.{m}: only in {x}" for m in sorted(a.keys() - b.keys())]
+            problems += [f"{key}.{m}: only in {y}" for m in sorted(b.keys() - a.keys())]
+            problems += [f"{key}.{m}: {x} {a[m]} != {y} {b[m]}"
                          for m in sorted(a.keys() & b.keys()) if a[m] != b[m]]
         elif a != b:
-            problems.append(f"{key}: pt {a} != {other} {b}")
+            problems.append(f"{key}: {x} {a} != {y} {b}")
     return problems
 
 
-@pytest.mark.parametrize("other", ["tf", "flax"])
-def test_public_api_mirrors_pt(other):
+PAIRS = [("pt", "tf"), ("pt", "flax"), ("tf", "flax")]
+
+
+@pytest.mark.parametrize("x, y", PAIRS)
+def test_public_api_mirrors(x, y):
     """The exported classes: names, public methods, argument names and order."""
-    problems = differences(surface("pt", True), surface(other, True), other)
+    problems = differences(x, y, public=True)
     assert not problems, f"{len(problems)} differences:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("other", ["tf", "flax"])
-def test_modules_mirror_pt(other):
+@pytest.mark.parametrize("x, y", PAIRS)
+def test_modules_mirror(x, y):
     """Each module file's own classes and functions (attention, bert, gpt2, params, …)."""
-    problems = differences(surface("pt", False), surface(other, False), other)
+    problems = differences(x, y, public=False)
     assert not problems, f"{len(problems)} differences:\n" + "\n".join(problems)
