@@ -21,13 +21,7 @@ import tensorflow as tf
 
 from encdec.core.config import BertConfig, ModelConfig
 from encdec.core.outputs import BaseModelOutput, CausalLMOutput
-from encdec.core.registry import (
-    BERT_ATTENTION,
-    Positions,
-    architecture,
-    max_positions,
-    position_offset,
-)
+from encdec.core.registry import BERT_ATTENTION, Positions, architecture, check_length
 from encdec.core.weights import Table
 
 from . import params
@@ -46,21 +40,6 @@ from .attention import (
 )
 
 Past = tuple[tf.Tensor, ...]  # (self_k, self_v[, cross_k, cross_v]), each (B, h, T, d)
-
-
-def check_length(config: ModelConfig, argument: str, length: int | None, past: int = 0) -> None:
-    """Refuse `length` new tokens after `past` ones beyond the config's position table
-    (`registry.max_positions`: RoBERTa's starts at `pad_token_id + 1`), checked on the host from
-    static shapes before any gather, so that a compiled program refuses too (XLA would clamp
-    the gather silently). A dynamic length (None) cannot be checked."""
-    limit = max_positions(config)
-    if length is not None and past + length > limit:
-        offset = position_offset(config)
-        held = f"{length} tokens" + (f" after {past} cached ones" if past else "")
-        table = f"max_position_embeddings={config.max_position_embeddings}" + \
-            (f" minus the offset {offset}" if offset else "")
-        raise ValueError(f"{argument} has {held}; the {config.model_type} position table serves "
-                         f"{limit} ({table})")
 
 
 def _embedding_width(c: ModelConfig) -> int:
@@ -276,7 +255,7 @@ class BertModel(keras.Model):
         past = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         if past is None:  # a dynamic cache length: the positions follow the tensor
             past = tf.shape(past_key_values[0][0])[2]
-        else:
+        elif ref.shape[1] is not None:  # static: checked before any gather
             check_length(c, "input_ids" if input_ids is not None else "inputs_embeds",
                          ref.shape[1], past)
         x = self.embed(input_ids, token_type_ids, position_ids, inputs_embeds, past)
@@ -319,10 +298,9 @@ class BertModel(keras.Model):
         """Static-cache decoding step: input_ids (B, T) after `cache_index` tokens, positions as
         the reference's rule with that cache length -> (hidden (B, T, H), new cache)."""
         max_len = cache[0][0].shape[2]
+        check_length(self.config, "the decoding cache (max_length)", max_len)  # a traced index
         if isinstance(cache_index, int):
             check_length(self.config, "input_ids", input_ids.shape[1], cache_index)
-        else:  # a traced index: what the cache can hold must fit the table
-            check_length(self.config, "the decoder cache", max_len)
         x = self.embed(input_ids, None, None, None, cache_index)
         mask = causal_mask(tf.shape(x)[0], tf.shape(x)[1], cache_index, max_len, x.dtype,
                            decoder_attention_mask)

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from encdec.core.config import DistilBertConfig
 from encdec.core.outputs import BaseModelOutput
-from encdec.core.registry import DISTILBERT_ATTENTION, architecture
+from encdec.core.registry import DISTILBERT_ATTENTION, architecture, check_length
 from encdec.core.weights import Table
 
 from . import params
@@ -31,7 +31,6 @@ from .attention import (
     layer_norm,
     padding_mask,
 )
-from .bert import check_length
 
 
 class DistilBertEmbeddings(keras.layers.Layer):
@@ -128,8 +127,9 @@ class DistilBertModel(keras.Model):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         ref = input_ids if input_ids is not None else inputs_embeds
-        check_length(self.config, "input_ids" if input_ids is not None else "inputs_embeds",
-                     ref.shape[1])
+        if ref.shape[1] is not None:  # static: checked before any gather
+            check_length(self.config, "input_ids" if input_ids is not None else "inputs_embeds",
+                         ref.shape[1])
         if position_ids is None:
             position_ids = tf.range(tf.shape(ref)[1])[None]  # (1, T)
         x = self.embeddings(input_ids, position_ids, inputs_embeds, training=training)  # (B,T,H)

@@ -25,7 +25,7 @@ from encdec.core.modeling import (
     warm_start_weights,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
-from encdec.core.registry import architecture
+from encdec.core.registry import architecture, check_length
 from encdec.core.weights import Dialect
 
 from . import params
@@ -167,6 +167,13 @@ class EncoderDecoderModel(keras.Model):
                 decoder_attention_mask = tf.cast(decoder_input_ids != self.config.pad_token_id,
                                                  decoder_input_ids.dtype)
 
+        dec_in = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
+        if dec_in is not None and dec_in.shape[1] is not None and (
+                past_key_values is None or past_key_values[0][0].shape[2] is not None):
+            # named as the caller knows it (the decoder checks it again)
+            check_length(self.config.decoder, "decoder_input_ids" if decoder_input_ids is not None
+                         else "decoder_inputs_embeds", dec_in.shape[1],
+                         0 if past_key_values is None else past_key_values[0][0].shape[2])
         dec = self.decoder(input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
                            inputs_embeds=decoder_inputs_embeds, encoder_hidden_states=states,
                            encoder_attention_mask=attention_mask, past_key_values=past_key_values,
@@ -210,6 +217,7 @@ class EncoderDecoderModel(keras.Model):
         (batch_size, h, max_length, d); cross K/V (Be, h, S, d) computed once from the
         (projected) encoder states. `batch_size` may be Be * num_beams."""
         c = self.config.decoder
+        check_length(c, "the decoding cache (max_length)", max_length)
         h, d = c.num_attention_heads, c.hidden_size // c.num_attention_heads
         states = self._project(encoder_hidden_states)
         shape = (batch_size, h, max_length, d)

@@ -17,7 +17,12 @@ import tensorflow as tf
 
 from encdec.core.config import GPT2Config
 from encdec.core.outputs import BaseModelOutput, CausalLMOutput
-from encdec.core.registry import GPT2_CROSS_ATTENTION, GPT2_SELF_ATTENTION, architecture
+from encdec.core.registry import (
+    GPT2_CROSS_ATTENTION,
+    GPT2_SELF_ATTENTION,
+    architecture,
+    check_length,
+)
 from encdec.core.weights import Table
 
 from . import params
@@ -32,7 +37,7 @@ from .attention import (
     layer_norm,
     padding_mask,
 )
-from .bert import Past, causal_lm_loss, check_length
+from .bert import Past, causal_lm_loss
 
 
 def _check_supported(c: GPT2Config) -> None:
@@ -167,7 +172,7 @@ class GPT2Model(keras.Model):
         past = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         if past is None:  # a dynamic cache length: the positions follow the tensor
             past = tf.shape(past_key_values[0][0])[2]
-        else:
+        elif ref.shape[1] is not None:  # static: checked before any gather
             check_length(c, "input_ids" if input_ids is not None else "inputs_embeds",
                          ref.shape[1], past)
         x = self._embed(input_ids, token_type_ids, position_ids, inputs_embeds, past, training)
@@ -205,10 +210,9 @@ class GPT2Model(keras.Model):
              decoder_attention_mask: tf.Tensor | None = None) -> tuple[tf.Tensor, tuple]:
         """Static-cache decoding step: input_ids (B, T) at positions cache_index + arange(T)."""
         max_len = cache[0][0].shape[2]
+        check_length(self.config, "the decoding cache (max_length)", max_len)  # a traced index
         if isinstance(cache_index, int):
             check_length(self.config, "input_ids", input_ids.shape[1], cache_index)
-        else:  # a traced index: what the cache can hold must fit the table
-            check_length(self.config, "the decoder cache", max_len)
         x = self._embed(input_ids, None, None, None, cache_index)  # (B, T, H)
         mask = causal_mask(tf.shape(x)[0], tf.shape(x)[1], cache_index, max_len, x.dtype,
                            decoder_attention_mask)

@@ -25,9 +25,9 @@ import tensorflow as tf
 
 from encdec.core import modeling
 from encdec.core.checkpoint import CheckpointError
-from encdec.core.config import ConfigError, ModelConfig
+from encdec.core.config import ModelConfig
 from encdec.core.modeling import load_backbone_weights, read_backbone_config
-from encdec.core.registry import architecture, initializers
+from encdec.core.registry import initializers
 from encdec.core.weights import Dialect, Table, leaf, leaf_rule, to_dialect
 
 logger = logging.getLogger("encdec")
@@ -209,11 +209,6 @@ def load_backbone(cls: type, path_or_id: str | os.PathLike, *,
     """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
     the checkpoint lacks keep their random init and are reported), in inference mode."""
     directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
-    if config.model_type != cls.config_class.model_type:
-        arch = architecture(config)
-        raise ConfigError(f"{directory}: a {config.model_type!r} checkpoint; {cls.__name__} loads "
-                          f"{cls.config_class.model_type!r} ones (use {arch.base_class} or "
-                          f"{arch.lm_class})")
     with skip_init():
         model = cls(config)
     table = model.table()

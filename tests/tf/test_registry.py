@@ -105,14 +105,22 @@ def test_position_limit_in_decode_step_and_generate():
     model = etf.EncoderDecoderModel(config=config)
     ids = np.full((1, 5), 5)
     enc = model.encoder(input_ids=ids).last_hidden_state
-    cache = model.init_cache(enc, None, 1, 9)  # one position more than the table
+    with pytest.raises(ValueError, match=r"the decoding cache \(max_length\) has 9 tokens"):
+        model.init_cache(enc, None, 1, 9)
+    cache = model.init_cache(enc, None, 1, 8)  # exactly the table
     with pytest.raises(ValueError, match="input_ids has 2 tokens after 7 cached ones"):
         model.decode_step(tf.fill((1, 2), 5), cache, 7, None)
+    model.decode_step(tf.fill((1, 1), 5), cache, 7, None)
+    wide = tuple((tf.pad(k, [[0, 0], [0, 0], [0, 1], [0, 0]]),
+                  tf.pad(v, [[0, 0], [0, 0], [0, 1], [0, 0]]), ck, cv)
+                 for k, v, ck, cv in cache)  # a buffer one position wider than the table
     step = tf.function(lambda t, cache, i: model.decode_step(t, cache, i, None)[0],
                        jit_compile=True)
-    with pytest.raises(ValueError, match="the decoder cache has 9 tokens; the roberta position "
-                                         "table serves 8"):
-        step(tf.fill((1, 1), 5), cache, tf.constant(0))
+    step(tf.fill((1, 1), 5), cache, tf.constant(0))
+    with pytest.raises(ValueError, match="has 9 tokens; the roberta position table serves 8"):
+        step(tf.fill((1, 1), 5), wide, tf.constant(0))
+    with pytest.raises(ValueError, match="decoder_input_ids has 9 tokens"):
+        model(input_ids=ids, decoder_input_ids=np.full((1, 9), 5))
     out = model.generate(np.full((1, 8), 5), max_new_tokens=7)  # the table, on both sides
     assert out.shape[1] <= 8
     with pytest.raises(ValueError, match="input_ids has 9 tokens"):
