@@ -57,7 +57,7 @@ def default_rngs(rngs: nnx.Rngs | None) -> nnx.Rngs:
 
 def dense(n_in: int, n_out: int, *, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
     """A Linear (kernel (in, out)); also GPT-2's Conv1D, whose weight is stored (in, out).
-    Built with zeros: the reference's initial values come from `params.initialize`."""
+    Built with zeros: the reference's initial values come from `params.init_params`."""
     return nnx.Linear(n_in, n_out, use_bias=use_bias, precision=PRECISION,
                       kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
 
@@ -68,21 +68,20 @@ def layer_norm(size: int, eps: float, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 
 def embed(num: int, size: int, *, rngs: nnx.Rngs) -> nnx.Embed:
-    """An embedding table (num, size), zeros until `params.initialize`."""
+    """An embedding table (num, size), zeros until `params.init_params`."""
     return nnx.Embed(num, size, embedding_init=nnx.initializers.zeros_init(), rngs=rngs)
 
 
 class LMDecoder(nnx.Module):
-    """An LM head's vocabulary projection (`decoder`, `generator_lm_head`, `lm_head`): its own
-    `kernel` (in, vocab), or, when the weight table ties it to the word embeddings, none: the
-    caller passes that (vocab, in) matrix (so the Variable keeps its owner's path); plus an
-    optional `bias` (vocab,), which `params.tie` may make another Variable (RoBERTa's)."""
+    """An LM head's vocabulary projection (`decoder`, `generator_lm_head`): its own `kernel`
+    (in, vocab), or, when the weight table ties it to the word embeddings, none: the caller
+    passes that (vocab, in) matrix (so the Variable keeps its owner's path); plus a `bias`
+    (vocab,), which `params.tie_params` may make another Variable (RoBERTa's `lm_head.bias`)."""
 
-    def __init__(self, n_in: int, vocab: int, *, tied: bool, use_bias: bool = True,
-                 rngs: nnx.Rngs):
+    def __init__(self, n_in: int, vocab: int, *, tied: bool, rngs: nnx.Rngs):
         self.tied = tied
         self.kernel = None if tied else nnx.Param(jnp.zeros((n_in, vocab)))
-        self.bias = nnx.Param(jnp.zeros((vocab,))) if use_bias else None
+        self.bias = nnx.Param(jnp.zeros((vocab,)))
 
     def __call__(self, x: jax.Array, embedding: jax.Array | None = None) -> jax.Array:
         """x (B, T, in) -> logits (B, T, V); `embedding` (V, in) when tied."""
@@ -90,12 +89,7 @@ class LMDecoder(nnx.Module):
             logits = jnp.einsum("...i,vi->...v", x, embedding, precision=PRECISION)
         else:
             logits = jnp.einsum("...i,iv->...v", x, self.kernel[...], precision=PRECISION)
-        return logits if self.bias is None else logits + self.bias[...]
-
-
-def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """The reference's causal-LM loss: predict token t+1 from t, mean over labels != -100."""
-    return cross_entropy(logits[:, :-1], labels[:, 1:])
+        return logits + self.bias[...]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -143,9 +137,10 @@ def padding_mask(padding: jax.Array | None, dtype: jnp.dtype) -> Mask | None:
 # --- attention ----------------------------------------------------------------------------
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | None, *, scale: float,
-           dropout: nnx.Dropout | None = None) -> tuple[jax.Array, jax.Array]:
+           dropout: nnx.Dropout | None = None,
+           output_attentions: bool = False) -> tuple[jax.Array, jax.Array | None]:
     """softmax(q k^T * scale + bias) v; q (B, h, T, d), k/v (B, h, S, d) -> (B, h, T, d), and
-    the attention probabilities (B, h, T, S)."""
+    the attention probabilities (B, h, T, S) when `output_attentions`."""
     scores = jnp.einsum("bhtd,bhsd->bhts", q, k, precision=PRECISION) * scale  # (B, h, T, S)
     if mask is not None:
         scores = scores + mask.bias
@@ -153,14 +148,15 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | None, *, scale
     if mask is not None and mask.keep is not None:
         probs = probs * mask.keep
     dropped = probs if dropout is None else dropout(probs)
-    return jnp.einsum("bhts,bhsd->bhtd", dropped, v, precision=PRECISION), probs
+    out = jnp.einsum("bhts,bhsd->bhtd", dropped, v, precision=PRECISION)
+    return out, probs if output_attentions else None
 
 
 class Attention(nnx.Module):
     """Multi-head attention, self or cross, building exactly the projections `names` lists
     (`query`/`key`/`value`, or a fused `c_attn` [+ `q_attn`]; an owned output projection
     `out_lin` / `c_proj` when named, else the caller owns it as BERT's `attention.output`).
-    Initial values come from the registry's init rules (`params.initialize`)."""
+    Initial values come from the registry's init rules (`params.init_params`)."""
 
     def __init__(self, hidden_size: int, num_heads: int, names: AttentionNames, *, cross: bool,
                  dropout: float = 0.0, resid_dropout: float = 0.0, scale: float | None = None,
@@ -229,8 +225,9 @@ class Attention(nnx.Module):
             if past is not None:
                 k = jnp.concatenate([past[0], k], axis=2)  # (B, h, past + T, d)
                 v = jnp.concatenate([past[1], v], axis=2)
-        ctx, probs = attend(q, k, v, mask, scale=self.scale, dropout=self.dropout)
-        return self._out(ctx), probs if output_attentions else None, (k, v)
+        ctx, probs = attend(q, k, v, mask, scale=self.scale, dropout=self.dropout,
+                            output_attentions=output_attentions)
+        return self._out(ctx), probs, (k, v)
 
     # --- static cache (decoding contract) ------------------------------------------------
 

@@ -21,13 +21,7 @@ from flax import nnx
 from encdec.core import weights
 from encdec.core.config import BertConfig, ModelConfig
 from encdec.core.outputs import BaseModelOutput, CausalLMOutput
-from encdec.core.registry import (
-    BERT_ATTENTION,
-    Positions,
-    architecture,
-    max_positions,
-    position_offset,
-)
+from encdec.core.registry import BERT_ATTENTION, Positions, architecture, check_length
 
 from . import params
 from .attention import (
@@ -35,8 +29,8 @@ from .attention import (
     Attention,
     LMDecoder,
     Mask,
-    causal_lm_loss,
     causal_mask,
+    cross_entropy,
     default_rngs,
     dense,
     embed,
@@ -45,19 +39,6 @@ from .attention import (
 )
 
 Past = tuple[jax.Array, ...]  # (self_k, self_v[, cross_k, cross_v]), each (B, h, T, d)
-
-
-def check_length(config: ModelConfig, argument: str, length: int, past: int = 0) -> None:
-    """Refuse `length` new tokens after `past` ones beyond the config's position table (checked
-    on the host from static shapes, before any gather: XLA would clamp the index silently)."""
-    limit = max_positions(config)
-    if past + length > limit:
-        offset = position_offset(config)
-        held = f"{length} tokens" + (f" after {past} cached ones" if past else "")
-        table = f"max_position_embeddings={config.max_position_embeddings}" + \
-            (f" minus the offset {offset}" if offset else "")
-        raise ValueError(f"{argument} has {held}; the {config.model_type} position table serves "
-                         f"{limit} ({table})")
 
 
 def _embedding_width(c: ModelConfig) -> int:
@@ -207,9 +188,7 @@ class BertModel(nnx.Module):
             if e != config.hidden_size else None
         self.encoder = BertEncoder(config, rngs=rngs)
         self.pooler = BertPooler(config, rngs=rngs) if self.add_pooling_layer else None
-        table = self.table()
-        params.tie(self, table)
-        params.initialize(self, table, config, rngs)
+        params.materialize(self, [(self, self.table(), config)], rngs=rngs)
         self.eval()
 
     def table(self) -> weights.Table:
@@ -358,10 +337,10 @@ class BertLMHeadModel(nnx.Module):
             _place(self, head.bias, nnx.Param(jnp.zeros((v,))))
         tied = table.by_name[f"{head.decoder}.weight"].tied_to is not None
         _place(self, head.decoder, LMDecoder(w, v, tied=tied, rngs=rngs))
-        params.tie(self, table)
+        params.tie_params(self, table)
         done = {f"{arch.prefix}.{p.name}" for p in base.table().owned}  # initialised by `base`
-        params.initialize(self, table, config, rngs,
-                          {p.name for p in table.owned if p.name not in done})
+        params.init_params(self, table, config, {p.name for p in table.owned if p.name not in done},
+                           rngs=rngs)
         self.eval()
 
     def table(self) -> weights.Table:
@@ -423,3 +402,8 @@ class BertLMHeadModel(nnx.Module):
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
         return params.save_backbone(self, directory, max_shard_size,
                                     architecture(self.config).lm_class)
+
+
+def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The reference's causal-LM loss: predict token t+1 from t, mean over labels != -100."""
+    return cross_entropy(logits[:, :-1], labels[:, 1:])

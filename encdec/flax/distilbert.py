@@ -19,7 +19,7 @@ from flax import nnx
 from encdec.core import weights
 from encdec.core.config import DistilBertConfig
 from encdec.core.outputs import BaseModelOutput
-from encdec.core.registry import DISTILBERT_ATTENTION, architecture
+from encdec.core.registry import DISTILBERT_ATTENTION, architecture, check_length
 
 from . import params
 from .attention import (
@@ -32,7 +32,6 @@ from .attention import (
     layer_norm,
     padding_mask,
 )
-from .bert import check_length
 
 
 class DistilBertEmbeddings(nnx.Module):
@@ -97,9 +96,7 @@ class DistilBertModel(nnx.Module):
         self.config = config
         self.embeddings = DistilBertEmbeddings(config, rngs=rngs)
         self.transformer = DistilBertTransformer(config, rngs=rngs)
-        table = self.table()
-        params.tie(self, table)
-        params.initialize(self, table, config, rngs)
+        params.materialize(self, [(self, self.table(), config)], rngs=rngs)
         self.eval()
 
     def table(self) -> weights.Table:

@@ -25,13 +25,13 @@ from encdec.core.modeling import (
     warm_start_weights,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
-from encdec.core.registry import architecture
+from encdec.core.registry import architecture, check_length
 from encdec.core.seq2seq import IGNORE_INDEX, shift_token_ids
 from encdec.core.weights import Dialect
 
 from . import params
 from .attention import cross_entropy, default_rngs, dense
-from .bert import BertLMHeadModel, BertModel, check_length
+from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
 
@@ -93,15 +93,20 @@ class EncoderDecoderModel(nnx.Module):
         # the backbones share the composite's configs, so `model.config.decoder.x = …` reaches them
         self.encoder.config, self.decoder.config = config.encoder, config.decoder
         table = self.table()
-        params.tie(self, table)  # heads, and `tie_encoder_decoder`'s decoder copies
+        self.tie_weights()
         own = {p.name for p in table.owned} - \
             {f"{side}.{p.name}" for side in ("encoder", "decoder")
              for p in getattr(self, side).table().owned}  # the backbones initialised theirs
-        params.initialize(self, table, config.decoder, rngs, own)
+        params.init_params(self, table, config.decoder, own, rngs=rngs)
         self.eval()
 
     def table(self) -> weights.Table:
         return weights.encoder_decoder_table(self.config)
+
+    def tie_weights(self) -> None:
+        """Tie the decoder's head biases and, with `tie_encoder_decoder`, the decoder's base
+        weights to the encoder's Variables (the encoder's values win, as in the reference)."""
+        params.tie_params(self, self.table())
 
     def get_encoder(self) -> nnx.Module:
         return self.encoder

@@ -30,9 +30,7 @@ from flax import nnx
 
 from encdec.core import generation as gen
 from encdec.core.config import GenerationConfig
-from encdec.core.registry import max_positions
-
-from .bert import check_length
+from encdec.core.registry import check_length, max_positions
 
 TRACES: collections.Counter[str] = collections.Counter()  # strategy name -> times traced
 _PROGRAMS: dict[Any, Any] = {}  # (plan, shapes) -> nnx.jit function, shared by all models
@@ -40,12 +38,12 @@ _BOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key
 
 
 def generate(model: nnx.Module, input_ids: Any, attention_mask: Any = None, *,
-             generation_config: GenerationConfig | None = None, rng: jax.Array | None = None,
-             **kwargs: Any) -> Any:
+             generation_config: GenerationConfig | None = None, seed: int | None = None,
+             rngs: nnx.Rngs | None = None, **kwargs: Any) -> Any:
     """Generate decoder token ids (batch * num_return_sequences, length), starting with the
     decoder start token, as transformers' `generate`; a `GenerateOutput` when
-    `return_dict_in_generate`. `rng` (a jax PRNG key) makes sampling reproducible (random when
-    None)."""
+    `return_dict_in_generate`. `seed` makes sampling reproducible (random when None);
+    `rngs` gives the key from its `sample` stream instead."""
     p = gen.plan(model.config, generation_config or model.generation_config, **kwargs)
     gen.check_positions(model.config.decoder, p)
     ids = np.asarray(input_ids)
@@ -62,8 +60,12 @@ def generate(model: nnx.Module, input_ids: Any, attention_mask: Any = None, *,
     bound = _BOUND.setdefault(model, {})
     if key not in bound:  # the model's graph traversal, cached (its weights stay live)
         bound[key] = nnx.cached_partial(_PROGRAMS[key], model)
-    if rng is None:
-        rng = jax.random.key(random.SystemRandom().randrange(2**31) if p.do_sample else 0)
+    if rngs is not None:
+        rng = rngs.sample()
+    else:
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**31) if p.do_sample else 0
+        rng = jax.random.key(seed)
     out = bound[key](jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), rng)
     return gen.finish(p, jax.device_get(out), jnp.asarray)
 

@@ -16,15 +16,19 @@ from flax import nnx
 from encdec.core import weights
 from encdec.core.config import GPT2Config
 from encdec.core.outputs import BaseModelOutput, CausalLMOutput
-from encdec.core.registry import GPT2_CROSS_ATTENTION, GPT2_SELF_ATTENTION, architecture
+from encdec.core.registry import (
+    GPT2_CROSS_ATTENTION,
+    GPT2_SELF_ATTENTION,
+    architecture,
+    check_length,
+)
 
 from . import params
 from .attention import (
     ACTIVATIONS,
+    PRECISION,
     Attention,
-    LMDecoder,
     Mask,
-    causal_lm_loss,
     causal_mask,
     default_rngs,
     dense,
@@ -32,7 +36,7 @@ from .attention import (
     layer_norm,
     padding_mask,
 )
-from .bert import Past, check_length
+from .bert import Past, causal_lm_loss
 
 
 def _check_supported(c: GPT2Config) -> None:
@@ -111,9 +115,7 @@ class GPT2Model(nnx.Module):
         self.drop = nnx.Dropout(config.embd_pdrop, rngs=rngs)
         self.h = nnx.List([GPT2Block(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
         self.ln_f = layer_norm(config.hidden_size, config.layer_norm_epsilon, rngs=rngs)
-        table = self.table()
-        params.tie(self, table)
-        params.initialize(self, table, config, rngs)
+        params.materialize(self, [(self, self.table(), config)], rngs=rngs)
         self.eval()
 
     def table(self) -> weights.Table:
@@ -214,13 +216,12 @@ class GPT2LMHeadModel(nnx.Module):
         self.config = config
         table = architecture(config).decoder_table(config)
         self.transformer = GPT2Model(config, rngs=rngs)
-        self.lm_head = LMDecoder(config.hidden_size, config.vocab_size, use_bias=False,
-                                 tied=table.by_name["lm_head.weight"].tied_to is not None,
-                                 rngs=rngs)
-        params.tie(self, table)
+        tied = table.by_name["lm_head.weight"].tied_to is not None
+        self.lm_head = None if tied else \
+            dense(config.hidden_size, config.vocab_size, use_bias=False, rngs=rngs)
         done = {f"transformer.{p.name}" for p in self.transformer.table().owned}
-        params.initialize(self, table, config, rngs,
-                          {p.name for p in table.owned if p.name not in done})
+        params.init_params(self, table, config, {p.name for p in table.owned if p.name not in done},
+                           rngs=rngs)
         self.eval()
 
     def table(self) -> weights.Table:
@@ -235,7 +236,10 @@ class GPT2LMHeadModel(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """The LM head: hidden (B, T, H) -> logits (B, T, V)."""
-        return self.lm_head(hidden, self.transformer.wte.embedding[...])
+        if self.lm_head is not None:
+            return self.lm_head(hidden)
+        return jnp.einsum("bth,vh->btv", hidden, self.transformer.wte.embedding[...],
+                          precision=PRECISION)  # (B, T, V): tied to `wte`
 
     def __call__(self, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
                  token_type_ids: jax.Array | None = None, position_ids: jax.Array | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -22,9 +22,9 @@ from flax import nnx
 
 from encdec.core import modeling
 from encdec.core.checkpoint import CheckpointError
-from encdec.core.config import ConfigError, ModelConfig
+from encdec.core.config import ModelConfig
 from encdec.core.modeling import load_backbone_weights, read_backbone_config
-from encdec.core.registry import architecture, initializers
+from encdec.core.registry import initializers
 from encdec.core.weights import Dialect, Table, leaf, leaf_rule, to_dialect
 
 logger = logging.getLogger("encdec")
@@ -53,16 +53,16 @@ def _variable(model: nnx.Module, path: str) -> nnx.Param:
     return node
 
 
-def assign(model: nnx.Module, path: str, array: np.ndarray) -> None:
+def assign(module: nnx.Module, path: str, array: np.ndarray) -> None:
     """Replace the value of the parameter at `path` with `array` (dialect layout)."""
-    var = _variable(model, path)
+    var = _variable(module, path)
     if tuple(array.shape) != tuple(var.shape):
         raise CheckpointError(f"{path}: got shape {tuple(array.shape)}, the model holds "
                               f"{tuple(var.shape)}")
     var.set_value(jnp.asarray(array, dtype=var.dtype))
 
 
-def tie(model: nnx.Module, table: Table) -> None:
+def tie_params(module: nnx.Module, table: Table) -> None:
     """Make every tied parameter of `table` the very Variable of its source (followed to the
     owning parameter): LM-head biases and `tie_encoder_decoder`'s decoder copies; a Variable
     shared this way is one leaf of the model's state. A tie across layouts (an LM decoder's
@@ -77,20 +77,31 @@ def tie(model: nnx.Module, table: Table) -> None:
         if leaf_rule(p.role, Dialect.NNX)[1] != leaf_rule(src.role, Dialect.NNX)[1]:
             continue
         owner_path, _, name = leaf(p, Dialect.NNX).rpartition(".")
-        owner = _node(model, owner_path)
+        owner = _node(module, owner_path)
         if not isinstance(owner, nnx.Module):
-            raise CheckpointError(f"{type(model).__name__} has no module {owner_path!r} for the "
+            raise CheckpointError(f"{type(module).__name__} has no module {owner_path!r} for the "
                                   f"tied parameter {p.name!r}")
-        setattr(owner, name, _variable(model, leaf(src, Dialect.NNX)))
+        setattr(owner, name, _variable(module, leaf(src, Dialect.NNX)))
 
 
-def initialize(model: nnx.Module, table: Table, config: ModelConfig, rngs: nnx.Rngs,
-               names: set[str] | None = None) -> None:
-    """Draw the reference's initial values (`registry.initializers`: normal(std) with a zero
-    padding row, ones, zeros or a fixed table) into the parameters of `table` (or those in
-    `names`), in table order from the `params` stream of `rngs`."""
-    for p, init in initializers(table, config, names):
-        var = _variable(model, leaf(p, Dialect.NNX))
+def materialize(module: nnx.Module, tables: Iterable[tuple[nnx.Module, Table, ModelConfig]], *,
+                rngs: nnx.Rngs) -> None:
+    """Initialise every parameter of the given (submodule, table, config) triples and tie the
+    tied ones (the end of each backbone's constructor)."""
+    for sub, table, config in tables:
+        init_params(sub, table, config, rngs=rngs)
+        tie_params(sub, table)
+
+
+def init_params(module: nnx.Module, table: Table, config: ModelConfig,
+                names: Iterable[str] | None = None, *, rngs: nnx.Rngs) -> None:
+    """The reference's init, as the registry states it (`encdec.core.registry.initializers`):
+    normal draws (some rows zeroed, some std scaled), LayerNorm 1/0, biases 0, fixed tables;
+    for the parameters of `table` (or those in `names`), in table order from the `params`
+    stream of `rngs`."""
+    wanted = None if names is None else set(names)
+    for p, init in initializers(table, config, wanted):
+        var = _variable(module, leaf(p, Dialect.NNX))
         if init.kind == "normal":
             value = init.std * jax.random.normal(rngs.params(), p.shape, var.dtype)
             if init.zero_row is not None:
@@ -102,9 +113,9 @@ def initialize(model: nnx.Module, table: Table, config: ModelConfig, rngs: nnx.R
         var.set_value(to_dialect(p, value, Dialect.NNX))
 
 
-def get(model: nnx.Module, path: str) -> np.ndarray:
+def get(module: nnx.Module, path: str) -> np.ndarray:
     """The parameter at `path` as numpy."""
-    return np.asarray(_variable(model, path)[...])
+    return np.asarray(_variable(module, path)[...])
 
 
 def abstract(build: Callable[[], nnx.Module], rngs: nnx.Rngs | None = None) -> nnx.Module:
@@ -134,12 +145,6 @@ def load_backbone(cls: type, path_or_id: str | os.PathLike, *, rngs: nnx.Rngs | 
     """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
     the checkpoint lacks keep their random init and are reported), returned in eval mode."""
     directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
-    if config.model_type != cls.config_class.model_type:
-        arch = architecture(config)
-        classes = " or ".join(c for c in (arch.base_class, arch.lm_class) if c)
-        raise ConfigError(f"{directory}: model_type {config.model_type!r}, but {cls.__name__} "
-                          f"loads {cls.config_class.model_type!r} checkpoints; use "
-                          f"encdec.flax.{classes}")
     model = cls(config, rngs=rngs)
     report = load_backbone_weights(model.table(), directory, Dialect.NNX,
                                    functools.partial(assign, model), cls.__name__)
@@ -148,9 +153,9 @@ def load_backbone(cls: type, path_or_id: str | os.PathLike, *, rngs: nnx.Rngs | 
 
 
 def save_backbone(model: nnx.Module, directory: str | os.PathLike,
-                  max_shard_size: int | str = "5GB", architecture_name: str | None = None):
-    """`save_pretrained` of a backbone (core.modeling.save_backbone); `architecture_name` is the
-    reference's class name written to config.json (the model's class name by default)."""
-    return modeling.save_backbone(directory, architecture_name or type(model).__name__,
+                  max_shard_size: int | str = "5GB", reference_class: str | None = None):
+    """`save_pretrained` of a backbone (core.modeling.save_backbone); `reference_class` is the
+    reference's class name written to `architectures` (default: the model's class name)."""
+    return modeling.save_backbone(directory, reference_class or type(model).__name__,
                                   model.config, model.table(), Dialect.NNX,
                                   functools.partial(get, model), max_shard_size=max_shard_size)
