@@ -120,6 +120,7 @@ class RefNaming:
 
     main_layer: str  # the base model's Keras name (`bert`, `roberta`, `transformer`)
     renames: tuple[tuple[str, str], ...] = ()  # canonical module -> reference's
+    causal_lm: bool = True  # the reference's TF had the causal LM too (not ELECTRA's)
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
                                       norm="generator_predictions.LayerNorm",
                                       activation="gelu", width="embedding"),
                           pooler=False, embedding_size=True),
-        init=_WORD_PAD, tf=RefNaming("electra"), flax=True,
+        init=_WORD_PAD, tf=RefNaming("electra", causal_lm=False), flax=True,
         doc="transformers' `ElectraModel` / `ElectraForCausalLM`"),
     Architecture(
         name="bert-generation", model_types=("bert-generation",),

@@ -110,12 +110,6 @@ FLAX = RefDialect("flax", Dialect.NNX, role_leaves={Role.CONV1D: ("kernel", True
 DIALECTS = {"tf": TF, "flax": FLAX}
 TF_SCOPE = "tf_encoder_decoder_model"  # the Keras name of the top-level model when written
 
-# FALLBACK until the registry says it (proposed: `RefNaming.causal_lm: bool = True`, False for
-# electra): architectures whose reference TF classes had the base model but no causal LM
-# (transformers 4.57's TF_MODEL_FOR_CAUSAL_LM_MAPPING has no ELECTRA).
-_TF_WITHOUT_CAUSAL_LM = frozenset({"electra"})
-
-
 @dataclass(frozen=True)
 class _Side:
     """How the reference names one side (`encoder` / `decoder`) of a composite."""
@@ -129,7 +123,7 @@ def _side(arch: Architecture, side: str, dialect: RefDialect) -> _Side:
     cls = arch.base_class if side == "encoder" else arch.lm_class
     tf = arch.tf if dialect.name == "tf" else None
     had = tf is not None if dialect.name == "tf" else arch.flax
-    if side == "decoder" and dialect.name == "tf" and arch.name in _TF_WITHOUT_CAUSAL_LM:
+    if side == "decoder" and tf is not None and not tf.causal_lm:
         had = False
     if not had:
         raise CheckpointError(
