@@ -51,9 +51,12 @@ EXTRA_HELPERS = {
     "tf": {"params.variables",  # path -> keras.Variable (torch has named_parameters)
            "params.one_token",  # Keras creates variables on the first call
            "params.constructing", "params.skip_init", "params.skipping_init",  # as torch
+           "attention.Block",  # a Keras base layer taking our attention `mask` argument
+           # without Keras' own mask propagation
            *_KERAS_NNX_BUILDERS},
     "flax": {"params.variables",  # path -> nnx.Variable
              "params.abstract",  # nnx.eval_shape construction before loading
+             "params.check_assigned",  # ... and the check that loading filled every leaf
              "attention.default_rngs",  # NNX modules need rngs to construct
              *_KERAS_NNX_BUILDERS},
 }
