@@ -58,18 +58,6 @@ def decoder_class(config: ModelConfig) -> type[keras.Model]:
 Cache = tuple[tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], ...]
 
 
-def shift_tokens_right(labels: tf.Tensor, pad_token_id: int | None,
-                       decoder_start_token_id: int | None) -> tf.Tensor:
-    """`encdec.core.seq2seq.shift_tokens_right` in tensor ops (traceable): prepend the start
-    id, drop the last label, -100 -> pad."""
-    pad_token_id, decoder_start_token_id = seq2seq.shift_token_ids(pad_token_id,
-                                                                   decoder_start_token_id)
-    labels = tf.convert_to_tensor(labels)
-    start = tf.fill([tf.shape(labels)[0], 1], tf.constant(decoder_start_token_id, labels.dtype))
-    ids = tf.concat([start, labels[:, :-1]], axis=1)  # (B, T)
-    return tf.where(ids == seq2seq.IGNORE_INDEX, tf.constant(pad_token_id, labels.dtype), ids)
-
-
 class EncoderDecoderModel(keras.Model):
     """An encoder and a cross-attending decoder, numerically identical to the reference."""
 
@@ -190,9 +178,14 @@ class EncoderDecoderModel(keras.Model):
         return out.to_tuple() if return_dict is False else out
 
     def prepare_decoder_input_ids_from_labels(self, labels: tf.Tensor) -> tf.Tensor:
-        """labels -> decoder_input_ids (core rule: shift right, start id, -100 -> pad)."""
-        return shift_tokens_right(labels, self.config.pad_token_id,
-                                  self.config.decoder_start_token_id)
+        """labels -> decoder_input_ids (core rule: shift right, start id, -100 -> pad), in
+        tensor ops (traceable)."""
+        pad, start = seq2seq.shift_token_ids(self.config.pad_token_id,
+                                             self.config.decoder_start_token_id)
+        labels = tf.convert_to_tensor(labels)
+        first = tf.fill([tf.shape(labels)[0], 1], tf.constant(start, labels.dtype))
+        ids = tf.concat([first, labels[:, :-1]], axis=1)  # (B, T)
+        return tf.where(ids == seq2seq.IGNORE_INDEX, tf.constant(pad, labels.dtype), ids)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """`model.fit` without a compiled loss trains on the model's own loss (labels in `x`),

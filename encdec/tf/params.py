@@ -167,12 +167,13 @@ def init_params(module: keras.layers.Layer, table: Table, config: ModelConfig,
     found = variables(module)
     for p, init in initializers(table, config, None if names is None else set(names)):
         var = found[leaf(p, Dialect.KERAS)]
-        if init.kind == "normal":
-            value = tf.random.normal(p.shape, stddev=init.std, dtype=var.dtype)
-            if init.zero_row is not None:
-                value = tf.tensor_scatter_nd_update(value, [[init.zero_row]],
-                                                    tf.zeros((1, *p.shape[1:]), var.dtype))
-            var.assign(tf.transpose(value) if leaf_rule(p.role, Dialect.KERAS)[1] else value)
+        if init.kind == "normal":  # i.i.d.: drawn in the variable's own layout
+            value = tf.random.normal(var.shape, stddev=init.std, dtype=var.dtype)
+            if init.zero_row is not None:  # the canonical row: a column when transposed
+                axis = 1 if leaf_rule(p.role, Dialect.KERAS)[1] else 0
+                keep = tf.not_equal(tf.range(var.shape[axis]), init.zero_row)
+                value = value * tf.cast(keep[None, :] if axis else keep[:, None], var.dtype)
+            var.assign(value)
         elif init.kind == "array":
             var.assign(to_dialect(p, init.array, Dialect.KERAS).astype(var.dtype))
         else:

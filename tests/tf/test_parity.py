@@ -188,12 +188,13 @@ def test_random_init_constructors_and_mutable_config():
     assert same.decoder.cls.predictions.decoder.kernel is None  # tied to the word embeddings
 
 
-def test_shift_tokens_right_matches_core():
+def test_shift_tokens_right_matches_core(reference_dir):
     from encdec.core import seq2seq
-    from encdec.tf.encoder_decoder import shift_tokens_right
 
+    model = EncoderDecoderModel.from_pretrained(reference_dir("bert2bert"))
     labels = make_batch()["labels"]
-    np.testing.assert_array_equal(shift_tokens_right(labels, 0, 2).numpy(),
+    np.testing.assert_array_equal(model.prepare_decoder_input_ids_from_labels(labels).numpy(),
                                   seq2seq.shift_tokens_right(labels, 0, 2))
+    model.config.decoder_start_token_id = None
     with pytest.raises(ValueError, match="decoder_start_token_id"):
-        shift_tokens_right(labels, 0, None)
+        model.prepare_decoder_input_ids_from_labels(labels)
