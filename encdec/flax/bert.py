@@ -303,6 +303,7 @@ def _place(root: nnx.Module, dotted: str, value: nnx.Module | nnx.Param) -> None
 
 
 def _find(root: nnx.Module, dotted: str) -> Any:
+    """`root.a.b.c` for "a.b.c"."""
     for part in dotted.split("."):
         root = getattr(root, part)
     return root

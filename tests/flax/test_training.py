@@ -12,7 +12,7 @@ from flax import nnx
 
 from encdec.core.weights import Dialect, from_dialect, leaf
 from encdec.flax import EncoderDecoderModel
-from tests.conftest import make_batch
+from tests.conftest import make_batch, pair_batch
 
 from .conftest import max_diff, to_torch
 
@@ -24,12 +24,14 @@ def _loss(model, batch):
                  labels=batch["labels"]).loss
 
 
-@pytest.mark.parametrize("name", ["bert2bert", "bert2gpt2_proj"])
+@pytest.mark.parametrize("name", ["bert2bert", "bert2gpt2_proj", "roberta2roberta",
+                                  "electra2electra", "distilbert2gpt2"])
 def test_against_hf_gradients(name, reference_dir, hf_model):
-    """Every parameter's gradient (tied ones summed over their uses, as in the reference)."""
+    """Every parameter's gradient (tied ones summed over their uses, as in the reference:
+    RoBERTa's `lm_head.bias` is also its decoder's bias)."""
     d = reference_dir(name)
     ref, ours = hf_model(d), EncoderDecoderModel.from_pretrained(d)
-    b = make_batch(seed=8)
+    b = pair_batch(name, seed=8)
     del b["decoder_input_ids"]  # shifted from the labels, on both sides
     ref.zero_grad()
     r = ref(**to_torch(b))
