@@ -1,5 +1,6 @@
-"""The Keras side of `encdec.core.modeling`: `assign` / `get` over `Dialect.KERAS` paths, model
-building, and the backbones' `from_pretrained` / `save_pretrained`.
+"""The Keras side of `encdec.core.modeling`: `assign` / `get` over `Dialect.KERAS` paths, the
+reference's init drawn from the registry's data (`init_params`), tying through the table
+(`tie_params`), and the backbones' `from_pretrained` / `save_pretrained`.
 
 A path is found by walking the layer tree by attribute names (`encoder.layer.0.attention.self.
 query.kernel`), never through Keras' auto-generated variable names: built-in leaf layers
