@@ -121,12 +121,21 @@ class Flax(Adapter):
         return {k: self.jnp.asarray(np.asarray(v)) for k, v in batch.items()}
 
     def grads(self, model, batch, params: list[Param]):
+        from encdec.flax.params import variables
+
         inputs = self.inputs(batch)
         grads = self.nnx.grad(lambda m: m(**inputs).loss)(model)
         flat = {".".join(str(k) for k in path): np.asarray(v[...])
                 for path, v in self.nnx.to_flat_state(grads)}
-        return {p.name: from_dialect(p, flat[leaf(p, self.dialect)], self.dialect)
-                for p in params}
-
+        # a Variable shared by two paths (tie_encoder_decoder) is in the state once, under
+        # one of them: find each parameter's Variable by walking the module, then its path
+        path_of = {id(var): path for path, var in variables(model).items()}
+        out = {}
+        for p in params:
+            node = model
+            for part in leaf(p, self.dialect).split("."):
+                node = node[int(part)] if part.isdigit() else getattr(node, part)
+            out[p.name] = from_dialect(p, flat[path_of[id(node)]], self.dialect)
+        return out
 
 ADAPTERS = {"pt": PT, "tf": TF, "flax": Flax}
