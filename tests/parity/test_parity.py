@@ -21,6 +21,10 @@ from tests.parity.test_architectures import batch
 
 NAMES = list(PAIRS)
 BACKEND_PAIRS = list(itertools.combinations(ADAPTERS, 2))
+# gradients: one pair per code path (xlm-roberta and camembert run roberta's; the other mixed
+# pairs combine sides covered here), each flax gradient being a compile of its own
+GRAD_NAMES = ["bert2bert", "bert2gpt2_proj", "roberta2roberta_tied", "electra2electra",
+              "bertgeneration2bertgeneration", "distilbert2gpt2", "bert2roberta"]
 # save/load across backends: one pair per family of decoder and encoder, tied and projected
 SAVE_NAMES = ["bert2gpt2_proj", "roberta2roberta_tied", "electra2electra",
               "bertgeneration2bertgeneration", "distilbert2bert"]
@@ -68,7 +72,7 @@ def grads(adapters, ours, name: str, backend: str) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("a, b", BACKEND_PAIRS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GRAD_NAMES)
 def test_gradient_parity(ours, adapters, name, a, b):
     ga, gb = grads(adapters, ours, name, a), grads(adapters, ours, name, b)
     assert len(ga) >= 6
