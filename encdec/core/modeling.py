@@ -133,15 +133,18 @@ def warm_start_weights(config: EncoderDecoderConfig, encoder_dir: Path, decoder_
                        dialect: Dialect, assign: Assign) -> dict[str, LoadReport]:
     """Load the two backbones into a composite; log what was newly initialised or dropped."""
     reports = {}
-    for side, table, directory in (("encoder", encoder_table(config.encoder), encoder_dir),
-                                   ("decoder", decoder_table(config.decoder), decoder_dir)):
+    sides = [("encoder", encoder_table(config.encoder), encoder_dir),
+             ("decoder", decoder_table(config.decoder), decoder_dir)]
+    if config.tie_encoder_decoder:  # shared storage: the encoder's values win, as the reference
+        sides.reverse()
+    for side, table, directory in sides:
         reports[side] = load_weights(table, directory, dialect,
                                      lambda path, a, side=side: assign(f"{side}.{path}", a),
                                      strict=False)
         text = reports[side].summary(f"the {side} ({directory})")
         if text:
             logger.warning("%s\nYou should probably fine-tune this model before using it.", text)
-    return reports
+    return {"encoder": reports["encoder"], "decoder": reports["decoder"]}
 
 
 def save_pretrained(directory: str | os.PathLike, config: EncoderDecoderConfig,
