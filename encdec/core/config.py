@@ -187,6 +187,12 @@ class GPT2Config(ModelConfig):
     bos_token_id: int | None = 50256
     eos_token_id: int | list[int] | None = 50256
 
+    def check_supported(self) -> None:
+        """Refuse the reference's options that encdec's GPT-2 does not implement."""
+        for name in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+            if getattr(self, name):
+                raise NotImplementedError(f"GPT2Config.{name}=True is not supported")
+
     hidden_size = property(lambda self: self.n_embd)
     num_hidden_layers = property(lambda self: self.n_layer)
     num_attention_heads = property(lambda self: self.n_head)

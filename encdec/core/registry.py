@@ -422,6 +422,26 @@ def sinusoidal_table(n_pos: int, dim: int) -> np.ndarray:
     return out
 
 
+def public_classes(families: dict[str, tuple[type, type | None]],
+                   module: str) -> dict[str, type]:
+    """The reference's class names of every architecture, for a backend whose `families` maps
+    each family to its (base model, causal LM or None) classes: the family's own class where
+    the names agree (`BertModel`), else a subclass whose only change is `config_class`
+    (`RobertaModel`), so that its `from_pretrained` refuses another model type's checkpoint."""
+    out: dict[str, type] = {}
+    for arch in ARCHITECTURES:
+        for name, cls in zip((arch.base_class, arch.lm_class), families[arch.family],
+                             strict=True):
+            if name is None:
+                continue
+            out[name] = cls if cls.__name__ == name else type(
+                name, (cls,), {"config_class": arch.config_class, "__module__": module,
+                               "__qualname__": name,
+                               "__doc__": f"{arch.doc}: encdec's `{cls.__name__}` for "
+                                          f"{arch.name} checkpoints."})
+    return out
+
+
 def support_matrix() -> list[tuple[str, str, bool]]:
     """(encoder model_type, decoder model_type, supported) for every pair, for the docs."""
     return [(e.name, d.name, d.can_decode) for e in ARCHITECTURES for d in ARCHITECTURES]

@@ -32,28 +32,11 @@ for _cls in (_outputs.BaseModelOutput, _outputs.CausalLMOutput, _outputs.Seq2Seq
              _outputs.GenerateOutput):
     _register(_cls)
 
-from encdec.core.registry import ARCHITECTURES  # noqa: E402
+from encdec.core.registry import public_classes  # noqa: E402
 
 from .encoder_decoder import FAMILIES, EncoderDecoderModel, FlaxEncoderDecoderModel  # noqa: E402
 
-
-def _reference_classes() -> dict[str, type]:
-    classes = {}
-    for arch in ARCHITECTURES:
-        base, lm = FAMILIES[arch.family]
-        for name, family_class in ((arch.base_class, base), (arch.lm_class, lm)):
-            if name is None:
-                continue
-            if family_class.__name__ == name:  # the family's own class (BertModel, GPT2Model)
-                classes[name] = family_class
-            else:
-                classes[name] = type(name, (family_class,), {
-                    "config_class": arch.config_class, "__module__": __name__,
-                    "__qualname__": name, "__doc__": f"transformers' `{name}` ({arch.doc})."})
-    return classes
-
-
-_CLASSES = _reference_classes()
+_CLASSES = public_classes(FAMILIES, __name__)
 globals().update(_CLASSES)
 
 __all__ = ["EncoderDecoderModel", "FlaxEncoderDecoderModel", *sorted(_CLASSES)]

@@ -39,14 +39,6 @@ from .attention import (
 from .bert import Past, causal_lm_loss
 
 
-def _check_supported(c: GPT2Config) -> None:
-    if c.scale_attn_by_inverse_layer_idx:
-        raise NotImplementedError("GPT2Config.scale_attn_by_inverse_layer_idx=True is not "
-                                  "supported")
-    if c.reorder_and_upcast_attn:
-        raise NotImplementedError("GPT2Config.reorder_and_upcast_attn=True is not supported")
-
-
 class GPT2MLP(nnx.Module):
     def __init__(self, c: GPT2Config, *, rngs: nnx.Rngs):
         self.c_fc = dense(c.hidden_size, c.intermediate_size, rngs=rngs)
@@ -107,7 +99,7 @@ class GPT2Model(nnx.Module):
     config_class = GPT2Config
 
     def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs | None = None):
-        _check_supported(config)
+        config.check_supported()
         rngs = default_rngs(rngs)
         self.config = config
         self.wte = embed(config.vocab_size, config.hidden_size, rngs=rngs)

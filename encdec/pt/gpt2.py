@@ -28,14 +28,6 @@ from .attention import ACTIVATIONS, Attention, Conv1D, Mask, causal_mask, paddin
 from .bert import Past, causal_lm_loss
 
 
-def _check_supported(c: GPT2Config) -> None:
-    if c.scale_attn_by_inverse_layer_idx:
-        raise NotImplementedError("GPT2Config.scale_attn_by_inverse_layer_idx=True is not "
-                                  "supported")
-    if c.reorder_and_upcast_attn:
-        raise NotImplementedError("GPT2Config.reorder_and_upcast_attn=True is not supported")
-
-
 class GPT2MLP(nn.Module):
     def __init__(self, c: GPT2Config):
         super().__init__()
@@ -100,7 +92,7 @@ class GPT2Model(nn.Module):
 
     def __init__(self, config: GPT2Config):
         super().__init__()
-        _check_supported(config)
+        config.check_supported()
         self.config = config
         self.gradient_checkpointing = False
         with params.constructing() as c:

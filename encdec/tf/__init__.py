@@ -36,7 +36,7 @@ if _keras.config.backend() != "tensorflow":
         f"{_keras.config.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras "
         "(or use encdec.pt / encdec.flax).")
 
-from encdec.core.registry import ARCHITECTURES as _ARCHITECTURES  # noqa: E402
+from encdec.core.registry import public_classes  # noqa: E402
 
 from .encoder_decoder import (  # noqa: E402
     FAMILIES,
@@ -44,25 +44,7 @@ from .encoder_decoder import (  # noqa: E402
     TFEncoderDecoderModel,  # noqa: F401 - the reference's TF class name
 )
 
-
-def _public_classes() -> dict[str, type]:
-    """The reference's class names of every registered architecture: its family's class, or
-    (another model type of the family) a subclass whose `config_class` is the architecture's,
-    so that its `from_pretrained` refuses a checkpoint of another model type."""
-    out: dict[str, type] = {}
-    for arch in _ARCHITECTURES:
-        for name, cls in zip((arch.base_class, arch.lm_class), FAMILIES[arch.family],
-                             strict=True):
-            if name is None:
-                continue
-            out[name] = cls if cls.__name__ == name else type(
-                name, (cls,), {"config_class": arch.config_class, "__module__": __name__,
-                               "__doc__": f"{arch.doc}: encdec's `{cls.__name__}` for "
-                                          f"{arch.name} checkpoints."})
-    return out
-
-
-_CLASSES = _public_classes()
+_CLASSES = public_classes(FAMILIES, __name__)
 globals().update(_CLASSES)
 
 __all__ = sorted([*_CLASSES, EncoderDecoderModel.__name__, "TFEncoderDecoderModel"])

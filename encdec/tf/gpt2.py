@@ -40,14 +40,6 @@ from .attention import (
 from .bert import Past, causal_lm_loss
 
 
-def _check_supported(c: GPT2Config) -> None:
-    if c.scale_attn_by_inverse_layer_idx:
-        raise NotImplementedError("GPT2Config.scale_attn_by_inverse_layer_idx=True is not "
-                                  "supported")
-    if c.reorder_and_upcast_attn:
-        raise NotImplementedError("GPT2Config.reorder_and_upcast_attn=True is not supported")
-
-
 class GPT2MLP(keras.layers.Layer):
     """c_fc -> gelu_new -> c_proj -> dropout."""
 
@@ -121,7 +113,7 @@ class GPT2Model(keras.Model):
 
     def __init__(self, config: GPT2Config, *, name: str = "transformer", **kwargs):
         super().__init__(name=name, **kwargs)
-        _check_supported(config)
+        config.check_supported()
         self.config = config
         with params.constructing() as c:
             self.wte = embed(config.vocab_size, config.hidden_size, "wte")
