@@ -75,7 +75,8 @@ def eos_ids(name: str) -> list[int]:
 
 
 def sequences(out) -> np.ndarray:
-    return np.array(out["sequences"] if isinstance(out, dict) else out)  # writable, for torch
+    seqs = out["sequences"] if isinstance(out, dict) else out
+    return np.asarray(seqs).copy()  # writable, for torch
 
 
 def assert_same(got, want) -> None:
