@@ -232,13 +232,14 @@ _ROBERTA_INIT = InitRules(padding_rows=(r"embeddings\.word_embeddings\.weight",
 _WORD_PAD = InitRules(padding_rows=(r"embeddings\.word_embeddings\.weight",))
 
 
-def _roberta_like(name: str, config_class: type[ModelConfig], cls: str) -> Architecture:
+def _roberta_like(name: str, config_class: type[ModelConfig], cls: str, *,
+                  flax: bool) -> Architecture:
     return Architecture(
         name=name, model_types=(name,), config_class=config_class, family="bert",
         base_class=f"{cls}Model", lm_class=f"{cls}ForCausalLM", prefix="roberta",
         base_table=bert_family_model, lm_table=bert_family_lm, heads=_ROBERTA_HEADS,
         layout=_ROBERTA_LAYOUT, init=_ROBERTA_INIT, tf=RefNaming("roberta"),
-        flax=name != "camembert", doc=f"transformers' `{cls}Model` / `{cls}ForCausalLM`")
+        flax=flax, doc=f"transformers' `{cls}Model` / `{cls}ForCausalLM`")
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -253,9 +254,9 @@ ARCHITECTURES: tuple[Architecture, ...] = (
                                       bias="cls.predictions.bias")),
         init=_WORD_PAD, tf=RefNaming("bert", renames=(("cls", "mlm___cls"),)), flax=True,
         doc="transformers' `BertModel` / `BertLMHeadModel`"),
-    _roberta_like("roberta", RobertaConfig, "Roberta"),
-    _roberta_like("xlm-roberta", XLMRobertaConfig, "XLMRoberta"),
-    _roberta_like("camembert", CamembertConfig, "Camembert"),
+    _roberta_like("roberta", RobertaConfig, "Roberta", flax=True),
+    _roberta_like("xlm-roberta", XLMRobertaConfig, "XLMRoberta", flax=True),
+    _roberta_like("camembert", CamembertConfig, "Camembert", flax=False),  # no Flax class
     Architecture(
         name="electra", model_types=("electra",), config_class=ElectraConfig, family="bert",
         base_class="ElectraModel", lm_class="ElectraForCausalLM", prefix="electra",
