@@ -148,16 +148,3 @@ def test_decode_step_with_decoder_padding(reference_dir):
     assert max_diff(full, tf.concat(steps, axis=1)) < TOL
 
 
-def test_generate_greedy_matches_reference(reference_dir, hf_model):
-    """`model.generate` (encdec.tf.generation over init_cache/decode_step) gives the
-    reference's greedy tokens."""
-    import torch
-
-    d = reference_dir("bert2gpt2")
-    ids, mask, _ = _inputs(seed=6)
-    with torch.no_grad():
-        r = hf_model(d).generate(input_ids=torch.from_numpy(ids),
-                                 attention_mask=torch.from_numpy(mask), max_new_tokens=6,
-                                 do_sample=False, num_beams=1)
-    got = EncoderDecoderModel.from_pretrained(d).generate(ids, mask, max_new_tokens=6)
-    np.testing.assert_array_equal(np.asarray(got), r.numpy())

@@ -3,12 +3,9 @@ attentions, checkpoints in both directions (DESIGN.md bound: 1e-5 in fp32)."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import tensorflow as tf
-from safetensors.numpy import load_file
 
 from encdec.core import weights
 from encdec.tf import EncoderDecoderModel, TFEncoderDecoderModel, params
@@ -24,20 +21,6 @@ def _torch_no_grad():
     import torch
 
     return torch.no_grad()
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_against_hf_logits_and_loss(name, reference_dir, hf_model):
-    d = reference_dir(name)
-    ref, ours = hf_model(d), EncoderDecoderModel.from_pretrained(d)
-    b = make_batch()
-    kw = dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
-    with _torch_no_grad():
-        r = ref(**to_torch(kw))
-    o = ours(**kw)
-    assert max_diff(r.logits, o.logits) < TOL
-    assert abs(r.loss.item() - float(o.loss)) < TOL
-    assert max_diff(r.encoder_last_hidden_state, o.encoder_last_hidden_state) < TOL
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -130,34 +113,6 @@ def test_variables_are_exactly_the_table(name, reference_dir):
     layer = model.encoder.encoder.layer[0]
     assert layer.attention.self.query.kernel is params.variables(model)[
         "encoder.encoder.layer.0.attention.self.query.kernel"]
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_against_hf_loads_what_we_save(name, reference_dir, hf_model, tmp_path):
-    d = reference_dir(name)
-    ours = EncoderDecoderModel.from_pretrained(d)
-    ours.save_pretrained(tmp_path / "ours")
-    ref = hf_model(tmp_path / "ours")
-    b = make_batch()
-    kw = dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
-    with _torch_no_grad():
-        r = ref(**to_torch(kw))
-    assert max_diff(r.logits, ours(**kw).logits) < TOL
-    # tensors bit-identical to the source checkpoint's
-    src = load_file(d / "model.safetensors")
-    saved = load_file(tmp_path / "ours" / "model.safetensors")
-    assert set(saved) == set(src)
-    for k, v in src.items():
-        assert saved[k].dtype == v.dtype and np.array_equal(saved[k], v), k
-    saved = json.loads((tmp_path / "ours" / "config.json").read_text())
-    original = json.loads((d / "config.json").read_text())
-    for c in (saved, original):  # written by the library that saved it
-        c.pop("transformers_version", None)
-        c.pop("dtype", None)
-        for side in ("encoder", "decoder"):
-            c[side].pop("transformers_version", None)
-            c[side].pop("dtype", None)
-    assert saved == original
 
 
 def test_random_init_constructors_and_mutable_config():
