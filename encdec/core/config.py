@@ -29,8 +29,20 @@ def _check(cls_name: str, name: str, ok: bool, value: Any, want: str) -> None:
         raise ConfigError(f"{cls_name}.{name}: expected {want}, got {value!r}")
 
 
+class _AcceptsAnyKey(type):
+    """Configs take any keyword, as the reference's do (`BertConfig(output_attentions=True)`):
+    keys that are not fields go to `extra` and so to config.json."""
+
+    def __call__(cls, *args: Any, **kwargs: Any):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
+        if unknown:
+            kwargs["extra"] = {**kwargs.get("extra", {}), **unknown}
+        return super().__call__(*args, **kwargs)
+
+
 @dataclass
-class _Config:
+class _Config(metaclass=_AcceptsAnyKey):
     """Shared behaviour: unknown keys in `extra`, dict/json I/O, field validation."""
 
     model_type: ClassVar[str] = ""
@@ -374,9 +386,7 @@ class EncoderDecoderConfig(_Config):
         """As the reference: the decoder is switched to a causal decoder with cross-attention."""
         decoder_config.is_decoder = True
         decoder_config.add_cross_attention = True
-        names = set(cls._field_names())
-        extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}  # tie_encoder_decoder…
-        return cls(encoder=encoder_config, decoder=decoder_config, **kwargs, extra=extra)
+        return cls(encoder=encoder_config, decoder=decoder_config, **kwargs)  # others in `extra`
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **overrides: Any):

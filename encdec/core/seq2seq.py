@@ -5,6 +5,8 @@ The numpy functions here are the reference the backends' tensor code is tested a
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -77,3 +79,57 @@ def decoder_start_token_id(config: EncoderDecoderConfig, generation: GenerationC
         "decoder_start_token_id is not set. Set it on the model (model.config."
         "decoder_start_token_id = tokenizer.cls_token_id), in model.generation_config, or pass "
         "decoder_start_token_id=... to generate().")
+
+
+def route_forward_kwargs(kwargs: dict[str, Any], encoder_args: Collection[str],
+                         decoder_args: Collection[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The reference's routing of `forward`'s extra keyword arguments: `decoder_`-prefixed ones
+    go to the decoder (prefix dropped), the others to the encoder. A name the side does not
+    accept is a TypeError naming it (never swallowed)."""
+    enc: dict[str, Any] = {}
+    dec: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        side, name, accepted = (("decoder", key.removeprefix("decoder_"), decoder_args)
+                                if key.startswith("decoder_") else ("encoder", key, encoder_args))
+        if name not in accepted:
+            raise TypeError(f"forward() got an unexpected keyword argument {key!r}: the {side} "
+                            f"accepts no {name!r} (it takes {sorted(accepted)})")
+        (dec if side == "decoder" else enc)[name] = value
+    return enc, dec
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Which outputs a forward returns, resolved as the reference does: the argument, else the
+    config (each side's own config for attentions and hidden states, the decoder's for
+    `use_cache`, the composite's for `return_dict`)."""
+
+    encoder_attentions: bool
+    encoder_hidden_states: bool
+    decoder_attentions: bool
+    decoder_hidden_states: bool
+    use_cache: bool
+    return_dict: bool
+
+
+def _flag(config: Any, name: str, default: bool) -> bool:
+    value = getattr(config, name, None)
+    return default if value is None else bool(value)
+
+
+def resolve_outputs(config: EncoderDecoderConfig, output_attentions: bool | None = None,
+                    output_hidden_states: bool | None = None, use_cache: bool | None = None,
+                    return_dict: bool | None = None) -> Outputs:
+    """Resolve `forward`'s output switches (argument first, then config)."""
+    def pick(arg: bool | None, side: Any, name: str, default: bool) -> bool:
+        return bool(arg) if arg is not None else _flag(side, name, default)
+
+    return Outputs(
+        encoder_attentions=pick(output_attentions, config.encoder, "output_attentions", False),
+        encoder_hidden_states=pick(output_hidden_states, config.encoder, "output_hidden_states",
+                                   False),
+        decoder_attentions=pick(output_attentions, config.decoder, "output_attentions", False),
+        decoder_hidden_states=pick(output_hidden_states, config.decoder, "output_hidden_states",
+                                   False),
+        use_cache=pick(use_cache, config.decoder, "use_cache", True),
+        return_dict=pick(return_dict, config, "return_dict", True))
