@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -20,20 +22,27 @@ from encdec.core import weights
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 from encdec.core.modeling import (
     load_weights,
-    prepare_warm_start,
+    read_backbone_config,
     read_pretrained,
     save_pretrained,
-    warm_start_weights,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec.core.registry import architecture, check_length
-from encdec.core.seq2seq import IGNORE_INDEX, shift_token_ids
-from encdec.core.weights import Dialect
+from encdec.core.seq2seq import (
+    IGNORE_INDEX,
+    resolve_outputs,
+    route_forward_kwargs,
+    shift_token_ids,
+    split_kwargs,
+)
+from encdec.core.weights import Dialect, LoadReport
 
 from . import params
 from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
+
+logger = logging.getLogger("encdec")
 
 # family (`encdec.core.registry.Architecture.family`) -> (base model, causal LM or None)
 FAMILIES: dict[str, tuple[type[nn.Module], type[nn.Module] | None]] = {
@@ -53,6 +62,31 @@ def decoder_class(config: ModelConfig) -> type[nn.Module]:
     architecture has no causal LM."""
     architecture(config).decoder_table(config)  # raises for an encoder-only architecture
     return FAMILIES[architecture(config).family][1]
+
+
+def check_decoder(decoder: nn.Module) -> None:
+    """A decoder object must have cross-attention layers (`add_cross_attention=True` on its
+    config); `is_decoder` is set by the composite config, as the reference does."""
+    dc = decoder.config
+    decoder_class(dc)  # the registry's clear error for an encoder-only architecture
+    if not dc.add_cross_attention:
+        raise ValueError(f"decoder {type(decoder).__name__} has no cross-attention layers to "
+                         "attend to the encoder: build it with add_cross_attention=True in its "
+                         "config")
+
+
+# forward arguments the composite passes to a backbone itself; the rest of a backbone's forward
+# arguments may be given per side (`token_type_ids`, `decoder_position_ids`, ...)
+_COMPOSITE_ARGS = frozenset({
+    "self", "input_ids", "attention_mask", "inputs_embeds", "encoder_hidden_states",
+    "encoder_attention_mask", "past_key_values", "use_cache", "output_attentions",
+    "output_hidden_states", "return_dict", "labels"})
+
+
+def extra_forward_args(module: nn.Module) -> frozenset[str]:
+    """The forward arguments of a backbone a caller may pass through the composite."""
+    return frozenset(inspect.signature(module.forward).parameters) - _COMPOSITE_ARGS
+
 
 Cache = tuple[tuple[Tensor, Tensor, Tensor, Tensor], ...]  # per layer (k_buf, v_buf, ck, cv)
 
@@ -80,13 +114,9 @@ class EncoderDecoderModel(nn.Module):
             if encoder is None or decoder is None:
                 raise ValueError("Either a configuration or an encoder and a decoder has to be "
                                  "provided.")
-            dc = decoder.config
-            decoder_class(dc)  # the registry's clear error for an encoder-only architecture
-            if not (dc.is_decoder and dc.add_cross_attention):
-                raise ValueError(f"decoder {type(decoder).__name__}: its config needs "
-                                 "is_decoder=True and add_cross_attention=True (it has no "
-                                 "cross-attention layers to attend to the encoder)")
-            config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, dc)
+            check_decoder(decoder)
+            config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config,
+                                                                       decoder.config)
         elif not isinstance(config, EncoderDecoderConfig):
             raise ValueError("config: expected an EncoderDecoderConfig, got "
                              f"{type(config).__name__}")
@@ -157,16 +187,21 @@ class EncoderDecoderModel(nn.Module):
                 decoder_inputs_embeds: Tensor | None = None, labels: Tensor | None = None,
                 use_cache: bool | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None,
-                return_dict: bool | None = None) -> Seq2SeqLMOutput | tuple:
+                return_dict: bool | None = None, **kwargs: Any) -> Seq2SeqLMOutput | tuple:
         """As the reference's forward; `past_key_values` in its legacy per-layer tuple format
-        `(self_k, self_v, cross_k, cross_v)`."""
-        output_attentions = bool(output_attentions)
-        output_hidden_states = bool(output_hidden_states)
+        `(self_k, self_v, cross_k, cross_v)`. Other keyword arguments go to the encoder, and
+        `decoder_`-prefixed ones to the decoder (e.g. `token_type_ids`,
+        `decoder_position_ids`); output switches left None come from the configs."""
+        enc_kwargs, dec_kwargs = route_forward_kwargs(
+            kwargs, extra_forward_args(self.encoder), extra_forward_args(self.decoder))
+        o = resolve_outputs(self.config, output_attentions, output_hidden_states, use_cache,
+                            return_dict)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                            inputs_embeds=inputs_embeds,
-                                           output_attentions=output_attentions,
-                                           output_hidden_states=output_hidden_states)
+                                           output_attentions=o.encoder_attentions,
+                                           output_hidden_states=o.encoder_hidden_states,
+                                           **enc_kwargs)
         elif isinstance(encoder_outputs, tuple):  # as the reference's BaseModelOutput(*tuple)
             names = ("last_hidden_state", "hidden_states", "attentions")
             encoder_outputs = BaseModelOutput(**dict(zip(names, encoder_outputs, strict=False)))
@@ -186,8 +221,8 @@ class EncoderDecoderModel(nn.Module):
         dec = self.decoder(input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
                            inputs_embeds=decoder_inputs_embeds, encoder_hidden_states=states,
                            encoder_attention_mask=attention_mask, past_key_values=past_key_values,
-                           use_cache=use_cache, output_attentions=output_attentions,
-                           output_hidden_states=output_hidden_states)
+                           use_cache=o.use_cache, output_attentions=o.decoder_attentions,
+                           output_hidden_states=o.decoder_hidden_states, **dec_kwargs)
         loss = None
         if labels is not None:
             logits = dec.logits  # (B, T, V)
@@ -200,7 +235,7 @@ class EncoderDecoderModel(nn.Module):
             encoder_last_hidden_state=encoder_outputs["last_hidden_state"],
             encoder_hidden_states=encoder_outputs.get("hidden_states"),
             encoder_attentions=encoder_outputs.get("attentions"))
-        return out.to_tuple() if return_dict is False else out
+        return out if o.return_dict else out.to_tuple()
 
     def prepare_decoder_input_ids_from_labels(self, labels: Tensor) -> Tensor:
         """labels -> decoder_input_ids (core rule: shift right, start id, -100 -> pad)."""
@@ -252,20 +287,64 @@ class EncoderDecoderModel(nn.Module):
 
     @classmethod
     def from_encoder_decoder_pretrained(
-            cls, encoder_pretrained_model_name_or_path: str | os.PathLike,
-            decoder_pretrained_model_name_or_path: str | os.PathLike, *,
+            cls, encoder_pretrained_model_name_or_path: str | os.PathLike | None = None,
+            decoder_pretrained_model_name_or_path: str | os.PathLike | None = None, *,
+            encoder_model: nn.Module | None = None, decoder_model: nn.Module | None = None,
             output_loading_info: bool = False, **kwargs: Any):
         """Warm-start from two single-model checkpoints (`encoder_*` / `decoder_*` kwargs go to
-        that side's config). Weights a checkpoint lacks are initialised and reported; the
-        model is returned in eval mode (with `{"encoder": report, "decoder": report}`)."""
-        config, enc_dir, dec_dir = prepare_warm_start(
-            encoder_pretrained_model_name_or_path, decoder_pretrained_model_name_or_path, **kwargs)
-        with params.skip_init():
-            model = cls(config=config)
-        reports = warm_start_weights(config, enc_dir, dec_dir, Dialect.PT,
-                                     functools.partial(params.assign, model))
+        that side's config), or use a model object given as `encoder_model` / `decoder_model`
+        for that side (as the reference). Weights a checkpoint lacks are initialised and
+        reported (a given side's report is empty); the model is returned in eval mode (with
+        `{"encoder": report, "decoder": report}`)."""
+        enc_kwargs, dec_kwargs, rest = split_kwargs(kwargs)
+        overrides = {"encoder": enc_kwargs, "decoder": dec_kwargs}
+        paths = {"encoder": encoder_pretrained_model_name_or_path,
+                 "decoder": decoder_pretrained_model_name_or_path}
+        given = {"encoder": encoder_model, "decoder": decoder_model}
+        flags = {"encoder": {}, "decoder": {"is_decoder": True, "add_cross_attention": True}}
+        configs: dict[str, ModelConfig] = {}
+        dirs: dict[str, os.PathLike | None] = {}
         for side in ("encoder", "decoder"):
+            if given[side] is not None:
+                if paths[side] is not None:
+                    raise ValueError(f"{side}_model and {side}_pretrained_model_name_or_path="
+                                     f"{paths[side]!r} both given: pass one of them")
+                if overrides[side]:
+                    raise ValueError(f"{sorted(f'{side}_{k}' for k in overrides[side])} given "
+                                     f"with {side}_model: set them on {side}_model.config")
+                if side == "decoder":
+                    check_decoder(given[side])
+                dirs[side], configs[side] = None, given[side].config
+            elif paths[side] is None:
+                raise ValueError(f"no {side}: pass {side}_pretrained_model_name_or_path (a "
+                                 f"checkpoint path or id) or {side}_model (a model object)")
+            else:
+                dirs[side], configs[side] = read_backbone_config(
+                    paths[side], **{**flags[side], **overrides[side]})
+        enc = configs["encoder"]
+        if dirs["encoder"] is not None and (enc.is_decoder or enc.add_cross_attention):
+            logger.info("encoder config had is_decoder/add_cross_attention set: turning them off")
+            enc.is_decoder = enc.add_cross_attention = False
+        config = EncoderDecoderConfig.from_encoder_decoder_configs(enc, configs["decoder"], **rest)
+        with params.skip_init():
+            model = cls(config=config, encoder=encoder_model, decoder=decoder_model)
+        reports = {side: LoadReport([], [], []) for side in ("encoder", "decoder")}
+        # shared storage with tie_encoder_decoder: load the decoder first, the encoder's values win
+        order = ("decoder", "encoder") if config.tie_encoder_decoder else ("encoder", "decoder")
+        for side in order:
+            if dirs[side] is None:
+                continue
             sub = getattr(model, side)
+            table = (weights.encoder_table if side == "encoder" else weights.decoder_table)(
+                getattr(config, side))
+            reports[side] = load_weights(
+                table, dirs[side], Dialect.PT,
+                lambda path, a, side=side: params.assign(model, f"{side}.{path}", a),
+                strict=False)
+            text = reports[side].summary(f"the {side} ({dirs[side]})")
+            if text:
+                logger.warning("%s\nYou should probably fine-tune this model before using it.",
+                               text)
             params.init_params(sub, sub.table(), sub.config, reports[side].missing)
         if model.enc_to_dec_proj is not None:
             model._init_proj()
