@@ -7,7 +7,9 @@ contract (`init_cache`, `decode_step`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -20,13 +22,14 @@ from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConf
 from encdec.core.modeling import (
     load_weights,
     prepare_warm_start,
+    read_backbone_config,
     read_pretrained,
     save_pretrained,
     warm_start_weights,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec.core.registry import architecture, check_length
-from encdec.core.weights import Dialect
+from encdec.core.weights import Dialect, LoadReport, leaf
 
 from . import params
 from .attention import cross_entropy, dense
@@ -54,6 +57,37 @@ def decoder_class(config: ModelConfig) -> type[keras.Model]:
     arch.decoder_table(config)  # raises when the reference has no causal LM for it
     return FAMILIES[arch.family][1]
 
+
+def check_decoder(decoder: keras.Model) -> None:
+    """A decoder object must have cross-attention layers (built with `add_cross_attention=True`
+    on its config); `is_decoder` is set by the composite config, as the reference does. Found
+    from the weights it holds, not its config's flags (which the composite's config rewrites)."""
+    c = decoder.config
+    decoder_class(c)  # the registry's clear error for an encoder-only architecture
+    arch = architecture(c)
+    cross = {leaf(p, Dialect.KERAS) for p in arch.decoder_table(
+        dataclasses.replace(c, is_decoder=True, add_cross_attention=True)).params}
+    cross -= {leaf(p, Dialect.KERAS) for p in arch.decoder_table(
+        dataclasses.replace(c, is_decoder=True, add_cross_attention=False)).params}
+    if not cross <= set(params.variables(decoder)):
+        raise ValueError(f"decoder {type(decoder).__name__} has no cross-attention layers to "
+                         "attend to the encoder: build it with add_cross_attention=True in its "
+                         "config")
+
+
+# call arguments the composite passes to a backbone itself; the rest of a backbone's call
+# arguments may be given per side (`token_type_ids`, `decoder_position_ids`, ...)
+_COMPOSITE_ARGS = frozenset({
+    "self", "input_ids", "attention_mask", "inputs_embeds", "encoder_hidden_states",
+    "encoder_attention_mask", "past_key_values", "use_cache", "output_attentions",
+    "output_hidden_states", "return_dict", "labels", "training"})
+
+
+def extra_forward_args(module: keras.Model) -> frozenset[str]:
+    """The call arguments of a backbone a caller may pass through the composite."""
+    return frozenset(inspect.signature(module.call).parameters) - _COMPOSITE_ARGS
+
+
 # per decoder layer (self_k_buf, self_v_buf, cross_k, cross_v)
 Cache = tuple[tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], ...]
 
@@ -69,15 +103,14 @@ class EncoderDecoderModel(keras.Model):
             if encoder is None or decoder is None:
                 raise ValueError("Either a configuration or an encoder and a decoder has to be "
                                  "provided.")
-            dc = decoder.config
-            if not (dc.is_decoder and dc.add_cross_attention):
-                raise ValueError(f"decoder {type(decoder).__name__}: its config needs "
-                                 "is_decoder=True and add_cross_attention=True (it has no "
-                                 "cross-attention layers to attend to the encoder)")
-            config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, dc)
+            check_decoder(decoder)
+            config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config,
+                                                                       decoder.config)
         elif not isinstance(config, EncoderDecoderConfig):
             raise ValueError("config: expected an EncoderDecoderConfig, got "
                              f"{type(config).__name__}")
+        elif decoder is not None:
+            check_decoder(decoder)
         self.config = config
         self.generation_config = GenerationConfig.from_model_config(config)
         if decoder is not None and config.tie_encoder_decoder:
@@ -129,21 +162,26 @@ class EncoderDecoderModel(keras.Model):
     def call(self, input_ids=None, attention_mask=None, decoder_input_ids=None,
              decoder_attention_mask=None, encoder_outputs=None, past_key_values=None,
              inputs_embeds=None, decoder_inputs_embeds=None, labels=None, use_cache=None,
-             output_attentions=False, output_hidden_states=False, return_dict=True,
-             training=False) -> Seq2SeqLMOutput | tuple:
+             output_attentions=None, output_hidden_states=None, return_dict=None,
+             training=False, **kwargs) -> Seq2SeqLMOutput | tuple:
         """As the reference's forward; `past_key_values` in its legacy per-layer tuple format
-        `(self_k, self_v, cross_k, cross_v)`. A dict as first argument (what `model.fit` passes
-        from a dataset of dicts) is unpacked into the keyword arguments."""
+        `(self_k, self_v, cross_k, cross_v)`. Other keyword arguments go to the encoder
+        (`token_type_ids`, `position_ids`, …) or, `decoder_`-prefixed, to the decoder (prefix
+        dropped); a name that side does not take is a TypeError naming it. Output switches left
+        None come from the configs (`resolve_outputs`). A dict as first argument (what
+        `model.fit` passes from a dataset of dicts) is unpacked into the keyword arguments."""
         if isinstance(input_ids, Mapping):
             return self.call(**input_ids, training=training)
-        output_attentions = bool(output_attentions)
-        output_hidden_states = bool(output_hidden_states)
+        enc_kwargs, dec_kwargs = seq2seq.route_forward_kwargs(
+            kwargs, extra_forward_args(self.encoder), extra_forward_args(self.decoder))
+        out_flags = seq2seq.resolve_outputs(self.config, output_attentions, output_hidden_states,
+                                            use_cache, return_dict)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                            inputs_embeds=inputs_embeds,
-                                           output_attentions=output_attentions,
-                                           output_hidden_states=output_hidden_states,
-                                           training=training)
+                                           output_attentions=out_flags.encoder_attentions,
+                                           output_hidden_states=out_flags.encoder_hidden_states,
+                                           training=training, **enc_kwargs)
         elif isinstance(encoder_outputs, (tuple, list)):  # the reference's BaseModelOutput(*tuple)
             names = ("last_hidden_state", "hidden_states", "attentions")
             encoder_outputs = BaseModelOutput(**dict(zip(names, encoder_outputs, strict=False)))
@@ -165,8 +203,10 @@ class EncoderDecoderModel(keras.Model):
         dec = self.decoder(input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
                            inputs_embeds=decoder_inputs_embeds, encoder_hidden_states=states,
                            encoder_attention_mask=attention_mask, past_key_values=past_key_values,
-                           use_cache=use_cache, output_attentions=output_attentions,
-                           output_hidden_states=output_hidden_states, training=training)
+                           use_cache=out_flags.use_cache,
+                           output_attentions=out_flags.decoder_attentions,
+                           output_hidden_states=out_flags.decoder_hidden_states,
+                           training=training, **dec_kwargs)
         loss = None if labels is None else cross_entropy(dec.logits, labels)  # (B, T, V), (B, T)
         out = Seq2SeqLMOutput(
             loss=loss, logits=dec.logits, past_key_values=dec.past_key_values,
@@ -175,7 +215,7 @@ class EncoderDecoderModel(keras.Model):
             encoder_last_hidden_state=encoder_outputs["last_hidden_state"],
             encoder_hidden_states=encoder_outputs.get("hidden_states"),
             encoder_attentions=encoder_outputs.get("attentions"))
-        return out.to_tuple() if return_dict is False else out
+        return out if out_flags.return_dict else out.to_tuple()
 
     def prepare_decoder_input_ids_from_labels(self, labels: tf.Tensor) -> tf.Tensor:
         """labels -> decoder_input_ids (core rule: shift right, start id, -100 -> pad), in
@@ -239,14 +279,41 @@ class EncoderDecoderModel(keras.Model):
 
     @classmethod
     def from_encoder_decoder_pretrained(
-            cls, encoder_pretrained_model_name_or_path: str | os.PathLike,
-            decoder_pretrained_model_name_or_path: str | os.PathLike, *,
+            cls, encoder_pretrained_model_name_or_path: str | os.PathLike | None = None,
+            decoder_pretrained_model_name_or_path: str | os.PathLike | None = None, *,
+            encoder_model: keras.Model | None = None, decoder_model: keras.Model | None = None,
             output_loading_info: bool = False, **kwargs: Any):
         """Warm-start from two single-model checkpoints (`encoder_*` / `decoder_*` kwargs go to
-        that side's config). Weights a checkpoint lacks keep their random init and are
-        reported (with `output_loading_info`, also returned as {"encoder": …, "decoder": …})."""
-        config, enc_dir, dec_dir = prepare_warm_start(
-            encoder_pretrained_model_name_or_path, decoder_pretrained_model_name_or_path, **kwargs)
+        that side's config). A side given as a built model (`encoder_model=` / `decoder_model=`,
+        as the reference) is used instead of loading a checkpoint; its report is empty. Weights
+        a checkpoint lacks keep their random init and are reported (with
+        `output_loading_info`, also returned as {"encoder": …, "decoder": …})."""
+        paths = {"encoder": encoder_pretrained_model_name_or_path,
+                 "decoder": decoder_pretrained_model_name_or_path}
+        given = {"encoder": encoder_model, "decoder": decoder_model}
+        enc_kwargs, dec_kwargs, _ = seq2seq.split_kwargs(kwargs)
+        overrides = {"encoder": enc_kwargs, "decoder": dec_kwargs}
+        for side in ("encoder", "decoder"):
+            if given[side] is not None and paths[side] is not None:
+                raise ValueError(f"{side}_model and {side}_pretrained_model_name_or_path="
+                                 f"{paths[side]!r} both given: pass one of them")
+            if given[side] is not None and overrides[side]:
+                raise ValueError(f"{sorted(f'{side}_{k}' for k in overrides[side])} given "
+                                 f"with {side}_model: set them on {side}_model.config")
+            if given[side] is None and paths[side] is None:
+                raise ValueError(f"no {side}: pass {side}_pretrained_model_name_or_path (a "
+                                 f"checkpoint path or id) or {side}_model (a model object)")
+        if encoder_model is None and decoder_model is None:
+            model, reports = cls._warm_start(paths["encoder"], paths["decoder"], **kwargs)
+        else:
+            model, reports = cls._warm_start_with_models(paths, given, **kwargs)
+        return (model, reports) if output_loading_info else model
+
+    @classmethod
+    def _warm_start(cls, encoder_path: str | os.PathLike, decoder_path: str | os.PathLike,
+                    **kwargs: Any) -> tuple[EncoderDecoderModel, dict[str, LoadReport]]:
+        """Both sides from checkpoints, loaded into the composite."""
+        config, enc_dir, dec_dir = prepare_warm_start(encoder_path, decoder_path, **kwargs)
         with params.skip_init():
             model = cls(config=config)
         reports = warm_start_weights(config, enc_dir, dec_dir, Dialect.KERAS,
@@ -256,7 +323,30 @@ class EncoderDecoderModel(keras.Model):
             params.init_params(sub, sub.table(), sub.config, reports[side].missing)
         model._init_proj()
         model.tie_weights()
-        return (model, reports) if output_loading_info else model
+        return model, reports
+
+    @classmethod
+    def _warm_start_with_models(cls, paths: dict[str, Any], given: dict[str, keras.Model | None],
+                                **kwargs: Any) -> tuple[EncoderDecoderModel, dict[str, LoadReport]]:
+        """As the reference: a side not given is loaded as a backbone (the encoder without,
+        the decoder with causal masking and cross-attention), then the composite is built
+        around the two models."""
+        enc_kwargs, dec_kwargs, rest = seq2seq.split_kwargs(kwargs)
+        side_kwargs = {"encoder": {**enc_kwargs, "is_decoder": False, "add_cross_attention": False},
+                       "decoder": {"is_decoder": True, "add_cross_attention": True, **dec_kwargs}}
+        models, reports = {}, {}
+        for side in ("encoder", "decoder"):
+            if given[side] is not None:
+                models[side], reports[side] = given[side], LoadReport([], [], [])
+                continue
+            _, config = read_backbone_config(paths[side], **side_kwargs[side])
+            klass = encoder_class(config) if side == "encoder" else decoder_class(config)
+            models[side], reports[side] = params.load_backbone(
+                klass, paths[side], output_loading_info=True, **side_kwargs[side])
+        check_decoder(models["decoder"])
+        config = EncoderDecoderConfig.from_encoder_decoder_configs(
+            models["encoder"].config, models["decoder"].config, **rest)
+        return cls(config=config, encoder=models["encoder"], decoder=models["decoder"]), reports
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
