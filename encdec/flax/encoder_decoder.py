@@ -8,6 +8,8 @@ contract (`init_cache`, `decode_step`), traceable under `jax.jit` / `nnx.jit`.
 from __future__ import annotations
 
 import functools
+import inspect
+import logging
 import os
 from typing import Any
 
@@ -19,21 +21,28 @@ from encdec.core import weights
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 from encdec.core.modeling import (
     load_weights,
-    prepare_warm_start,
+    read_backbone_config,
     read_pretrained,
     save_pretrained,
-    warm_start_weights,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec.core.registry import architecture, check_length
-from encdec.core.seq2seq import IGNORE_INDEX, shift_token_ids
-from encdec.core.weights import Dialect
+from encdec.core.seq2seq import (
+    IGNORE_INDEX,
+    resolve_outputs,
+    route_forward_kwargs,
+    shift_token_ids,
+    split_kwargs,
+)
+from encdec.core.weights import Dialect, LoadReport
 
 from . import params
 from .attention import cross_entropy, default_rngs, dense
 from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
+
+logger = logging.getLogger("encdec")
 
 # family (`encdec.core.registry.Architecture.family`) -> (base model, causal LM or None)
 FAMILIES: dict[str, tuple[type[nnx.Module], type[nnx.Module] | None]] = {
@@ -54,6 +63,29 @@ def decoder_class(config: ModelConfig) -> type[nnx.Module]:
     architecture(config).decoder_table(config)  # raises for an encoder-only architecture
     return FAMILIES[architecture(config).family][1]
 
+
+def check_decoder(decoder: nnx.Module) -> None:
+    """Refuse a decoder object without cross-attention layers (the encoder's states would have
+    nothing to attend them); `is_decoder` is set by the composite config, as in the reference."""
+    decoder_class(decoder.config)  # the registry's clear error for an encoder-only architecture
+    if not decoder.config.add_cross_attention:
+        raise ValueError(f"decoder {type(decoder).__name__} has no cross-attention layers (its "
+                         "config has add_cross_attention=False): build it with "
+                         "add_cross_attention=True to attend to the encoder")
+
+
+# arguments of a backbone's call that the composite sets itself; the others (`token_type_ids`,
+# `position_ids`) are what forward's extra keyword arguments may be routed to
+_COMPOSITE_ARGS = frozenset({
+    "self", "input_ids", "attention_mask", "inputs_embeds", "encoder_hidden_states",
+    "encoder_attention_mask", "past_key_values", "use_cache", "labels", "output_attentions",
+    "output_hidden_states", "return_dict"})
+
+
+def extra_forward_args(module: nnx.Module) -> frozenset[str]:
+    """The call arguments of a backbone a caller may pass through the composite."""
+    return frozenset(inspect.signature(module.__call__).parameters) - _COMPOSITE_ARGS
+
 # per decoder layer (self_k_buf, self_v_buf, cross_k, cross_v)
 Cache = tuple[tuple[jax.Array, jax.Array, jax.Array, jax.Array], ...]
 
@@ -71,12 +103,9 @@ class EncoderDecoderModel(nnx.Module):
             if encoder is None or decoder is None:
                 raise ValueError("Either a configuration or an encoder and a decoder has to be "
                                  "provided.")
-            dc = decoder.config
-            if not (dc.is_decoder and dc.add_cross_attention):
-                raise ValueError(f"decoder {type(decoder).__name__}: its config needs "
-                                 "is_decoder=True and add_cross_attention=True (it has no "
-                                 "cross-attention layers to attend to the encoder)")
-            config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, dc)
+            check_decoder(decoder)
+            config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config,
+                                                                       decoder.config)
         elif not isinstance(config, EncoderDecoderConfig):
             raise ValueError("config: expected an EncoderDecoderConfig, got "
                              f"{type(config).__name__}")
@@ -126,16 +155,21 @@ class EncoderDecoderModel(nnx.Module):
                  decoder_inputs_embeds: jax.Array | None = None, labels: jax.Array | None = None,
                  use_cache: bool | None = None, output_attentions: bool | None = None,
                  output_hidden_states: bool | None = None,
-                 return_dict: bool | None = None) -> Seq2SeqLMOutput | tuple:
+                 return_dict: bool | None = None, **kwargs: Any) -> Seq2SeqLMOutput | tuple:
         """As the reference's forward; `past_key_values` in its legacy per-layer tuple format
-        `(self_k, self_v, cross_k, cross_v)`."""
-        output_attentions = bool(output_attentions)
-        output_hidden_states = bool(output_hidden_states)
+        `(self_k, self_v, cross_k, cross_v)`. Extra keyword arguments go to the encoder, the
+        `decoder_`-prefixed ones to the decoder (`token_type_ids`, `decoder_position_ids`, …);
+        unset output switches come from the configs."""
+        flags = resolve_outputs(self.config, output_attentions, output_hidden_states, use_cache,
+                                return_dict)
+        enc_kwargs, dec_kwargs = route_forward_kwargs(kwargs, extra_forward_args(self.encoder),
+                                                      extra_forward_args(self.decoder))
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                            inputs_embeds=inputs_embeds,
-                                           output_attentions=output_attentions,
-                                           output_hidden_states=output_hidden_states)
+                                           output_attentions=flags.encoder_attentions,
+                                           output_hidden_states=flags.encoder_hidden_states,
+                                           **enc_kwargs)
         elif isinstance(encoder_outputs, tuple):  # as the reference's BaseModelOutput(*tuple)
             names = ("last_hidden_state", "hidden_states", "attentions")
             encoder_outputs = BaseModelOutput(**dict(zip(names, encoder_outputs, strict=False)))
@@ -150,8 +184,8 @@ class EncoderDecoderModel(nnx.Module):
         dec = self.decoder(input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
                            inputs_embeds=decoder_inputs_embeds, encoder_hidden_states=states,
                            encoder_attention_mask=attention_mask, past_key_values=past_key_values,
-                           use_cache=use_cache, output_attentions=output_attentions,
-                           output_hidden_states=output_hidden_states)
+                           use_cache=flags.use_cache, output_attentions=flags.decoder_attentions,
+                           output_hidden_states=flags.decoder_hidden_states, **dec_kwargs)
         loss = None if labels is None else cross_entropy(dec.logits, labels)  # (B, T, V) vs (B, T)
         out = Seq2SeqLMOutput(
             loss=loss, logits=dec.logits, past_key_values=dec.past_key_values,
@@ -160,7 +194,7 @@ class EncoderDecoderModel(nnx.Module):
             encoder_last_hidden_state=encoder_outputs["last_hidden_state"],
             encoder_hidden_states=encoder_outputs.get("hidden_states"),
             encoder_attentions=encoder_outputs.get("attentions"))
-        return out.to_tuple() if return_dict is False else out
+        return out if flags.return_dict else out.to_tuple()
 
     def prepare_decoder_input_ids_from_labels(self, labels: jax.Array) -> jax.Array:
         """labels -> decoder_input_ids (core rule: shift right, start id, -100 -> pad)."""
@@ -214,18 +248,27 @@ class EncoderDecoderModel(nnx.Module):
 
     @classmethod
     def from_encoder_decoder_pretrained(
-            cls, encoder_pretrained_model_name_or_path: str | os.PathLike,
-            decoder_pretrained_model_name_or_path: str | os.PathLike, *,
+            cls, encoder_pretrained_model_name_or_path: str | os.PathLike | None = None,
+            decoder_pretrained_model_name_or_path: str | os.PathLike | None = None, *,
+            encoder_model: nnx.Module | None = None, decoder_model: nnx.Module | None = None,
             rngs: nnx.Rngs | None = None, output_loading_info: bool = False, **kwargs: Any):
         """Warm-start from two single-model checkpoints (`encoder_*` / `decoder_*` kwargs go to
-        that side's config). Weights a checkpoint lacks keep their random init and are reported;
-        the model is returned in eval mode (with `{"encoder": report, "decoder": report}`)."""
-        config, enc_dir, dec_dir = prepare_warm_start(
-            encoder_pretrained_model_name_or_path, decoder_pretrained_model_name_or_path, **kwargs)
-        model = cls(config=config, rngs=rngs)
-        reports = warm_start_weights(config, enc_dir, dec_dir, Dialect.NNX,
-                                     functools.partial(params.assign, model))
+        that side's config), or use a given backbone (`encoder_model` / `decoder_model`) as that
+        side, as the reference. Weights a checkpoint lacks keep their random init and are
+        reported; the model is returned in eval mode (with `{"encoder": report, "decoder":
+        report}`, empty for a given side)."""
+        rngs = default_rngs(rngs)
+        enc_kwargs, dec_kwargs, rest = split_kwargs(kwargs)
+        encoder, enc_report = _warm_side("encoder", encoder_pretrained_model_name_or_path,
+                                         encoder_model, enc_kwargs, rngs)
+        decoder, dec_report = _warm_side("decoder", decoder_pretrained_model_name_or_path,
+                                         decoder_model, dec_kwargs, rngs)
+        config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, decoder.config,
+                                                                   **rest)
+        # built around the two backbones; with `tie_encoder_decoder` the encoder's values win
+        model = cls(config=config, encoder=encoder, decoder=decoder, rngs=rngs)
         model.eval()
+        reports = {"encoder": enc_report, "decoder": dec_report}
         return (model, reports) if output_loading_info else model
 
     @classmethod
@@ -248,6 +291,39 @@ class EncoderDecoderModel(nnx.Module):
         """Write config.json, generation_config.json and safetensors weights atomically."""
         return save_pretrained(save_directory, self.config, self.generation_config, Dialect.NNX,
                                functools.partial(params.get, self), max_shard_size=max_shard_size)
+
+
+def _warm_side(side: str, path: str | os.PathLike | None, model: nnx.Module | None,
+               overrides: dict[str, Any], rngs: nnx.Rngs) -> tuple[nnx.Module, LoadReport]:
+    """One side of `from_encoder_decoder_pretrained`: the given backbone (an empty report), or
+    the backbone built from the checkpoint at `path` with its config `overrides` (the decoder
+    made a cross-attending decoder, the encoder not)."""
+    if model is not None:
+        if path is not None:
+            raise ValueError(f"{side}_model and {side}_pretrained_model_name_or_path={path!r} "
+                             "both given: pass one of them")
+        if overrides:
+            raise ValueError(f"{sorted(f'{side}_{k}' for k in overrides)} given with "
+                             f"{side}_model: set them on {side}_model.config")
+        if side == "decoder":
+            check_decoder(model)
+        return model, LoadReport([], [], [])
+    if path is None:
+        raise ValueError(f"no {side}: pass {side}_pretrained_model_name_or_path (a checkpoint "
+                         f"path or id) or {side}_model (a model object)")
+    if side == "decoder":
+        overrides = {"is_decoder": True, "add_cross_attention": True, **overrides}
+    directory, config = read_backbone_config(path, **overrides)
+    if side == "encoder" and (config.is_decoder or config.add_cross_attention):
+        logger.info("encoder config had is_decoder/add_cross_attention set: turning them off")
+        config.is_decoder = config.add_cross_attention = False
+    module = (encoder_class if side == "encoder" else decoder_class)(config)(config, rngs=rngs)
+    report = load_weights(module.table(), directory, Dialect.NNX,
+                          functools.partial(params.assign, module), strict=False)
+    text = report.summary(f"the {side} ({directory})")
+    if text:
+        logger.warning("%s\nYou should probably fine-tune this model before using it.", text)
+    return module, report
 
 
 FlaxEncoderDecoderModel = EncoderDecoderModel
