@@ -127,7 +127,8 @@ def hf_forward(model, inputs: dict[str, np.ndarray], **kw) -> dict:
     """transformers' forward on numpy inputs -> numpy outputs (every key of OUTPUTS present)."""
     import torch
 
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its FutureWarning for labels with decoder_input_ids
         out = model(**{k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}, **kw)
     return outputs_to_numpy(out)
 
@@ -356,5 +357,9 @@ def test_generation_length_defaults(adapters, composites, reference, backend, le
     ad, model, b = adapters[backend], composites(backend), batch()
     want = hf_tokens(reference, **length)
     assert want.shape[1] == (21 if not length else 20), want.shape
-    got = ad.generate(model, b["input_ids"], b["attention_mask"], **length)
+    if length:
+        got = ad.generate(model, b["input_ids"], b["attention_mask"], **length)
+    else:  # with the reference's warning
+        with pytest.warns(UserWarning, match="model-agnostic default `max_length` \\(=21\\)"):
+            got = ad.generate(model, b["input_ids"], b["attention_mask"])
     np.testing.assert_array_equal(got, want)
