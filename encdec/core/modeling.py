@@ -59,9 +59,29 @@ class Pretrained:
     generation_config: GenerationConfig
 
 
+# loader arguments of the reference that have no meaning here: refused, never stored in config
+_LOADER_ONLY = {
+    "from_pt": "every backend reads every checkpoint directly",
+    "from_tf": "convert the reference's tf_model.h5 once with encdec-convert",
+    "from_flax": "convert the reference's flax_model.msgpack once with encdec-convert",
+    "dtype": "load in float32, then cast the model (see docs/migrate.md)",
+    "torch_dtype": "load in float32, then cast the model (see docs/migrate.md)",
+}
+
+
+def refuse_loader_kwargs(kwargs: dict[str, Any]) -> None:
+    """A TypeError naming the reference's loader-only arguments (they would otherwise land in
+    the config as unknown keys and do nothing)."""
+    for key in kwargs:
+        name = key.removeprefix("encoder_").removeprefix("decoder_")
+        if name in _LOADER_ONLY:
+            raise TypeError(f"{key}= is not an encdec argument: {_LOADER_ONLY[name]}")
+
+
 def read_pretrained(path_or_id: str | os.PathLike, config: EncoderDecoderConfig | None = None,
                     **config_overrides: Any) -> Pretrained:
     """Resolve a composite checkpoint and read its config and generation config."""
+    refuse_loader_kwargs(config_overrides)
     directory = resolve_checkpoint(path_or_id)
     if config is None:
         config = config_from_dict(read_config_dict(directory), source=directory / CONFIG_NAME,
@@ -83,6 +103,7 @@ def read_backbone_config(path_or_id: str | os.PathLike, expect: type[ModelConfig
                          **overrides: Any) -> tuple[Path, ModelConfig]:
     """A single-model checkpoint's directory and config (`overrides` applied); an error naming
     the file when its model_type is not an `expect`."""
+    refuse_loader_kwargs(overrides)
     directory = resolve_checkpoint(path_or_id)
     config = config_from_dict(read_config_dict(directory), source=directory / CONFIG_NAME,
                               expect=expect, **overrides)
@@ -118,6 +139,7 @@ def prepare_warm_start(encoder_path: str | os.PathLike, decoder_path: str | os.P
                        **kwargs: Any) -> tuple[EncoderDecoderConfig, Path, Path]:
     """Configs for `from_encoder_decoder_pretrained`: `encoder_*` / `decoder_*` kwargs go to that
     side's config, the rest to the composite; the decoder becomes a cross-attending decoder."""
+    refuse_loader_kwargs(kwargs)
     enc_kwargs, dec_kwargs, rest = split_kwargs(kwargs)
     enc_dir, enc_config = read_backbone_config(encoder_path, **enc_kwargs)
     if enc_config.is_decoder or enc_config.add_cross_attention:
