@@ -329,23 +329,29 @@ class EncoderDecoderModel(nn.Module):
         with params.skip_init():
             model = cls(config=config, encoder=encoder_model, decoder=decoder_model)
         reports = {side: LoadReport([], [], []) for side in ("encoder", "decoder")}
-        # shared storage with tie_encoder_decoder: load the decoder first, the encoder's values win
-        order = ("decoder", "encoder") if config.tie_encoder_decoder else ("encoder", "decoder")
-        for side in order:
+        # with tie_encoder_decoder the decoder's base shares the encoder's storage: the encoder's
+        # values win (as the reference), whether loaded or given, so shared ones are not written
+        shared = {p.name for p in model.table().params
+                  if p.tied_to is not None and p.tied_to.startswith("encoder.")}
+
+        def assign(path: str, array, side: str) -> None:
+            if f"{side}.{path}" not in shared:
+                params.assign(model, f"{side}.{path}", array)
+
+        for side in ("encoder", "decoder"):
             if dirs[side] is None:
                 continue
             sub = getattr(model, side)
             table = (weights.encoder_table if side == "encoder" else weights.decoder_table)(
                 getattr(config, side))
-            reports[side] = load_weights(
-                table, dirs[side], Dialect.PT,
-                lambda path, a, side=side: params.assign(model, f"{side}.{path}", a),
-                strict=False)
+            reports[side] = load_weights(table, dirs[side], Dialect.PT,
+                                         functools.partial(assign, side=side), strict=False)
             text = reports[side].summary(f"the {side} ({dirs[side]})")
             if text:
                 logger.warning("%s\nYou should probably fine-tune this model before using it.",
                                text)
-            params.init_params(sub, sub.table(), sub.config, reports[side].missing)
+            params.init_params(sub, sub.table(), sub.config,
+                               [n for n in reports[side].missing if f"{side}.{n}" not in shared])
         if model.enc_to_dec_proj is not None:
             model._init_proj()
         model.tie_weights()
