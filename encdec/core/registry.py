@@ -148,11 +148,15 @@ class Architecture:
         """The base model's table (`pooler` None: the architecture's default)."""
         return self.base_table(config, self, self.has_pooler if pooler is None else pooler)
 
-    def decoder_table(self, config: ModelConfig) -> Table:
-        """The causal LM's table; a clear error when the reference has no causal LM."""
+    def require_decoder(self) -> None:
+        """A clear error when the reference has no causal LM for this architecture."""
         if self.lm_table is None:
             raise ConfigError(f"{self.name} cannot be a decoder: the reference has no "
                               f"{self.name} causal LM (use it as the encoder)")
+
+    def decoder_table(self, config: ModelConfig) -> Table:
+        """The causal LM's table; a clear error when the reference has no causal LM."""
+        self.require_decoder()
         return self.lm_table(config, self)
 
     @property
@@ -321,8 +325,7 @@ def encoder_table(c: ModelConfig, pooler: bool | None = None) -> Table:
 
 def decoder_table(c: ModelConfig) -> Table:
     arch = architecture(c)
-    if not arch.can_decode:
-        arch.decoder_table(c)  # raises the clear error
+    arch.require_decoder()
     if not (c.is_decoder and c.add_cross_attention):
         raise CheckpointError(f"decoder config ({c.model_type}): needs is_decoder=True and "
                               "add_cross_attention=True to serve as a decoder")
@@ -421,6 +424,16 @@ def sinusoidal_table(n_pos: int, dim: int) -> np.ndarray:
     out[:, 0::2] = np.sin(enc[:, 0::2])
     out[:, 1::2] = np.cos(enc[:, 1::2])
     return out
+
+
+def family_class(families: dict[str, tuple[type, type | None]], config: ModelConfig, *,
+                 decoder: bool) -> type:
+    """The backend class (from its `families`: family -> (base, causal LM)) serving `config` as
+    the encoder or the decoder; the clear error for an encoder-only architecture."""
+    arch = architecture(config)
+    if decoder:
+        arch.require_decoder()
+    return families[arch.family][decoder]
 
 
 def public_classes(families: dict[str, tuple[type, type | None]],

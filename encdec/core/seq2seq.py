@@ -5,7 +5,8 @@ The numpy functions here are the reference the backends' tensor code is tested a
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import inspect
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,31 @@ def decoder_start_token_id(config: EncoderDecoderConfig, generation: GenerationC
         "decoder_start_token_id is not set. Set it on the model (model.config."
         "decoder_start_token_id = tokenizer.cls_token_id), in model.generation_config, or pass "
         "decoder_start_token_id=... to generate().")
+
+
+# arguments of a backbone's forward that the composite passes itself (Keras' `training` too);
+# the others (`token_type_ids`, `position_ids`) may be given per side through the composite
+COMPOSITE_ARGS = frozenset({
+    "self", "input_ids", "attention_mask", "inputs_embeds", "encoder_hidden_states",
+    "encoder_attention_mask", "past_key_values", "use_cache", "output_attentions",
+    "output_hidden_states", "return_dict", "labels", "training"})
+
+
+def extra_forward_args(forward: Callable[..., Any]) -> frozenset[str]:
+    """The arguments of a backbone's `forward` / `call` / `__call__` that a caller may pass
+    through the composite (for `route_forward_kwargs`)."""
+    return frozenset(inspect.signature(forward).parameters) - COMPOSITE_ARGS
+
+
+def check_decoder(name: str, config: Any, has_cross_attention: bool) -> None:
+    """Refuse a decoder object without cross-attention layers (`is_decoder` is set by the
+    composite config, as the reference does), or of an encoder-only architecture."""
+    from .registry import architecture
+
+    architecture(config).require_decoder()
+    if not has_cross_attention:
+        raise ValueError(f"decoder {name} has no cross-attention layers to attend to the "
+                         "encoder: build it with add_cross_attention=True in its config")
 
 
 def route_forward_kwargs(kwargs: dict[str, Any], encoder_args: Collection[str],

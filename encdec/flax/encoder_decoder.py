@@ -8,7 +8,6 @@ contract (`init_cache`, `decode_step`), traceable under `jax.jit` / `nnx.jit`.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import os
 from typing import Any
@@ -17,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from encdec.core import weights
+from encdec.core import seq2seq, weights
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 from encdec.core.modeling import (
     load_weights,
@@ -26,7 +25,7 @@ from encdec.core.modeling import (
     save_pretrained,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
-from encdec.core.registry import architecture, check_length
+from encdec.core.registry import check_length, family_class
 from encdec.core.seq2seq import (
     IGNORE_INDEX,
     resolve_outputs,
@@ -54,37 +53,24 @@ FAMILIES: dict[str, tuple[type[nnx.Module], type[nnx.Module] | None]] = {
 
 def encoder_class(config: ModelConfig) -> type[nnx.Module]:
     """The class that serves `config` as the encoder."""
-    return FAMILIES[architecture(config).family][0]
+    return family_class(FAMILIES, config, decoder=False)
 
 
 def decoder_class(config: ModelConfig) -> type[nnx.Module]:
-    """The class that serves `config` as the decoder; the registry's clear error when its
-    architecture has no causal LM."""
-    architecture(config).decoder_table(config)  # raises for an encoder-only architecture
-    return FAMILIES[architecture(config).family][1]
+    """The class that serves `config` as the decoder (the registry's clear error for an
+    encoder-only architecture)."""
+    return family_class(FAMILIES, config, decoder=True)
 
 
 def check_decoder(decoder: nnx.Module) -> None:
-    """Refuse a decoder object without cross-attention layers (the encoder's states would have
-    nothing to attend them); `is_decoder` is set by the composite config, as in the reference."""
-    decoder_class(decoder.config)  # the registry's clear error for an encoder-only architecture
-    if not decoder.config.add_cross_attention:
-        raise ValueError(f"decoder {type(decoder).__name__} has no cross-attention layers (its "
-                         "config has add_cross_attention=False): build it with "
-                         "add_cross_attention=True to attend to the encoder")
-
-
-# arguments of a backbone's call that the composite sets itself; the others (`token_type_ids`,
-# `position_ids`) are what forward's extra keyword arguments may be routed to
-_COMPOSITE_ARGS = frozenset({
-    "self", "input_ids", "attention_mask", "inputs_embeds", "encoder_hidden_states",
-    "encoder_attention_mask", "past_key_values", "use_cache", "labels", "output_attentions",
-    "output_hidden_states", "return_dict"})
+    """Refuse a decoder object without cross-attention layers (core's `check_decoder`)."""
+    seq2seq.check_decoder(type(decoder).__name__, decoder.config,
+                          decoder.config.add_cross_attention)
 
 
 def extra_forward_args(module: nnx.Module) -> frozenset[str]:
-    """The call arguments of a backbone a caller may pass through the composite."""
-    return frozenset(inspect.signature(module.__call__).parameters) - _COMPOSITE_ARGS
+    """The __call__ arguments of a backbone a caller may pass through the composite."""
+    return seq2seq.extra_forward_args(module.__call__)
 
 # per decoder layer (self_k_buf, self_v_buf, cross_k, cross_v)
 Cache = tuple[tuple[jax.Array, jax.Array, jax.Array, jax.Array], ...]

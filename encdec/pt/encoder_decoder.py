@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import logging
 import os
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from encdec.core import weights
+from encdec.core import seq2seq, weights
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 from encdec.core.modeling import (
     load_weights,
@@ -27,7 +26,7 @@ from encdec.core.modeling import (
     save_pretrained,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
-from encdec.core.registry import architecture, check_length
+from encdec.core.registry import check_length, family_class
 from encdec.core.seq2seq import (
     IGNORE_INDEX,
     resolve_outputs,
@@ -54,38 +53,24 @@ FAMILIES: dict[str, tuple[type[nn.Module], type[nn.Module] | None]] = {
 
 def encoder_class(config: ModelConfig) -> type[nn.Module]:
     """The class that serves `config` as the encoder."""
-    return FAMILIES[architecture(config).family][0]
+    return family_class(FAMILIES, config, decoder=False)
 
 
 def decoder_class(config: ModelConfig) -> type[nn.Module]:
-    """The class that serves `config` as the decoder; the registry's clear error when its
-    architecture has no causal LM."""
-    architecture(config).decoder_table(config)  # raises for an encoder-only architecture
-    return FAMILIES[architecture(config).family][1]
+    """The class that serves `config` as the decoder (the registry's clear error for an
+    encoder-only architecture)."""
+    return family_class(FAMILIES, config, decoder=True)
 
 
 def check_decoder(decoder: nn.Module) -> None:
-    """A decoder object must have cross-attention layers (`add_cross_attention=True` on its
-    config); `is_decoder` is set by the composite config, as the reference does."""
-    dc = decoder.config
-    decoder_class(dc)  # the registry's clear error for an encoder-only architecture
-    if not dc.add_cross_attention:
-        raise ValueError(f"decoder {type(decoder).__name__} has no cross-attention layers to "
-                         "attend to the encoder: build it with add_cross_attention=True in its "
-                         "config")
-
-
-# forward arguments the composite passes to a backbone itself; the rest of a backbone's forward
-# arguments may be given per side (`token_type_ids`, `decoder_position_ids`, ...)
-_COMPOSITE_ARGS = frozenset({
-    "self", "input_ids", "attention_mask", "inputs_embeds", "encoder_hidden_states",
-    "encoder_attention_mask", "past_key_values", "use_cache", "output_attentions",
-    "output_hidden_states", "return_dict", "labels"})
+    """Refuse a decoder object without cross-attention layers (core's `check_decoder`)."""
+    seq2seq.check_decoder(type(decoder).__name__, decoder.config,
+                          decoder.config.add_cross_attention)
 
 
 def extra_forward_args(module: nn.Module) -> frozenset[str]:
     """The forward arguments of a backbone a caller may pass through the composite."""
-    return frozenset(inspect.signature(module.forward).parameters) - _COMPOSITE_ARGS
+    return seq2seq.extra_forward_args(module.forward)
 
 
 Cache = tuple[tuple[Tensor, Tensor, Tensor, Tensor], ...]  # per layer (k_buf, v_buf, ck, cv)

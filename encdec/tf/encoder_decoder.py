@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +27,7 @@ from encdec.core.modeling import (
     warm_start_weights,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
-from encdec.core.registry import architecture, check_length
+from encdec.core.registry import architecture, check_length, family_class
 from encdec.core.weights import Dialect, LoadReport, leaf
 
 from . import params
@@ -46,46 +45,32 @@ FAMILIES: dict[str, tuple[type[keras.Model], type[keras.Model] | None]] = {
 
 
 def encoder_class(config: ModelConfig) -> type[keras.Model]:
-    """The base model class serving `config` as an encoder (by its registry family)."""
-    return FAMILIES[architecture(config).family][0]
+    """The class that serves `config` as the encoder."""
+    return family_class(FAMILIES, config, decoder=False)
 
 
 def decoder_class(config: ModelConfig) -> type[keras.Model]:
-    """The causal LM class serving `config` as a decoder; the registry's clear error for an
-    encoder-only architecture."""
-    arch = architecture(config)
-    arch.decoder_table(config)  # raises when the reference has no causal LM for it
-    return FAMILIES[arch.family][1]
+    """The class that serves `config` as the decoder (the registry's clear error for an
+    encoder-only architecture)."""
+    return family_class(FAMILIES, config, decoder=True)
 
 
 def check_decoder(decoder: keras.Model) -> None:
-    """A decoder object must have cross-attention layers (built with `add_cross_attention=True`
-    on its config); `is_decoder` is set by the composite config, as the reference does. Found
-    from the weights it holds, not its config's flags (which the composite's config rewrites)."""
+    """Refuse a decoder object without cross-attention layers (core's `check_decoder`), found
+    from the variables it holds: the composite's config rewrites its config's flags."""
     c = decoder.config
-    decoder_class(c)  # the registry's clear error for an encoder-only architecture
+    architecture(c).require_decoder()
     arch = architecture(c)
     cross = {leaf(p, Dialect.KERAS) for p in arch.decoder_table(
         dataclasses.replace(c, is_decoder=True, add_cross_attention=True)).params}
     cross -= {leaf(p, Dialect.KERAS) for p in arch.decoder_table(
         dataclasses.replace(c, is_decoder=True, add_cross_attention=False)).params}
-    if not cross <= set(params.variables(decoder)):
-        raise ValueError(f"decoder {type(decoder).__name__} has no cross-attention layers to "
-                         "attend to the encoder: build it with add_cross_attention=True in its "
-                         "config")
-
-
-# call arguments the composite passes to a backbone itself; the rest of a backbone's call
-# arguments may be given per side (`token_type_ids`, `decoder_position_ids`, ...)
-_COMPOSITE_ARGS = frozenset({
-    "self", "input_ids", "attention_mask", "inputs_embeds", "encoder_hidden_states",
-    "encoder_attention_mask", "past_key_values", "use_cache", "output_attentions",
-    "output_hidden_states", "return_dict", "labels", "training"})
+    seq2seq.check_decoder(type(decoder).__name__, c, cross <= set(params.variables(decoder)))
 
 
 def extra_forward_args(module: keras.Model) -> frozenset[str]:
     """The call arguments of a backbone a caller may pass through the composite."""
-    return frozenset(inspect.signature(module.call).parameters) - _COMPOSITE_ARGS
+    return seq2seq.extra_forward_args(module.call)
 
 
 # per decoder layer (self_k_buf, self_v_buf, cross_k, cross_v)
