@@ -45,7 +45,7 @@ class Row:
 
 
 def _frameworks(requested: str | None) -> list[str]:
-    from tools.convert import backends
+    from encdec.convert import backends
 
     names = ["transformers", *backends.FRAMEWORKS]
     if requested:
@@ -59,7 +59,7 @@ def _frameworks(requested: str | None) -> list[str]:
 def run_backends(checkpoints: Mapping[str, Path], batch: Mapping[str, np.ndarray],
                  max_new_tokens: int) -> list[Row]:
     """Load each checkpoint in its backend, run a forward and a greedy generation."""
-    from tools.convert import backends
+    from encdec.convert import backends
 
     rows = []
     for name, directory in checkpoints.items():
@@ -121,8 +121,8 @@ def parity_report(rows: Sequence[Row], bound: float = PARITY_BOUND) -> tuple[str
 
 
 def _parity_batch(config, seed: int) -> dict[str, np.ndarray]:
+    from encdec.convert import backends
     from encdec.core.seq2seq import shift_tokens_right
-    from tools.convert import backends
 
     batch = backends.random_batch(config, seed=seed, labels=True)
     start = next((v for v in (config.decoder_start_token_id, config.decoder.bos_token_id)
@@ -133,8 +133,8 @@ def _parity_batch(config, seed: int) -> dict[str, np.ndarray]:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from tools.convert import backends
-    from tools.convert.converter import ConvertError, canonical_checkpoint, read_configs
+    from encdec.convert import backends
+    from encdec.convert.converter import ConvertError, canonical_checkpoint, read_configs
 
     backends.quiet()
     frameworks = _frameworks(args.backends)
@@ -182,7 +182,7 @@ def _demo_batch(tokenizer, pad_id: int) -> dict[str, np.ndarray]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tools.convert import backends
+    from encdec.convert import backends
 
     backends.quiet()
     t0 = time.perf_counter()
@@ -205,9 +205,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 5
     import torch
 
+    from encdec.convert.converter import WEIGHT_FILES, ConvertError, canonical_checkpoint, convert
     from encdec.core.seq2seq import shift_tokens_right
     from encdec.pt import EncoderDecoderModel
-    from tools.convert.converter import WEIGHT_FILES, ConvertError, canonical_checkpoint, convert
 
     tokenizer = Tokenizer.from_file(str(minilm / "tokenizer.json"))
     cls_id, sep_id, pad_id = (tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))

@@ -116,7 +116,7 @@ class InitRules:
 
 @dataclass(frozen=True)
 class RefNaming:
-    """The reference's TF (`tf_model.h5`) naming of an architecture (see tools/convert)."""
+    """The reference's TF (`tf_model.h5`) naming of an architecture (see encdec/convert)."""
 
     main_layer: str  # the base model's Keras name (`bert`, `roberta`, `transformer`)
     renames: tuple[tuple[str, str], ...] = ()  # canonical module -> reference's

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tools.convert.cli import main as convert_main
+from encdec.convert.cli import main as convert_main
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
 

@@ -82,7 +82,7 @@ def _split_loader(name: str, kind: str, split: Path):
 
 
 def main() -> int:
-    from tools.convert.cli import main as convert
+    from encdec.convert.cli import main as convert
     from tools.fixtures import make_reference_fixtures as ref
 
     failures = []

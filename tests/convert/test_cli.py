@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from encdec.cli import main as encdec_main
+from encdec.convert import backends
 from encdec.core.registry import ARCHITECTURES
-from tools.convert import backends
 
 from .conftest import fixture_dir, reference_pair
 
@@ -92,7 +92,7 @@ def test_parity_bad_checkpoint(capsys, tmp_path):
 
 def test_encdec_convert_subprocess(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.convert.cli", str(fixture_dir("bert2gpt2", "flax")),
+        [sys.executable, "-m", "encdec.convert.cli", str(fixture_dir("bert2gpt2", "flax")),
          str(tmp_path / "pt"), "--to", "pt"],
         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

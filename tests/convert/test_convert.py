@@ -11,8 +11,8 @@ import pytest
 import torch
 import transformers
 
+from encdec.convert.files import H5Reader, read_msgpack
 from encdec.core.checkpoint import open_state_dict
-from tools.convert.files import H5Reader, read_msgpack
 
 from .conftest import FIXTURE_FILES, REFERENCE_FILES, fixture_dir, fixture_inputs, reference_pair
 

@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from tools.convert import backends
-from tools.convert import converter as convert_module
-from tools.convert.files import read_msgpack, write_msgpack
+from encdec.convert import backends
+from encdec.convert import converter as convert_module
+from encdec.convert.files import read_msgpack, write_msgpack
 
 from .conftest import fixture_dir
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from tools.convert import files
-from tools.convert.files import H5Reader, read_msgpack, write_h5, write_msgpack
+from encdec.convert import files
+from encdec.convert.files import H5Reader, read_msgpack, write_h5, write_msgpack
 
 from .conftest import REFERENCE_FILES, fixture_dir
 

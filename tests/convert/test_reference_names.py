@@ -8,10 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encdec.core.checkpoint import CheckpointError, read_config_dict
-from encdec.core.config import EncoderDecoderConfig, config_from_dict
-from encdec.core.registry import architecture
-from tools.convert.reference import (
+from encdec.convert.reference import (
     FLAX,
     TF,
     Layout,
@@ -21,6 +18,9 @@ from tools.convert.reference import (
     stored_shape,
     to_file,
 )
+from encdec.core.checkpoint import CheckpointError, read_config_dict
+from encdec.core.config import EncoderDecoderConfig, config_from_dict
+from encdec.core.registry import architecture
 
 from .conftest import FIXTURES, REFERENCE_FILES
 
