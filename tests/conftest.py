@@ -24,8 +24,18 @@ FAMILY_SIZES = {  # the registry's family -> its config's names for the tiny siz
     "distilbert": lambda h: dict(vocab_size=99, dim=h, n_layers=2, n_heads=4, hidden_dim=37,
                                  max_position_embeddings=64, activation="gelu"),
     "gpt2": lambda h: dict(vocab_size=99, n_embd=h, n_layer=2, n_head=4, n_positions=64),
+    "bart": lambda h: dict(vocab_size=99, d_model=h, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=4, decoder_attention_heads=4,
+                           encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64,
+                           activation_function="gelu"),
 }
-EXTRA = {"electra": dict(embedding_size=16)}  # ELECTRA's embeddings narrower than hidden
+EXTRA = {  # ELECTRA's embeddings narrower than hidden; each BART member's own activation
+    "electra": dict(embedding_size=16),
+    "marian": dict(activation_function="swish", scale_embedding=True, pad_token_id=0,
+                   decoder_start_token_id=2),
+    "pegasus": dict(activation_function="relu", scale_embedding=True),
+    "mbart": dict(scale_embedding=True),
+}
 DECODER_START, PAD, EOS = 2, 0, 3
 
 

@@ -2,6 +2,7 @@
 
 from .checkpoint import CheckpointError
 from .config import (
+    BartConfig,
     BertConfig,
     BertGenerationConfig,
     CamembertConfig,
@@ -11,13 +12,17 @@ from .config import (
     EncoderDecoderConfig,
     GenerationConfig,
     GPT2Config,
+    MarianConfig,
+    MBartConfig,
     ModelConfig,
+    PegasusConfig,
     RobertaConfig,
     XLMRobertaConfig,
 )
 from .registry import ARCHITECTURES, Architecture, architecture
 
-__all__ = ["ARCHITECTURES", "Architecture", "BertConfig", "BertGenerationConfig",
+__all__ = ["ARCHITECTURES", "Architecture", "BartConfig", "BertConfig", "BertGenerationConfig",
            "CamembertConfig", "CheckpointError", "ConfigError", "DistilBertConfig",
            "ElectraConfig", "EncoderDecoderConfig", "GenerationConfig", "GPT2Config",
-           "ModelConfig", "RobertaConfig", "XLMRobertaConfig", "architecture"]
+           "MarianConfig", "MBartConfig", "ModelConfig", "PegasusConfig", "RobertaConfig",
+           "XLMRobertaConfig", "architecture"]

@@ -16,8 +16,9 @@ from typing import Any, ClassVar
 
 from .checkpoint import CONFIG_NAME, GENERATION_CONFIG_NAME, read_config_dict, resolve_checkpoint
 
-# activations every backend implements: exact erf GELU, tanh-approximate GELU (two names), ReLU
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+# activations every backend implements: exact erf GELU, tanh-approximate GELU (two names), ReLU,
+# SiLU (two names: Marian's "swish")
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 
 
 class ConfigError(ValueError):
@@ -130,6 +131,12 @@ class ModelConfig(_Config):
         for name in ("pad_token_id", "bos_token_id"):
             value = getattr(self, name)
             _check(n, name, value is None or isinstance(value, int), value, "an int or None")
+
+    @property
+    def lm_vocab_size(self) -> int:
+        """The size of the vocabulary a causal LM of this config predicts (Marian's decoder
+        may have its own, `decoder_vocab_size`)."""
+        return self.vocab_size
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **overrides: Any):
@@ -318,6 +325,112 @@ class DistilBertConfig(ModelConfig):
     num_attention_heads = property(lambda self: self.n_heads)
     intermediate_size = property(lambda self: self.hidden_dim)
     layer_norm_eps = property(lambda self: 1e-12)  # fixed in the reference
+
+
+@dataclass
+class BartConfig(ModelConfig):
+    """transformers' `BartConfig`. encdec uses BART-family models as decoders, so `hidden_size`,
+    `num_hidden_layers`, `num_attention_heads` and `intermediate_size` are read-only aliases of
+    the decoder's fields (`d_model`, `decoder_layers`, `decoder_attention_heads`,
+    `decoder_ffn_dim`); the encoder's fields are kept and written back unchanged."""
+
+    model_type: ClassVar[str] = "bart"
+    vocab_size: int = 50265
+    max_position_embeddings: int = 1024
+    encoder_layers: int = 12
+    encoder_ffn_dim: int = 4096
+    encoder_attention_heads: int = 16
+    decoder_layers: int = 12
+    decoder_ffn_dim: int = 4096
+    decoder_attention_heads: int = 16
+    encoder_layerdrop: float = 0.0
+    decoder_layerdrop: float = 0.0
+    activation_function: str = "gelu"
+    d_model: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    init_std: float = 0.02
+    classifier_dropout: float | None = 0.0
+    scale_embedding: bool = False
+    is_encoder_decoder: bool = True
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = 0
+    eos_token_id: int | list[int] | None = 2
+    decoder_start_token_id: int | None = 2
+    forced_eos_token_id: int | list[int] | None = 2
+
+    hidden_size = property(lambda self: self.d_model)
+    num_hidden_layers = property(lambda self: self.decoder_layers)
+    num_attention_heads = property(lambda self: self.decoder_attention_heads)
+    intermediate_size = property(lambda self: self.decoder_ffn_dim)
+    activation = property(lambda self: self.activation_function)
+    initializer_range = property(lambda self: self.init_std)
+    layer_norm_eps = property(lambda self: 1e-5)  # torch.nn.LayerNorm's default, as the reference
+
+    @property
+    def embed_scale(self) -> float:
+        """The factor on token embeddings (`sqrt(d_model)` when `scale_embedding`)."""
+        return self.d_model ** 0.5 if self.scale_embedding else 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n = type(self).__name__
+        for name in ("max_position_embeddings", "decoder_layers", "decoder_ffn_dim"):
+            value = getattr(self, name)
+            _check(n, name, isinstance(value, int) and value > 0, value, "a positive int")
+        _check(n, "decoder_layerdrop", isinstance(self.decoder_layerdrop, (int, float))
+               and 0 <= self.decoder_layerdrop <= 1, self.decoder_layerdrop, "a float in [0, 1]")
+
+
+@dataclass
+class MBartConfig(BartConfig):
+    """transformers' `MBartConfig` (BART's fields; pre-norm layers and a final layer norm)."""
+
+    model_type: ClassVar[str] = "mbart"
+    decoder_start_token_id: int | None = None
+
+
+@dataclass
+class MarianConfig(BartConfig):
+    """transformers' `MarianConfig`: sinusoidal positions, and a decoder vocabulary of its own
+    (`decoder_vocab_size`, `vocab_size` when unset)."""
+
+    model_type: ClassVar[str] = "marian"
+    vocab_size: int = 58101
+    decoder_vocab_size: int | None = None
+    classifier_dropout: float | None = None
+    share_encoder_decoder_embeddings: bool = True
+    pad_token_id: int | None = 58100
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = 0
+    decoder_start_token_id: int | None = 58100
+    forced_eos_token_id: int | list[int] | None = 0
+
+    def __post_init__(self) -> None:
+        if self.decoder_vocab_size is None:  # as the reference's __init__
+            self.decoder_vocab_size = self.vocab_size
+        super().__post_init__()
+        _check("MarianConfig", "decoder_vocab_size", isinstance(self.decoder_vocab_size, int)
+               and self.decoder_vocab_size > 0, self.decoder_vocab_size, "a positive int")
+
+    @property
+    def lm_vocab_size(self) -> int:
+        return self.decoder_vocab_size
+
+
+@dataclass
+class PegasusConfig(BartConfig):
+    """transformers' `PegasusConfig`: sinusoidal positions, pre-norm layers, a final layer
+    norm."""
+
+    model_type: ClassVar[str] = "pegasus"
+    classifier_dropout: float | None = None
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = 1
+    decoder_start_token_id: int | None = 0
+    forced_eos_token_id: int | list[int] | None = 1
 
 
 def config_from_dict(d: dict[str, Any], *, source: Any = "config", expect: type | None = None,

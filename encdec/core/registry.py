@@ -9,7 +9,9 @@ lookup, the converter, the docs' support matrix and the test matrix all derive f
 Members of a family differ only by data: the BERT family's variations are a `BertLayout`
 (token types or none, RoBERTa's position offset, ELECTRA's embedding projection, the LM head's
 names), following transformers' `modeling_{bert,roberta,xlm_roberta,camembert,electra,
-bert_generation}.py`.
+bert_generation}.py`; the BART family's (decoders only) are a `BartLayout` (learned or
+sinusoidal positions, post- or pre-norm, the embedding and final layer norms), following
+`modeling_{bart,mbart,marian,pegasus}.py`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from . import weights
 from .checkpoint import CheckpointError
 from .config import (
+    BartConfig,
     BertConfig,
     BertGenerationConfig,
     CamembertConfig,
@@ -32,7 +35,10 @@ from .config import (
     DistilBertConfig,
     ElectraConfig,
     GPT2Config,
+    MarianConfig,
+    MBartConfig,
     ModelConfig,
+    PegasusConfig,
     RobertaConfig,
     XLMRobertaConfig,
 )
@@ -75,6 +81,34 @@ class BertLayout:
     embedding_size: bool = False  # ELECTRA: embeddings sized `embedding_size`, projected
 
 
+class Sinusoid(Enum):
+    """How a sinusoidal position table lays out its sines and cosines."""
+
+    INTERLEAVED = "interleaved"  # DistilBERT: sin at even features, cos at odd
+    HALVES = "halves"  # Marian, Pegasus: sin in the first half, cos in the second
+
+
+@dataclass(frozen=True)
+class BartLayout:
+    """What varies inside the BART family (its decoder, `{Bart,MBart,Marian,Pegasus}Decoder`).
+
+    Positions are learned (`embed_positions` has `max_position_embeddings + position_offset`
+    rows and position p reads row p + offset) or a fixed sinusoidal table (`sinusoid`; no
+    offset). Layers are post-norm (BART, Marian: residual, then LayerNorm) or `pre_norm`
+    (mBART, Pegasus: LayerNorm, sublayer, residual) with a `final_norm` (`layer_norm`) after
+    the last layer. `layernorm_embedding` normalises token + position embeddings.
+    `scale_inputs_embeds`: the embedding scale applies to caller-given `inputs_embeds` too
+    (Marian, Pegasus multiply after the lookup; BART and mBART scale inside the lookup).
+    """
+
+    position_offset: int = 2
+    sinusoid: Sinusoid | None = None
+    pre_norm: bool = False
+    final_norm: bool = False
+    layernorm_embedding: bool = True
+    scale_inputs_embeds: bool = False
+
+
 @dataclass(frozen=True)
 class AttentionNames:
     """An attention block's projections as the reference names them (the one `Attention` of
@@ -102,6 +136,10 @@ GPT2_SELF_ATTENTION = AttentionNames(fused="c_attn", out="c_proj", conv1d=True,
                                      resid_dropout=True)
 GPT2_CROSS_ATTENTION = AttentionNames(query="q_attn", fused="c_attn", out="c_proj", conv1d=True,
                                       resid_dropout=True)
+# BART family: `self_attn` and `encoder_attn` both; queries are scaled by head_dim**-0.5 before
+# the product, which is the same softmax as scaling the scores
+BART_ATTENTION = AttentionNames(query="q_proj", key="k_proj", value="v_proj",
+                                out="out_proj")
 
 
 @dataclass(frozen=True)
@@ -112,6 +150,8 @@ class InitRules:
     padding_rows: tuple[str, ...] = ()  # embeddings whose `pad_token_id` row is zero
     scaled: tuple[str, ...] = ()  # residual projections: std / sqrt(2 * num_hidden_layers)
     sinusoidal: str | None = None  # position table made sinusoidal when the config asks
+    sinusoid: Sinusoid = Sinusoid.INTERLEAVED
+    always_sinusoidal: bool = False  # the table is always sinusoidal (not a config switch)
 
 
 @dataclass(frozen=True)
@@ -130,14 +170,14 @@ class Architecture:
     name: str
     model_types: tuple[str, ...]
     config_class: type[ModelConfig]
-    family: str  # the model file in each backend: "bert", "distilbert", "gpt2"
-    base_class: str  # the reference's base model class (encoder)
+    family: str  # the model file in each backend: "bert", "distilbert", "gpt2", "bart"
+    base_class: str | None  # the reference's base model class (encoder); None: decoder only
     lm_class: str | None  # the reference's causal LM class (decoder); None: it has none
-    prefix: str  # the base model's attribute in the LM class (`roberta`), no dot
-    base_table: Callable[[ModelConfig, Architecture, bool], Table]
+    prefix: str  # the base model's attribute path in the LM class (`roberta`, `model.decoder`)
+    base_table: Callable[[ModelConfig, Architecture, bool], Table] | None
     lm_table: Callable[[ModelConfig, Architecture], Table] | None
     heads: tuple[str, ...] = ()  # regexes: head keys a base model drops when warm-starting
-    layout: BertLayout | None = None  # BERT family only
+    layout: BertLayout | BartLayout | None = None  # BERT and BART families
     init: InitRules = InitRules()
     tf: RefNaming | None = None  # None: the reference had no TF class for it
     flax: bool = False  # the reference had a Flax class for it
@@ -146,7 +186,15 @@ class Architecture:
 
     def encoder_table(self, config: ModelConfig, pooler: bool | None = None) -> Table:
         """The base model's table (`pooler` None: the architecture's default)."""
+        self.require_encoder()
         return self.base_table(config, self, self.has_pooler if pooler is None else pooler)
+
+    def require_encoder(self) -> None:
+        """A clear error for an architecture encdec serves as a decoder only."""
+        if self.base_table is None:
+            raise ConfigError(f"{self.name} cannot be the encoder: encdec supports {self.name} "
+                              f"as a decoder only ({self.lm_class}); pick an encoder among "
+                              f"{[a.name for a in ARCHITECTURES if a.can_encode]}")
 
     def require_decoder(self) -> None:
         """A clear error when the reference has no causal LM for this architecture."""
@@ -161,11 +209,20 @@ class Architecture:
 
     @property
     def has_pooler(self) -> bool:
-        return self.layout is not None and self.layout.pooler
+        return isinstance(self.layout, BertLayout) and self.layout.pooler
 
     @property
     def can_decode(self) -> bool:
         return self.lm_table is not None
+
+    @property
+    def can_encode(self) -> bool:
+        return self.base_table is not None
+
+    @property
+    def always_cross_attention(self) -> bool:
+        """The decoder has cross-attention whatever `add_cross_attention` says (BART family)."""
+        return isinstance(self.layout, BartLayout)
 
 
 # --- BERT-family tables ---------------------------------------------------------------------
@@ -225,6 +282,58 @@ def bert_family_lm(c: ModelConfig, arch: Architecture) -> Table:
                  heads=arch.heads)  # other heads of a checkpoint (ELECTRA's discriminator)
 
 
+# --- BART-family tables (decoders) ----------------------------------------------------------
+
+def bart_decoder(c: ModelConfig, arch: Architecture) -> Table:
+    """A BART-family decoder (`BartDecoder`, …): embeddings, layers with `self_attn` and
+    `encoder_attn`, the layout's norms."""
+    layout = arch.layout
+    h, i, v = c.hidden_size, c.intermediate_size, c.lm_vocab_size
+    ps = [Param("embed_tokens.weight", (v, h), Role.EMBEDDING),
+          Param("embed_positions.weight", (c.max_position_embeddings + layout.position_offset, h),
+                Role.EMBEDDING)]
+    if layout.layernorm_embedding:
+        ps += weights.norm("layernorm_embedding", h)
+    for n in range(c.num_hidden_layers):
+        layer = f"layers.{n}"
+        for attn in ("self_attn", "encoder_attn"):
+            for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
+                ps += weights.linear(f"{layer}.{attn}.{proj}", h, h)
+            ps += weights.norm(f"{layer}.{attn}_layer_norm", h)
+        ps += [*weights.linear(f"{layer}.fc1", h, i), *weights.linear(f"{layer}.fc2", i, h),
+               *weights.norm(f"{layer}.final_layer_norm", h)]
+    if layout.final_norm:
+        ps += weights.norm("layer_norm", h)
+    return Table(tuple(ps))
+
+
+_SEQ2SEQ_HEADS = (r"(model\.)?encoder\..*", r"(model\.)?shared\.weight", r"final_logits_bias",
+                  r"classification_head\..*", r"qa_outputs\..*")
+
+
+def bart_causal_lm(c: ModelConfig, arch: Architecture) -> Table:
+    """`{Bart,MBart,Marian,Pegasus}ForCausalLM`: the decoder under `model.decoder.` and an
+    `lm_head` (no bias) tied to `embed_tokens`. Reads `*ForConditionalGeneration` / `*Model` /
+    `*ForCausalLM` checkpoints: the encoder's weights are dropped (reported) and the shared
+    embedding (`model.shared.weight`) stands in for `embed_tokens` when a seq2seq save stores
+    it only there."""
+    p = arch.prefix + "."
+    base = bart_decoder(c, arch).with_prefix(p)
+    tied = p + "embed_tokens.weight" if c.tie_word_embeddings else None
+    head = Param("lm_head.weight", (c.lm_vocab_size, c.hidden_size), Role.LINEAR, tied_to=tied)
+    return Table(base.params + (head,), prefix=p, base_prefixes=("decoder.",),
+                 heads=_SEQ2SEQ_HEADS + arch.heads,
+                 aliases=((r"(model\.)?shared\.weight", p + "embed_tokens.weight"),))
+
+
+def causal_lm_config(config: ModelConfig) -> None:
+    """What the reference's causal-LM class does to its config (BART family: a causal decoder,
+    not an encoder-decoder); every backend's causal LM calls it."""
+    config.is_decoder = True
+    if isinstance(architecture(config).layout, BartLayout):
+        config.is_encoder_decoder = False
+
+
 # --- the architectures ----------------------------------------------------------------------
 
 _ROBERTA_HEAD = LMHead(decoder="lm_head.decoder", dense="lm_head.dense", norm="lm_head.layer_norm",
@@ -244,6 +353,21 @@ def _roberta_like(name: str, config_class: type[ModelConfig], cls: str, *,
         base_table=bert_family_model, lm_table=bert_family_lm, heads=_ROBERTA_HEADS,
         layout=_ROBERTA_LAYOUT, init=_ROBERTA_INIT, tf=RefNaming("roberta"),
         flax=flax, doc=f"transformers' `{cls}Model` / `{cls}ForCausalLM`")
+
+
+def _bart_like(name: str, config_class: type[ModelConfig], cls: str, layout: BartLayout, *,
+               flax: bool) -> Architecture:
+    sinusoidal = layout.sinusoid is not None
+    return Architecture(
+        name=name, model_types=(name,), config_class=config_class, family="bart",
+        base_class=None, lm_class=f"{cls}ForCausalLM", prefix="model.decoder", base_table=None,
+        lm_table=bart_causal_lm, layout=layout,
+        init=InitRules(padding_rows=(r"embed_tokens\.weight",),
+                       sinusoidal=r"embed_positions\.weight" if sinusoidal else None,
+                       sinusoid=layout.sinusoid or Sinusoid.INTERLEAVED,
+                       always_sinusoidal=sinusoidal),
+        flax=flax, doc=f"transformers' `{cls}ForCausalLM` (decoder only; warm-starts from "
+                       f"`{cls}ForConditionalGeneration` / `{cls}Model` checkpoints)")
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -300,6 +424,16 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         lm_table=lambda c, arch: weights.gpt2_lm_head_model(c), heads=(r"lm_head\..*",),
         init=InitRules(scaled=(r"c_proj\.weight",)), tf=RefNaming("transformer"), flax=True,
         doc="transformers' `GPT2Model` / `GPT2LMHeadModel`"),
+    _bart_like("bart", BartConfig, "Bart", BartLayout(), flax=True),
+    _bart_like("mbart", MBartConfig, "MBart", BartLayout(pre_norm=True, final_norm=True),
+               flax=False),
+    _bart_like("marian", MarianConfig, "Marian",
+               BartLayout(position_offset=0, sinusoid=Sinusoid.HALVES, layernorm_embedding=False,
+                          scale_inputs_embeds=True), flax=False),
+    _bart_like("pegasus", PegasusConfig, "Pegasus",
+               BartLayout(position_offset=0, sinusoid=Sinusoid.HALVES, pre_norm=True,
+                          final_norm=True, layernorm_embedding=False, scale_inputs_embeds=True),
+               flax=False),
 )
 
 _BY_TYPE: dict[str, Architecture] = {mt: a for a in ARCHITECTURES for mt in a.model_types}
@@ -334,16 +468,26 @@ def decoder_table(c: ModelConfig) -> Table:
 
 # --- positions --------------------------------------------------------------------------------
 
+def _from_input_ids(arch: Architecture) -> bool:
+    return isinstance(arch.layout, BertLayout) and arch.layout.positions is Positions.FROM_INPUT_IDS
+
+
 def position_offset(c: ModelConfig) -> int:
-    """The first position id a token gets (RoBERTa: `pad_token_id + 1`; else 0)."""
+    """The row of the position table the first token reads (RoBERTa: `pad_token_id + 1`;
+    BART, mBART: 2; else 0)."""
     arch = architecture(c)
-    if arch.layout is not None and arch.layout.positions is Positions.FROM_INPUT_IDS:
+    if _from_input_ids(arch):
         return c.pad_token_id + 1
+    if isinstance(arch.layout, BartLayout):
+        return arch.layout.position_offset
     return 0
 
 
 def max_positions(c: ModelConfig) -> int:
-    """How many tokens (past included) the position table serves."""
+    """How many tokens (past included) the position table serves (BART's table has
+    `max_position_embeddings + 2` rows: it serves `max_position_embeddings`)."""
+    if isinstance(architecture(c).layout, BartLayout):
+        return c.max_position_embeddings
     return c.max_position_embeddings - position_offset(c)
 
 
@@ -355,17 +499,18 @@ def check_length(c: ModelConfig, argument: str, length: int, past: int = 0) -> N
         offset = position_offset(c)
         held = f"{length} tokens" + (f" after {past} cached ones" if past else "")
         table = f"max_position_embeddings={c.max_position_embeddings}" + \
-            (f" minus the offset {offset}" if offset else "")
+            (f" minus the offset {offset}" if offset and limit < c.max_position_embeddings
+             else "")
         raise ValueError(f"{argument} has {held}; the {c.model_type} position table serves "
                          f"{limit} ({table})")
 
 
 def position_ids(c: ModelConfig, input_ids: np.ndarray, past_length: int = 0) -> np.ndarray:
     """The reference's default position ids for `input_ids` (B, T) after `past_length` tokens
-    (numpy; each backend writes the same rule in its own ops)."""
+    (numpy; each backend writes the same rule in its own ops). BART's learned table adds its
+    offset inside the embedding, as the reference's does: its ids are `past + arange(T)`."""
     input_ids = np.asarray(input_ids)
-    arch = architecture(c)
-    if arch.layout is not None and arch.layout.positions is Positions.FROM_INPUT_IDS:
+    if _from_input_ids(architecture(c)):
         mask = (input_ids != c.pad_token_id).astype(np.int64)
         return (np.cumsum(mask, axis=1) + past_length) * mask + c.pad_token_id
     return np.broadcast_to(np.arange(input_ids.shape[1]) + past_length, input_ids.shape)
@@ -396,13 +541,13 @@ def initializers(table: Table, config: ModelConfig,
     pad = config.pad_token_id
     padding = [_at_dot(r) for r in rules.padding_rows]
     scaled = [_at_dot(r) for r in rules.scaled]
-    sinusoidal = _at_dot(rules.sinusoidal) if rules.sinusoidal and \
-        getattr(config, "sinusoidal_pos_embds", False) else None
+    sinusoidal = _at_dot(rules.sinusoidal) if rules.sinusoidal and (
+        rules.always_sinusoidal or getattr(config, "sinusoidal_pos_embds", False)) else None
     for p in table.owned:
         if names is not None and p.name not in names:
             continue
         if sinusoidal is not None and sinusoidal.search(p.name):
-            yield p, Init("array", array=sinusoidal_table(*p.shape))
+            yield p, Init("array", array=sinusoidal_table(*p.shape, rules.sinusoid))
         elif p.role in (Role.LINEAR, Role.CONV1D, Role.EMBEDDING):
             s = std / math.sqrt(2 * config.num_hidden_layers) \
                 if any(r.search(p.name) for r in scaled) else std
@@ -415,14 +560,22 @@ def initializers(table: Table, config: ModelConfig,
             yield p, Init("zeros")
 
 
-def sinusoidal_table(n_pos: int, dim: int) -> np.ndarray:
-    """The reference's `create_sinusoidal_embeddings` (DistilBERT), float32."""
+def sinusoidal_table(n_pos: int, dim: int,
+                     layout: Sinusoid = Sinusoid.INTERLEAVED) -> np.ndarray:
+    """The reference's sinusoidal position tables, float32: DistilBERT's
+    `create_sinusoidal_embeddings` (interleaved) or Marian's / Pegasus's `create_weight`
+    (sines in the first half, cosines in the second)."""
     pos = np.arange(n_pos, dtype=np.float64)[:, None]
     j = np.arange(dim, dtype=np.float64)[None, :]
     enc = pos / np.power(10000, 2 * (j // 2) / dim)
     out = np.zeros((n_pos, dim), np.float32)
-    out[:, 0::2] = np.sin(enc[:, 0::2])
-    out[:, 1::2] = np.cos(enc[:, 1::2])
+    if layout is Sinusoid.HALVES:
+        half = (dim + 1) // 2
+        out[:, :half] = np.sin(enc[:, 0::2])
+        out[:, half:] = np.cos(enc[:, 1::2])
+    else:
+        out[:, 0::2] = np.sin(enc[:, 0::2])
+        out[:, 1::2] = np.cos(enc[:, 1::2])
     return out
 
 
@@ -433,6 +586,8 @@ def family_class(families: dict[str, tuple[type, type | None]], config: ModelCon
     arch = architecture(config)
     if decoder:
         arch.require_decoder()
+    else:
+        arch.require_encoder()
     return families[arch.family][decoder]
 
 
@@ -458,4 +613,5 @@ def public_classes(families: dict[str, tuple[type, type | None]],
 
 def support_matrix() -> list[tuple[str, str, bool]]:
     """(encoder model_type, decoder model_type, supported) for every pair, for the docs."""
-    return [(e.name, d.name, d.can_decode) for e in ARCHITECTURES for d in ARCHITECTURES]
+    return [(e.name, d.name, e.can_encode and d.can_decode) for e in ARCHITECTURES
+            for d in ARCHITECTURES]

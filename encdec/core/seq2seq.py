@@ -101,8 +101,9 @@ def check_decoder(name: str, config: Any, has_cross_attention: bool) -> None:
     composite config, as the reference does), or of an encoder-only architecture."""
     from .registry import architecture
 
-    architecture(config).require_decoder()
-    if not has_cross_attention:
+    arch = architecture(config)
+    arch.require_decoder()
+    if not (has_cross_attention or arch.always_cross_attention):
         raise ValueError(f"decoder {name} has no cross-attention layers to attend to the "
                          "encoder: build it with add_cross_attention=True in its config")
 

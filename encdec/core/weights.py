@@ -99,6 +99,9 @@ class Table:
     prefix: str = ""
     base_prefixes: tuple[str, ...] = ()  # prefixes a base model strips (`bert.`)
     heads: tuple[str, ...] = ()  # regexes: head keys a base model drops
+    # (regex, name): a checkpoint key that stands in for parameter `name` when the checkpoint
+    # lacks `name` itself (a seq2seq save stores the shared embedding once, `model.shared.weight`)
+    aliases: tuple[tuple[str, str], ...] = ()
     by_name: dict[str, Param] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -265,6 +268,7 @@ class Match:
     unexpected: list[str]  # checkpoint keys nothing claims
     dropped: list[str]  # head keys a base model dropped (reported)
     ignored: list[str]  # buffers and tied copies skipped
+    aliased: list[tuple[str, str]] = field(default_factory=list)  # (name, key) via an alias
 
 
 def match_keys(table: Table, keys: Iterable[str]) -> Match:
@@ -292,6 +296,14 @@ def match_keys(table: Table, keys: Iterable[str]) -> Match:
             out.dropped.append(key)
         else:
             out.unexpected.append(key)
+    for regex, name in table.aliases:
+        stand_in = next((k for k in out.dropped + out.unexpected if re.fullmatch(regex, k)), None)
+        if name not in out.keys and stand_in is not None:
+            out.keys[name] = stand_in
+            out.aliased.append((name, stand_in))
+            for found in (out.dropped, out.unexpected):
+                if stand_in in found:
+                    found.remove(stand_in)
     absent = {p.name for p in table.owned if p.name not in out.keys}
     # as the reference, a tied parameter whose source is absent is reported as well
     out.missing = [p.name for p in table.params if p.name in absent or p.tied_to in absent]
@@ -307,9 +319,13 @@ class LoadReport:
     missing: list[str]
     dropped: list[str]
     ignored: list[str]
+    aliased: list[tuple[str, str]] = field(default_factory=list)  # (weight, the key it came from)
 
     def summary(self, what: str) -> str:
         lines = []
+        if self.aliased:
+            lines.append(f"Weights of {what} taken from another checkpoint key (with the weights "
+                         "tied to them): " + ", ".join(f"{n} <- {k}" for n, k in self.aliased))
         if self.missing:
             lines.append(f"Some weights of {what} were not in the checkpoint and are newly "
                          f"initialized: {self.missing}")
@@ -340,7 +356,7 @@ def load_state(table: Table, state: Mapping[str, np.ndarray], dialect: Dialect,
             raise CheckpointError(f"{source}: {key!r} has shape {tuple(array.shape)}, the model "
                                   f"expects {p.shape} for {name!r}")
         assign(leaf(p, dialect), to_dialect(p, array, dialect))
-    return LoadReport(m.missing, m.dropped, m.ignored)
+    return LoadReport(m.missing, m.dropped, m.ignored, m.aliased)
 
 
 def _few(names: list[str], n: int = 20) -> str:

@@ -16,6 +16,7 @@ from encdec.core.registry import (
     initializers,
     max_positions,
     position_ids,
+    position_offset,
     support_matrix,
 )
 from tests.conftest import tiny_kwargs
@@ -50,6 +51,12 @@ def test_position_limits():
     assert max_positions(core_config("roberta", max_position_embeddings=514)) == 512
     assert max_positions(core_config("bert", max_position_embeddings=512)) == 512
     assert max_positions(core_config("gpt2")) == 64
+    # BART's learned table has 2 more rows than it serves; Marian's sinusoidal one has none
+    for name, offset in (("bart", 2), ("mbart", 2), ("marian", 0), ("pegasus", 0)):
+        c = core_config(name, max_position_embeddings=64)
+        assert (max_positions(c), position_offset(c)) == (64, offset)
+        rows = architecture(c).decoder_table(c).by_name["model.decoder.embed_positions.weight"]
+        assert rows.shape[0] == 64 + offset
 
 
 def test_lookups_and_errors():
@@ -57,17 +64,21 @@ def test_lookups_and_errors():
         architecture("nope")
     with pytest.raises(ConfigError, match="distilbert cannot be a decoder"):
         decoder_table(core_config("distilbert"))
+    with pytest.raises(ConfigError, match="bart cannot be the encoder: .* decoder only"):
+        encoder_table(core_config("bart"))
     for arch in ARCHITECTURES:
         for mt in arch.model_types:
             assert architecture(mt) is arch
         assert architecture(core_config(arch.name)) is arch
     matrix = support_matrix()
     assert len(matrix) == len(ARCHITECTURES) ** 2
-    assert all(ok == architecture(dec).can_decode for _, dec, ok in matrix)
+    assert all(ok == (architecture(enc).can_encode and architecture(dec).can_decode)
+               for enc, dec, ok in matrix)
 
 
 @pytest.mark.parametrize("arch, side", [
-    (a.name, side) for a in ARCHITECTURES for side in ("encoder", "decoder")[:1 + a.can_decode]])
+    (a.name, side) for a in ARCHITECTURES for side in ("encoder", "decoder")
+    if (a.can_encode if side == "encoder" else a.can_decode)])
 def test_against_hf_init_rules(arch, side):
     """`initializers` says what the reference's `_init_weights` does to each parameter: ones,
     zeros, or normal(0, std) with the padding row zeroed."""
