@@ -31,8 +31,7 @@ FAMILY_SIZES = {  # the registry's family -> its config's names for the tiny siz
 }
 EXTRA = {  # ELECTRA's embeddings narrower than hidden; each BART member's own activation
     "electra": dict(embedding_size=16),
-    "marian": dict(activation_function="swish", scale_embedding=True, pad_token_id=0,
-                   decoder_start_token_id=2),
+    "marian": dict(activation_function="swish", scale_embedding=True, decoder_start_token_id=2),
     "pegasus": dict(activation_function="relu", scale_embedding=True),
     "mbart": dict(scale_embedding=True),
 }
@@ -58,11 +57,13 @@ class Pair:
         return tiny_kwargs(getattr(self, side), 32 if side == "encoder" else self.decoder_hidden)
 
     def pad(self, side: str) -> int:
-        """The side's padding id: transformers' config default (RoBERTa's 1), else PAD."""
+        """The side's padding id: transformers' config default (RoBERTa's 1), else PAD (also
+        for a default outside the tiny vocabulary, Marian's 58100)."""
         import transformers as tr
 
-        pad = tr.AutoConfig.for_model(getattr(self, side)).pad_token_id
-        return PAD if pad is None else pad
+        kwargs = self.kwargs(side)
+        pad = tr.AutoConfig.for_model(getattr(self, side), **kwargs).pad_token_id
+        return PAD if pad is None or pad >= kwargs["vocab_size"] else pad
 
 
 PAIRS: dict[str, Pair] = {
@@ -81,6 +82,12 @@ PAIRS: dict[str, Pair] = {
     "roberta2gpt2": Pair("roberta", "gpt2"),
     "bert2roberta": Pair("bert", "roberta"),
     "electra2bert": Pair("electra", "bert"),
+    # BART-family decoders (issue 9)
+    "bert2bart": Pair("bert", "bart"),
+    "bert2bart_proj": Pair("bert", "bart", decoder_hidden=48),
+    "roberta2mbart": Pair("roberta", "mbart"),
+    "bert2marian": Pair("bert", "marian"),
+    "bert2pegasus": Pair("bert", "pegasus"),
 }
 # The per-backend folders' original four composites, in their (encoder kwargs, decoder kwargs,
 # decoder model_type) form.

@@ -96,7 +96,9 @@ class BartLayout:
     rows and position p reads row p + offset) or a fixed sinusoidal table (`sinusoid`; no
     offset). Layers are post-norm (BART, Marian: residual, then LayerNorm) or `pre_norm`
     (mBART, Pegasus: LayerNorm, sublayer, residual) with a `final_norm` (`layer_norm`) after
-    the last layer. `layernorm_embedding` normalises token + position embeddings.
+    the last layer. `not_encoder_decoder`: the reference's causal LM flips its config's
+    `is_encoder_decoder` (Pegasus's does not; the flag only changes config.json).
+    `layernorm_embedding` normalises token + position embeddings.
     `scale_inputs_embeds`: the embedding scale applies to caller-given `inputs_embeds` too
     (Marian, Pegasus multiply after the lookup; BART and mBART scale inside the lookup).
     """
@@ -107,6 +109,7 @@ class BartLayout:
     final_norm: bool = False
     layernorm_embedding: bool = True
     scale_inputs_embeds: bool = False
+    not_encoder_decoder: bool = True  # the causal LM sets `is_encoder_decoder=False` (not Pegasus)
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,8 @@ def causal_lm_config(config: ModelConfig) -> None:
     """What the reference's causal-LM class does to its config (BART family: a causal decoder,
     not an encoder-decoder); every backend's causal LM calls it."""
     config.is_decoder = True
-    if isinstance(architecture(config).layout, BartLayout):
+    layout = architecture(config).layout
+    if isinstance(layout, BartLayout) and layout.not_encoder_decoder:
         config.is_encoder_decoder = False
 
 
@@ -432,7 +436,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
                           scale_inputs_embeds=True), flax=False),
     _bart_like("pegasus", PegasusConfig, "Pegasus",
                BartLayout(position_offset=0, sinusoid=Sinusoid.HALVES, pre_norm=True,
-                          final_norm=True, layernorm_embedding=False, scale_inputs_embeds=True),
+                          final_norm=True, layernorm_embedding=False, scale_inputs_embeds=True,
+                          not_encoder_decoder=False),
                flax=False),
 )
 
