@@ -35,6 +35,8 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {  # encdec.core.config.ACT
     "gelu_new": _gelu_new,
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,  # the reference's name for SiLU (Marian)
 }
 
 

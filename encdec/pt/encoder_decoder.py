@@ -37,6 +37,7 @@ from encdec.core.seq2seq import (
 from encdec.core.weights import Dialect, LoadReport
 
 from . import params
+from .bart import BartDecoder, BartForCausalLM
 from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
@@ -45,6 +46,7 @@ logger = logging.getLogger("encdec")
 
 # family (`encdec.core.registry.Architecture.family`) -> (base model, causal LM or None)
 FAMILIES: dict[str, tuple[type[nn.Module], type[nn.Module] | None]] = {
+    "bart": (BartDecoder, BartForCausalLM),
     "bert": (BertModel, BertLMHeadModel),
     "distilbert": (DistilBertModel, None),
     "gpt2": (GPT2Model, GPT2LMHeadModel),
