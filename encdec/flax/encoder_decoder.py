@@ -37,6 +37,7 @@ from encdec.core.weights import Dialect, LoadReport
 
 from . import params
 from .attention import cross_entropy, default_rngs, dense
+from .bart import BartDecoder, BartForCausalLM
 from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
@@ -48,6 +49,7 @@ FAMILIES: dict[str, tuple[type[nnx.Module], type[nnx.Module] | None]] = {
     "bert": (BertModel, BertLMHeadModel),
     "distilbert": (DistilBertModel, None),
     "gpt2": (GPT2Model, GPT2LMHeadModel),
+    "bart": (BartDecoder, BartForCausalLM),
 }
 
 

@@ -217,7 +217,7 @@ def _greedy_loop(model, p: gen.GenerationPlan, batch: int, cache, mask, rng):
     rows, length = batch * p.expand_size, p.max_length
     ids = jnp.full((rows, length), p.pad_token_id or 0, jnp.int32).at[:, 0].set(
         p.decoder_start_token_id)  # (N, L)
-    vocab = model.config.decoder.vocab_size
+    vocab = model.config.decoder.lm_vocab_size
     eos = _is_in(p.eos_token_ids, vocab) if p.eos_token_ids else None
 
     def body(state):
@@ -248,7 +248,7 @@ def _greedy_loop(model, p: gen.GenerationPlan, batch: int, cache, mask, rng):
 def _beam_loop(model, p: gen.GenerationPlan, batch: int, cache, mask, rng):
     """Beam search and beam sampling: `encdec.core.generation.beam_step` in jnp / lax ops."""
     k, keep, length = p.num_beams, p.beams_to_keep, p.max_length
-    vocab = model.config.decoder.vocab_size
+    vocab = model.config.decoder.lm_vocab_size
     state = {name: jnp.asarray(v, jnp.int32 if v.dtype == np.int64 else v.dtype)
              for name, v in dataclasses.asdict(gen.beam_init(p, batch)).items()}
     penalty = jnp.asarray(gen.length_penalties(p))  # n ** length_penalty, per length n
