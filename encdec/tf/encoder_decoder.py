@@ -32,6 +32,7 @@ from encdec.core.weights import Dialect, LoadReport, leaf
 
 from . import params
 from .attention import cross_entropy, dense
+from .bart import BartDecoder, BartForCausalLM
 from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
@@ -41,6 +42,7 @@ FAMILIES: dict[str, tuple[type[keras.Model], type[keras.Model] | None]] = {
     "bert": (BertModel, BertLMHeadModel),
     "distilbert": (DistilBertModel, None),
     "gpt2": (GPT2Model, GPT2LMHeadModel),
+    "bart": (BartDecoder, BartForCausalLM),
 }
 
 

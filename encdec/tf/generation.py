@@ -211,7 +211,7 @@ def _greedy_loop(model, p: gen.GenerationPlan, batch: int, cache, mask, seed):
     rows, length = batch * p.expand_size, p.max_length
     ids = _put(tf.fill([rows, length], p.pad_token_id or 0), 0,
                tf.fill([rows], p.decoder_start_token_id))  # (N, L)
-    vocab = model.config.decoder.vocab_size
+    vocab = model.config.decoder.lm_vocab_size
     eos = _is_in(p.eos_token_ids, vocab) if p.eos_token_ids else None
 
     def body(cur_len, ids, unfinished, cache, scores):
@@ -240,7 +240,7 @@ def _greedy_loop(model, p: gen.GenerationPlan, batch: int, cache, mask, seed):
 def _beam_loop(model, p: gen.GenerationPlan, batch: int, cache, mask, seed):
     """Beam search and beam sampling: `encdec.core.generation.beam_step` in TF ops."""
     k, keep, length = p.num_beams, p.beams_to_keep, p.max_length
-    vocab = model.config.decoder.vocab_size
+    vocab = model.config.decoder.lm_vocab_size
     state = {name: tf.constant(value) for name, value in
              dataclasses.asdict(gen.beam_init(p, batch)).items()}
     state = {name: tf.cast(v, tf.int32) if v.dtype == tf.int64 else v for name, v in state.items()}

@@ -28,7 +28,7 @@ from encdec.core import modeling
 from encdec.core.checkpoint import CheckpointError
 from encdec.core.config import ModelConfig
 from encdec.core.modeling import load_backbone_weights, read_backbone_config
-from encdec.core.registry import initializers
+from encdec.core.registry import architecture, initializers
 from encdec.core.weights import Dialect, Table, leaf, leaf_rule, to_dialect
 
 logger = logging.getLogger("encdec")
@@ -146,7 +146,7 @@ class constructing:  # noqa: N801 - used as `with params.constructing() as c:`
 def one_token(config: ModelConfig) -> dict[str, tf.Tensor]:
     """A backbone's inputs for the call that creates its variables (cross-attention included)."""
     inputs = {"input_ids": tf.zeros((1, 1), tf.int32)}
-    if config.add_cross_attention:
+    if config.add_cross_attention or architecture(config).always_cross_attention:
         inputs["encoder_hidden_states"] = tf.zeros((1, 1, config.hidden_size))
     return inputs
 
