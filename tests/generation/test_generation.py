@@ -15,11 +15,16 @@ import numpy as np
 import pytest
 
 from encdec.core import generation as core
+from encdec.core.registry import architecture
 from tests import tolerances as tol
+from tests.conftest import PAIRS
 from tests.generation import oracle
 from tests.parity.backends import ADAPTERS
 
 BACKENDS = list(ADAPTERS)
+# beam search with processors, per decoder family: BERT, and each BART-family pair (issue 9)
+PROCESSOR_NAMES = ["bert2bert", *(n for n, p in PAIRS.items()
+                                  if architecture(p.decoder).family == "bart")]
 COMPILED = ["tf", "flax"]  # XLA-compiled loops: programs traced per input-length bucket
 SEEDS = (0, 1)
 NEW = 10  # new tokens per call
@@ -68,7 +73,8 @@ def eos_ids(name: str) -> list[int]:
     eos ids so that some rows stop early and others run to max_length."""
     ids = set()
     for seed in SEEDS:
-        seqs = oracle.hf_generate(reference(name, seed), *oracle.batch(seed), max_new_tokens=4,
+        seqs = oracle.hf_generate(reference(name, seed), *oracle.batch(seed, name=name),
+                                  max_new_tokens=4,
                                   eos_token_id=None)
         ids.add(int(seqs[0, 3]))
     return sorted(ids)
@@ -100,7 +106,7 @@ def check(ours, backend: str, name: str, seeds=SEEDS, generation_config=None, **
     """Generate with ours and with the oracle on each seed's padded batch; compare."""
     generate, wants = generation(backend).generate, []
     for seed in seeds:
-        ids, mask = oracle.batch(seed)
+        ids, mask = oracle.batch(seed, name=name)
         model = ours(backend, name, seed)
         gc = generation_config(model) if generation_config else None
         got = generate(model, ids, mask, generation_config=gc, **kw)
@@ -151,14 +157,19 @@ def test_beam_search_without_eos(ours, backend, name):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_processors_against_hf(ours, backend):
-    eos = eos_ids("bert2bert")
-    check(ours, backend, "bert2bert", max_new_tokens=NEW, eos_token_id=eos,
+@pytest.mark.parametrize("name", PROCESSOR_NAMES)
+def test_processors_against_hf(ours, backend, name):
+    """Greedy and beam search (2 and 4 beams) with logits processors."""
+    eos = eos_ids(name)
+    check(ours, backend, name, max_new_tokens=NEW, eos_token_id=eos,
           repetition_penalty=1.5, no_repeat_ngram_size=2, min_new_tokens=5,
           bad_words_ids=[[85], [67, 41], [8, 8]])
-    check(ours, backend, "bert2bert", max_new_tokens=NEW, eos_token_id=eos, num_beams=2,
+    check(ours, backend, name, max_new_tokens=NEW, eos_token_id=eos, num_beams=2,
           repetition_penalty=0.7, no_repeat_ngram_size=3, min_new_tokens=4,
           forced_bos_token_id=7, forced_eos_token_id=eos[0])
+    check(ours, backend, name, max_new_tokens=NEW, eos_token_id=eos, num_beams=4,
+          no_repeat_ngram_size=2, repetition_penalty=1.3, length_penalty=0.8,
+          bad_words_ids=[[85]])
 
 
 # --- sampling ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from encdec.core import EncoderDecoderConfig
+from encdec.core.registry import architecture
 from encdec.core.weights import encoder_decoder_table
 from tests import tolerances as tol
 from tests.conftest import PAIRS
@@ -23,11 +24,15 @@ NAMES = list(PAIRS)
 BACKEND_PAIRS = list(itertools.combinations(ADAPTERS, 2))
 # gradients: one pair per code path (xlm-roberta and camembert run roberta's; the other mixed
 # pairs combine sides covered here), each flax gradient being a compile of its own
+# (BART family: post-norm with a learned table, pre-norm with a sinusoidal one)
 GRAD_NAMES = ["bert2bert", "bert2gpt2_proj", "roberta2roberta_tied", "electra2electra",
-              "bertgeneration2bertgeneration", "distilbert2gpt2", "bert2roberta"]
-# save/load across backends: one pair per family of decoder and encoder, tied and projected
+              "bertgeneration2bertgeneration", "distilbert2gpt2", "bert2roberta",
+              "bert2bart_proj", "bert2pegasus"]
+# save/load across backends: one pair per family of decoder and encoder, tied and projected,
+# and every BART-family decoder (issue 9: each is saved and loaded by every backend)
 SAVE_NAMES = ["bert2gpt2_proj", "roberta2roberta_tied", "electra2electra",
-              "bertgeneration2bertgeneration", "distilbert2bert"]
+              "bertgeneration2bertgeneration", "distilbert2bert",
+              *(n for n, p in PAIRS.items() if architecture(p.decoder).family == "bart")]
 
 
 @pytest.mark.parametrize("a, b", BACKEND_PAIRS)
@@ -50,7 +55,9 @@ def grad_sample(name: str):
     owned = [p for p in table.params if p.tied_to is None]
     wanted = ("word_embeddings", "attention.self.query", "q_lin", "crossattention", "c_attn",
               "LayerNorm", "layer_norm", "ln_f", "c_fc", "output.dense.bias", "wte",
-              "lm_head", "predictions.bias", "generator", "enc_to_dec_proj", "embeddings_project")
+              "lm_head", "predictions.bias", "generator", "enc_to_dec_proj", "embeddings_project",
+              "embed_tokens", "self_attn.q_proj", "encoder_attn.k_proj", "fc1",
+              "layernorm_embedding")
     sample = {}
     for w in wanted:
         for side in ("encoder.", "decoder.", "enc_to_dec_proj"):
