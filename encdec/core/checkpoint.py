@@ -9,6 +9,7 @@ Imports numpy, safetensors and huggingface_hub only; torch is imported lazily, a
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -16,7 +17,9 @@ import os
 import re
 import shutil
 import struct
+import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -157,23 +160,53 @@ def read_config_dict(directory: str | os.PathLike) -> dict[str, Any]:
     path = Path(directory)
     if path.is_dir():
         path = path / CONFIG_NAME
-    return _read_json_object(path)
+    return read_json_object(path)
 
 
-def _read_json_object(path: Path) -> dict[str, Any]:
+def _unique_keys(path: Path, what: str):
+    """A json ``object_pairs_hook`` that refuses a key given twice (json keeps the last one
+    silently, so two readers of the same file could disagree)."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise CheckpointError(f"{path}: {what} {key!r} appears twice")
+            out[key] = value
+        return out
+
+    return hook
+
+
+def _loads(path: Path, data: bytes | str, what: str = "key") -> Any:
+    """``json.loads`` whose every failure is a CheckpointError naming ``path``."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text, object_pairs_hook=_unique_keys(path, what))
+    except CheckpointError:
+        raise
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path} is not UTF-8 text: {e}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, and ints beyond Python's digit limit
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a json file that must hold an object (config, generation config, index)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise CheckpointError(f"{path} cannot be read: {e}") from e
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, not {type(data).__name__}")
-    return data
+    obj = _loads(path, data)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not {type(obj).__name__}")
+    return obj
+
 
 
 # ----------------------------------------------------------------------------- reading
@@ -185,6 +218,82 @@ def _bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
 
 _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
            "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the json header
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tensor_span(path: Path, key: str, info: Any) -> tuple[int, int]:
+    """Check one header entry (dtype known, shape and offsets non-negative ints, byte length
+    = shape x dtype size) and return its ``(begin, end)``."""
+    where = f"{path}: tensor {key!r}"
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{where}: header entry is a {type(info).__name__}, not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise CheckpointError(f"{where} has unsupported dtype {dtype!r}; supported: "
+                              f"{sorted(_DTYPES)}")
+    if not isinstance(shape, list) or not all(_is_index(d) for d in shape):
+        raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative ints")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_index, offsets))
+            or offsets[0] > offsets[1]):
+        raise CheckpointError(f"{where}: data_offsets {offsets!r} are not [begin, end] with "
+                              "0 <= begin <= end")
+    need = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize
+    begin, end = offsets
+    if need != end - begin:
+        raise CheckpointError(f"{where} has {end - begin} bytes, its shape {shape} and dtype "
+                              f"{dtype} need {need}")
+    return begin, end
+
+
+def _read_safetensors_header(path: Path, f) -> tuple[dict[str, Any], int]:
+    """Read and check the header of an open safetensors file as the format requires: header
+    length within the file, unique keys, known dtypes, byte lengths that match shape and
+    dtype, and tensors that tile the data area exactly (no overlap, no gap, nothing out of
+    bounds). Returns the header and the offset of the data area. Reads at most the file."""
+    size = os.fstat(f.fileno()).st_size
+    head = f.read(8)
+    if len(head) < 8:
+        raise CheckpointError(f"{path} is truncated ({size} bytes): no safetensors header")
+    (n,) = struct.unpack("<Q", head)
+    if n > size - 8:
+        raise CheckpointError(
+            f"{path} is truncated or corrupt: header claims {n} bytes, file has {size}"
+        )
+    if n > _MAX_HEADER:
+        raise CheckpointError(f"{path}: safetensors header of {n} bytes is over the format's "
+                              f"limit of {_MAX_HEADER}")
+    header = _loads(path, f.read(n), "header key")
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is a {type(header).__name__}, not an "
+                              "object")
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict)
+                                 and all(isinstance(v, str) for v in meta.values())):
+        raise CheckpointError(f"{path}: __metadata__ must map strings to strings")
+    data = size - 8 - n
+    spans = sorted((*_tensor_span(path, k, v), k) for k, v in header.items()
+                   if k != "__metadata__")
+    for _, end, key in spans:
+        if end > data:
+            raise CheckpointError(f"{path} is truncated: tensor {key!r} ends at byte {end} of "
+                                  f"the data, which has {data} bytes (file size {size})")
+    at, prev = 0, None
+    for begin, end, key in spans:
+        if begin < at:
+            raise CheckpointError(f"{path}: tensors {prev!r} and {key!r} overlap (bytes "
+                                  f"{begin}..{at} of the data)")
+        if begin > at:
+            raise CheckpointError(f"{path}: {begin - at} bytes before tensor {key!r} belong to "
+                                  "no tensor")
+        at, prev = end, key
+    if at != data:
+        raise CheckpointError(f"{path}: {data - at} bytes after the last tensor belong to no "
+                              "tensor")
+    return header, 8 + n
 
 
 class _SafetensorsFile:
@@ -192,21 +301,29 @@ class _SafetensorsFile:
 
     No memory map: a mapped file keeps every page it touched resident, so a load would hold
     the checkpoint and the model at once. Reading tensor by tensor keeps the peak at the
-    model's weights plus one tensor.
+    model's weights plus one tensor. The file stays open from the first look at it, so a save
+    over the same directory (which replaces the files) does not change what this reader reads.
     """
 
     def __init__(self, path: Path):
         self.path = path
         self._header: dict[str, Any] | None = None
+        self._file = None
         self._data_start = 0
+        self._lock = threading.Lock()
 
     def _open(self) -> dict[str, Any]:
         if self._header is None:
-            _validate_safetensors(self.path)
-            with open(self.path, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                self._header = json.loads(f.read(n))
-            self._data_start = 8 + n
+            try:
+                f = open(self.path, "rb")  # noqa: SIM115 - kept open until close()
+            except OSError as e:
+                raise CheckpointError(f"{self.path} cannot be read: {e}") from None
+            try:
+                self._header, self._data_start = _read_safetensors_header(self.path, f)
+            except BaseException:
+                f.close()
+                raise
+            self._file = f
         return self._header
 
     def keys(self) -> list[str]:
@@ -219,26 +336,18 @@ class _SafetensorsFile:
         return tuple(self._info(key)["shape"])
 
     def _info(self, key: str) -> dict[str, Any]:
-        try:
-            return self._open()[key]
-        except KeyError:
-            raise CheckpointError(f"{self.path} has no tensor {key!r}") from None
+        header = self._open()
+        if key == "__metadata__" or key not in header:
+            raise CheckpointError(f"{self.path} has no tensor {key!r}")
+        return header[key]
 
     def get(self, key: str) -> np.ndarray:
-        info = self._info(key)
-        dtype = _DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise CheckpointError(f"{self.path}: tensor {key!r} has unsupported dtype "
-                                  f"{info['dtype']}")
-        begin, end = info["data_offsets"]
-        out = np.empty(info["shape"], dtype=dtype)
-        if out.nbytes != end - begin:
-            raise CheckpointError(f"{self.path}: tensor {key!r} has {end - begin} bytes, its "
-                                  f"shape {info['shape']} and dtype {info['dtype']} need "
-                                  f"{out.nbytes}")
-        with open(self.path, "rb") as f:
-            f.seek(self._data_start + begin)
-            if f.readinto(memoryview(out.reshape(-1)).cast("B")) != out.nbytes:
+        info = self._info(key)  # checked at open: nbytes == end - begin, within the file
+        begin, _ = info["data_offsets"]
+        out = np.empty(info["shape"], dtype=_DTYPES[info["dtype"]])
+        with self._lock:
+            self._file.seek(self._data_start + begin)
+            if self._file.readinto(memoryview(out.reshape(-1)).cast("B")) != out.nbytes:
                 raise CheckpointError(f"{self.path} is truncated at tensor {key!r}")
         if info["dtype"] == "BF16":  # numpy has no bfloat16: widen the bits (exact)
             logger.info("%s: %s is bfloat16; returned as float32 (exact)", self.path, key)
@@ -246,7 +355,9 @@ class _SafetensorsFile:
         return out
 
     def close(self) -> None:
-        self._header = None
+        if self._file is not None:
+            self._file.close()
+        self._header, self._file = None, None
 
 
 class _TorchBinFile:
@@ -311,6 +422,10 @@ class _TorchBinFile:
         self._state = None
 
 
+def _weights_file(path: Path) -> _SafetensorsFile | _TorchBinFile:
+    return _TorchBinFile(path) if path.suffix == ".bin" else _SafetensorsFile(path)
+
+
 class StateDictReader(Mapping[str, np.ndarray]):
     """Read-only mapping from canonical weight names to numpy arrays, one tensor per lookup.
 
@@ -318,8 +433,9 @@ class StateDictReader(Mapping[str, np.ndarray]):
     tensors come back as float32 (bf16 -> fp32 is exact).
     """
 
-    def __init__(self, weight_map: Mapping[str, str | os.PathLike], *, index: Path | None = None):
-        self._files: dict[Path, _SafetensorsFile | _TorchBinFile] = {}
+    def __init__(self, weight_map: Mapping[str, str | os.PathLike], *, index: Path | None = None,
+                 files: Mapping[Path, _SafetensorsFile | _TorchBinFile] | None = None):
+        self._files: dict[Path, _SafetensorsFile | _TorchBinFile] = dict(files or {})
         self._map: dict[str, Path] = {}
         for key, file in weight_map.items():
             path = Path(file)
@@ -327,8 +443,7 @@ class StateDictReader(Mapping[str, np.ndarray]):
                 if not path.is_file():
                     where = f"{index} lists {key!r} in {path.name}, which" if index else str(path)
                     raise CheckpointError(f"{where} does not exist")
-                kind = _TorchBinFile if path.suffix == ".bin" else _SafetensorsFile
-                self._files[path] = kind(path)
+                self._files[path] = _weights_file(path)
             self._map[key] = path
         self.index = index
 
@@ -336,25 +451,37 @@ class StateDictReader(Mapping[str, np.ndarray]):
     def from_files(cls, files: Iterable[str | os.PathLike]) -> StateDictReader:
         """Reader over whole weight files (``.safetensors`` or ``.bin``), keys read from each."""
         weight_map: dict[str, Path] = {}
-        for file in files:
-            path = Path(file)
-            if not path.is_file():
-                raise CheckpointError(f"{path} does not exist")
-            kind = _TorchBinFile if path.suffix == ".bin" else _SafetensorsFile
-            for key in kind(path).keys():
-                if key in weight_map:
-                    raise CheckpointError(f"{key!r} is in both {weight_map[key]} and {path}")
-                weight_map[key] = path
-        return cls(weight_map)
+        opened: dict[Path, _SafetensorsFile | _TorchBinFile] = {}
+        try:
+            for file in files:
+                path = Path(file)
+                if not path.is_file():
+                    raise CheckpointError(f"{path} does not exist")
+                opened[path] = _weights_file(path)
+                for key in opened[path].keys():
+                    if key in weight_map:
+                        raise CheckpointError(f"{key!r} is in both {weight_map[key]} and {path}")
+                    weight_map[key] = path
+        except BaseException:
+            for f in opened.values():
+                f.close()
+            raise
+        return cls(weight_map, files=opened)
 
     @classmethod
     def from_index(cls, index: str | os.PathLike) -> StateDictReader:
-        """Reader over a sharded checkpoint described by an ``*.index.json`` file."""
+        """Reader over a sharded checkpoint described by an ``*.index.json`` file: every shard
+        a plain file name next to the index."""
         index = Path(index)
-        data = _read_json_object(index)
+        data = read_json_object(index)
         weight_map = data.get("weight_map")
         if not isinstance(weight_map, dict):
             raise CheckpointError(f"{index} has no 'weight_map' object")
+        for key, file in weight_map.items():
+            if not isinstance(file, str) or file in ("", ".", "..") or Path(file).name != file \
+                    or "\\" in file:
+                raise CheckpointError(f"{index}: {key!r} is mapped to {file!r}, which is not the "
+                                      "file name of a shard next to the index")
         return cls({k: index.parent / v for k, v in weight_map.items()}, index=index)
 
     def __getitem__(self, key: str) -> np.ndarray:
@@ -389,6 +516,16 @@ class StateDictReader(Mapping[str, np.ndarray]):
         except SafetensorError as e:
             raise CheckpointError(f"{self._map[key]}: {key!r}: {e}") from e
 
+    def check(self) -> None:
+        """Read every safetensors header now (see ``_read_safetensors_header``) and check that
+        each shard holds the keys the index gives it (``.bin`` files are checked on read)."""
+        held = {path: set(f.keys()) for path, f in self._files.items()
+                if isinstance(f, _SafetensorsFile)}
+        for key, path in self._map.items():
+            if path in held and key not in held[path]:
+                raise CheckpointError(f"{self.index} lists {key!r} in {path.name}, which does "
+                                      "not hold it")
+
     @property
     def files(self) -> list[Path]:
         return list(self._files)
@@ -411,29 +548,6 @@ class StateDictReader(Mapping[str, np.ndarray]):
         return f"StateDictReader({len(self)} tensors in {len(self._files)} file(s))"
 
 
-def _validate_safetensors(path: Path) -> None:
-    """Fail early, naming the file, on a truncated or corrupt safetensors file."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{path} is truncated ({size} bytes): no safetensors header")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8:
-                raise CheckpointError(
-                    f"{path} is truncated or corrupt: header claims {n} bytes, file has {size}"
-                )
-            header = json.loads(f.read(n))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} has a corrupt safetensors header: {e}") from e
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise CheckpointError(
-            f"{path} is truncated: its tensors need {8 + n + end} bytes, the file has {size}"
-        )
-
-
 def open_state_dict(directory: str | os.PathLike) -> StateDictReader:
     """Open the weights of a checkpoint directory, preferring safetensors over ``.bin``."""
     directory = Path(directory)
@@ -452,9 +566,11 @@ def open_state_dict(directory: str | os.PathLike) -> StateDictReader:
             f"checkpoint directory {directory} has no weights: expected {SAFE_WEIGHTS_NAME}, "
             f"{SAFE_WEIGHTS_INDEX_NAME}, {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}"
         )
-    for path in reader.files:
-        if path.suffix == ".safetensors":
-            _validate_safetensors(path)
+    try:
+        reader.check()
+    except BaseException:
+        reader.close()
+        raise
     return reader
 
 
@@ -560,6 +676,148 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+# ----------------------------------------------------------------------------- safe saving
+#
+# A save to ``parent/name`` holds an exclusive lock on ``parent/.name.lock`` from start to end,
+# writes into ``parent/.name.tmp-*`` and swaps that with ``parent/name`` in one atomic rename
+# (``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two renames, see `_swap`). The lock is an
+# ``flock``: the kernel drops it when its holder exits or is killed, so there is no stale lock to
+# guess about, and a ``.name.tmp-*`` / ``.name.swap-*`` found while holding it belongs to a save
+# that is no longer running and is deleted.
+
+try:
+    import fcntl
+
+    def _try_lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError when held
+
+except ImportError:  # Windows
+    import msvcrt
+
+    def _try_lock(fd: int) -> None:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            raise BlockingIOError from None
+
+
+def _temporaries(target: Path) -> list[Path]:
+    """Leftovers of earlier saves to ``target`` (only meaningful while holding its lock)."""
+    prefixes = tuple(f".{target.name}.{kind}-" for kind in ("tmp", "old", "swap"))
+    return sorted(p for p in target.parent.iterdir() if p.name.startswith(prefixes))
+
+
+class _SaveLock:
+    """Exclusive, non-blocking right to save to ``target``; a second save fails at once with a
+    CheckpointError that says another save to that directory is in progress."""
+
+    def __init__(self, target: Path):
+        self.target = target
+        self.path = target.parent / f".{target.name}.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> _SaveLock:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                _try_lock(fd)
+            except BlockingIOError:
+                os.close(fd)
+                try:
+                    holder = self.path.read_text().strip() or "unknown"
+                except OSError:
+                    holder = "unknown"
+                raise CheckpointError(
+                    f"cannot save to {self.target}: another save to that directory is in "
+                    f"progress ({holder}; lock {self.path})") from None
+            try:  # the previous holder may have removed the file after we opened it
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)
+        self._fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"held by process {os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            os.unlink(self.path)  # before unlocking: a waiter then sees a new inode and retries
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def _recover(target: Path) -> None:
+    """Under the lock: restore a checkpoint left in ``.name.swap-*`` by a save killed between
+    its two renames (platforms without an atomic exchange), then delete every leftover."""
+    leftovers = _temporaries(target)
+    olds = [p for p in leftovers if p.name.startswith(f".{target.name}.swap-")]
+    if not target.exists() and olds:
+        old = max(olds, key=lambda p: p.stat().st_mtime)
+        logger.warning("%s was missing after an interrupted save; restored from %s", target, old)
+        os.replace(old, target)
+        leftovers.remove(old)
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+_renameat2: Any = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic rename (Linux ``renameat2(RENAME_EXCHANGE)``);
+    False where the platform or file system cannot."""
+    global _renameat2
+    if _renameat2 is None:
+        _renameat2 = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                               ctypes.c_uint]
+                _renameat2 = fn
+    if not _renameat2:
+        return False
+    import ctypes
+
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _swap(tmp: Path, target: Path) -> Path:
+    """Put the complete ``tmp`` at ``target``; return where the previous ``target`` now is."""
+    if _exchange(tmp, target):
+        return tmp
+    # two renames: a process killed between them leaves no ``target``; `_recover` restores it
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.swap-", dir=target.parent))
+    os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    return old
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name == "posix":
+        _fsync(path)
+
+
 def write_checkpoint(
     directory: str | os.PathLike,
     tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
@@ -573,54 +831,51 @@ def write_checkpoint(
 
     ``tensors`` may be a mapping or an iterable of ``(name, array)`` pairs, consumed once,
     shard by shard, so a backend can stream its weights without a second full copy. Everything
-    is written into a temporary sibling directory that then replaces ``directory``; on any error
-    the temporary directory is removed and ``directory`` is left as it was. Files of an existing
-    ``directory`` that are not weights or configs (tokenizer files, README, …) are kept.
+    is written into a temporary sibling directory that then replaces ``directory`` in one
+    rename; on any error the temporary directory is removed and ``directory`` is left as it
+    was. Files of an existing ``directory`` that are not weights or configs (tokenizer files,
+    README, …) are kept. A concurrent save to the same directory fails with a CheckpointError
+    instead of mixing files; leftovers of a killed save are deleted by the next one.
     """
     target = Path(directory)
-    if target.exists() and not target.is_dir():
-        raise CheckpointError(f"cannot write a checkpoint to {target}: it is a file")
     max_bytes = parse_size(max_shard_size)
     meta = {"format": "pt", **dict(metadata or {})}
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-    old: Path | None = None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; give it a normal directory mode
-        _write_shards(tmp, tensors, max_bytes, meta)
-        _write_json(tmp / CONFIG_NAME, dict(config))
-        if generation_config is not None:
-            _write_json(tmp / GENERATION_CONFIG_NAME, dict(generation_config))
-        if target.is_dir():
-            for entry in target.iterdir():
-                if (tmp / entry.name).exists() or _STALE_WEIGHTS.match(entry.name):
-                    continue
-                if entry.name in (CONFIG_NAME, GENERATION_CONFIG_NAME):
-                    continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy)
-                else:
-                    _link_or_copy(str(entry), str(tmp / entry.name))
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
-            os.replace(target, old)
-            try:
+    with _SaveLock(target):
+        if target.exists() and not target.is_dir():
+            raise CheckpointError(f"cannot write a checkpoint to {target}: it is a file")
+        _recover(target)
+        tmp: Path | None = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+        old: Path | None = None
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; give it a normal mode
+            _write_shards(tmp, tensors, max_bytes, meta)
+            _write_json(tmp / CONFIG_NAME, dict(config))
+            if generation_config is not None:
+                _write_json(tmp / GENERATION_CONFIG_NAME, dict(generation_config))
+            for name in (CONFIG_NAME, GENERATION_CONFIG_NAME):
+                if (tmp / name).exists():
+                    _fsync(tmp / name)
+            if target.is_dir():
+                for entry in target.iterdir():
+                    if (tmp / entry.name).exists() or _STALE_WEIGHTS.match(entry.name):
+                        continue
+                    if entry.name in (CONFIG_NAME, GENERATION_CONFIG_NAME):
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy)
+                    else:
+                        _link_or_copy(str(entry), str(tmp / entry.name))
+                old, tmp = _swap(tmp, target), None
+            else:
                 os.replace(tmp, target)
-            except BaseException:
-                os.replace(old, target)
-                old = None
-                raise
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not target.exists():
-            os.replace(old, target)
-            old = None
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+                tmp = None
+            _fsync_dir(parent)
+        finally:
+            for path in (tmp, old):
+                if path is not None:
+                    shutil.rmtree(path, ignore_errors=True)
     return target

@@ -283,8 +283,17 @@ def test_failed_save_leaves_existing_target_unchanged(tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_failed_swap_restores_target(tmp_path, monkeypatch):
+@pytest.mark.parametrize("exchange", [False, "raises"])
+def test_failed_swap_restores_target(tmp_path, monkeypatch, exchange):
+    """Without an atomic exchange (two renames), or when the exchange itself fails."""
     out = write_checkpoint(tmp_path / "c", _tensors(0), config=CONFIG)
+
+    def no_exchange(a, b):
+        if exchange == "raises":
+            raise OSError("rename failed")
+        return False
+
+    monkeypatch.setattr(ckpt, "_exchange", no_exchange)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     real_replace = os.replace
 
