@@ -6,8 +6,8 @@ Three parts, all framework-free:
    once per call: the special ids, the length limits, the strategy and the ordered logits
    processors (`RepetitionPenalty`, `NoRepeatNGram`, `BadWords`, `MinLength`, `ForcedBOS`,
    `ForcedEOS`, then for sampling `Temperature`, `TopK`, `TopP`) — the order, the conditions
-   and the validation errors of the reference's `_get_logits_processor` /
-   `_prepare_generated_length` / `_prepare_special_tokens`.
+   and (through `encdec.core.validation`) the argument errors of the reference's
+   `_get_logits_processor` / `_prepare_generated_length` / `_prepare_special_tokens`.
 2. numpy implementations of every processor (`apply_processors`) and of the reference's
    vectorised beam search (`beam_init`, `beam_step`, `beam_finalize`): the executable spec each
    backend's tensor code must match.
@@ -48,6 +48,7 @@ import numpy as np
 from .config import EncoderDecoderConfig, GenerationConfig
 from .outputs import GenerateOutput
 from .seq2seq import decoder_start_token_id as resolve_decoder_start
+from .validation import check_generation_config
 
 PROMPT_LENGTH = 1  # the decoder prompt is the start token alone
 DEFAULT_MAX_NEW_TOKENS = 20  # the reference's model-agnostic default (`max_length=20` + prompt)
@@ -198,6 +199,7 @@ def plan(model_config: EncoderDecoderConfig, generation_config: GenerationConfig
     """
     base = generation_config or GenerationConfig.from_model_config(model_config)
     gc = base.merged(**overrides)
+    check_generation_config(model_config, gc)  # every argument check, in one place
     default_max_length = gc.max_length is None  # as the reference: unset until generate
 
     start = resolve_decoder_start(model_config, gc)
@@ -206,9 +208,6 @@ def plan(model_config: EncoderDecoderConfig, generation_config: GenerationConfig
 
     # lengths (`_prepare_generated_length`, `_validate_generated_length`)
     if gc.max_new_tokens is not None:
-        if gc.max_new_tokens <= 0:
-            raise ValueError("`max_new_tokens` must be greater than 0, but is "
-                             f"{gc.max_new_tokens}.")
         max_length = gc.max_new_tokens + PROMPT_LENGTH
     elif default_max_length:
         max_length = DEFAULT_MAX_NEW_TOKENS + PROMPT_LENGTH
@@ -232,15 +231,8 @@ def plan(model_config: EncoderDecoderConfig, generation_config: GenerationConfig
     # strategy (`get_generation_mode`, `validate`)
     if gc.num_beams == 1:
         strategy = Strategy.SAMPLE if gc.do_sample else Strategy.GREEDY
-        if gc.num_return_sequences > 1 and not gc.do_sample:
-            raise ValueError("Greedy methods (do_sample != True) without beam search do not "
-                             "support `num_return_sequences` different than 1 (got "
-                             f"{gc.num_return_sequences}).")
     else:
         strategy = Strategy.BEAM_SAMPLE if gc.do_sample else Strategy.BEAM
-        if gc.num_return_sequences > gc.num_beams:
-            raise ValueError(f"`num_return_sequences` ({gc.num_return_sequences}) has to be "
-                             f"smaller or equal to `num_beams` ({gc.num_beams}).")
 
     processors = _processors(gc, strategy, eos, min_length, max_length)
     return GenerationPlan(
@@ -265,21 +257,11 @@ def _processors(gc: GenerationConfig, strategy: Strategy, eos: tuple[int, ...], 
     """The reference's `_get_logits_processor`, restricted to the fields encdec implements."""
     out: list[Processor] = []
     if gc.repetition_penalty is not None and gc.repetition_penalty != 1.0:
-        if not gc.repetition_penalty > 0:
-            raise ValueError("`penalty` has to be a strictly positive float, but is "
-                             f"{gc.repetition_penalty}")
         out.append(RepetitionPenalty(float(gc.repetition_penalty)))
     if gc.no_repeat_ngram_size is not None and gc.no_repeat_ngram_size > 0:
         out.append(NoRepeatNGram(int(gc.no_repeat_ngram_size)))
     if gc.bad_words_ids is not None:
         bad = gc.bad_words_ids
-        if not isinstance(bad, (list, tuple)) or len(bad) == 0:
-            raise ValueError(f"`bad_words_ids` has to be a non-empty list, but is {bad}.")
-        if any(not isinstance(w, (list, tuple)) for w in bad):
-            raise ValueError(f"`bad_words_ids` has to be a list of lists, but is {bad}.")
-        if any(not isinstance(i, (int, np.integer)) or i < 0 for w in bad for i in w):
-            raise ValueError("Each list in `bad_words_ids` has to be a list of positive integers, "
-                             f"but is {bad}.")
         kept = tuple(dict.fromkeys(tuple(int(i) for i in w) for w in bad
                                    if not (len(w) == 1 and w[0] in eos)))
         if kept:
@@ -294,14 +276,8 @@ def _processors(gc: GenerationConfig, strategy: Strategy, eos: tuple[int, ...], 
         # beam sampling keeps at least one non-eos token per beam (`min_tokens_to_keep`)
         min_keep = max(2, len(eos) + 1) if strategy is Strategy.BEAM_SAMPLE else 1
         if gc.temperature is not None and gc.temperature != 1.0:
-            if not gc.temperature > 0:
-                raise ValueError(f"`temperature` (={gc.temperature}) has to be a strictly positive "
-                                 "float, otherwise your next token scores will be invalid.")
             out.append(Temperature(float(gc.temperature)))
         if gc.top_k is not None and gc.top_k != 0:
-            if not isinstance(gc.top_k, (int, np.integer)) or gc.top_k <= 0:
-                raise ValueError("`top_k` has to be a strictly positive integer, but is "
-                                 f"{gc.top_k}")
             out.append(TopK(max(int(gc.top_k), min_keep)))
         if gc.top_p is not None and gc.top_p < 1.0:
             out.append(TopP(float(gc.top_p), min_keep))

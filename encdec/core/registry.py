@@ -477,6 +477,13 @@ def _from_input_ids(arch: Architecture) -> bool:
     return isinstance(arch.layout, BertLayout) and arch.layout.positions is Positions.FROM_INPUT_IDS
 
 
+def embedding_width(c: ModelConfig) -> int:
+    """The width of the token embeddings (what `inputs_embeds` must have): ELECTRA's
+    `embedding_size`, else `hidden_size`."""
+    layout = architecture(c).layout
+    return _embedding_width(c, layout) if isinstance(layout, BertLayout) else c.hidden_size
+
+
 def position_offset(c: ModelConfig) -> int:
     """The row of the position table the first token reads (RoBERTa: `pad_token_id + 1`;
     BART, mBART: 2; else 0)."""
