@@ -17,13 +17,22 @@ from encdec.core.registry import (
     max_positions,
     position_ids,
     position_offset,
+    sinusoidal_table,
     support_matrix,
 )
 from tests.conftest import tiny_kwargs
 
 
+def tiny_pad(model_type: str) -> dict:
+    """`pad_token_id=0` where the config's default lies outside the tiny vocabulary (Marian's
+    58100), else nothing."""
+    pad = architecture(model_type).config_class().pad_token_id
+    return {"pad_token_id": 0} if pad is not None and pad >= 99 else {}
+
+
 def core_config(model_type: str, **kw):
-    return architecture(model_type).config_class(**{**tiny_kwargs(model_type), **kw})
+    return architecture(model_type).config_class(**{**tiny_kwargs(model_type),
+                                                    **tiny_pad(model_type), **kw})
 
 
 @pytest.mark.parametrize("past", [0, 3])
@@ -78,7 +87,7 @@ def test_lookups_and_errors():
 
 @pytest.mark.parametrize("arch, side", [
     (a.name, side) for a in ARCHITECTURES for side in ("encoder", "decoder")
-    if (a.can_encode if side == "encoder" else a.can_decode)])
+    if (a.can_encode if side == "encoder" else a.can_decode)])  # BART family: decoder rows
 def test_against_hf_init_rules(arch, side):
     """`initializers` says what the reference's `_init_weights` does to each parameter: ones,
     zeros, or normal(0, std) with the padding row zeroed."""
@@ -91,7 +100,8 @@ def test_against_hf_init_rules(arch, side):
     table = encoder_table(c) if side == "encoder" else decoder_table(c)
     cls = getattr(tr, a.base_class if side == "encoder" else a.lm_class)
     torch.manual_seed(0)
-    ref = cls(tr.AutoConfig.for_model(arch, **tiny_kwargs(arch), **flags)).state_dict()
+    ref = cls(tr.AutoConfig.for_model(arch, **tiny_kwargs(arch), **tiny_pad(arch),
+                                      **flags)).state_dict()
     checked = 0
     for p, init in initializers(table, c):
         w = ref[p.name].double().numpy()
@@ -99,6 +109,8 @@ def test_against_hf_init_rules(arch, side):
             assert (w == 1).all(), p.name
         elif init.kind == "zeros":
             assert (w == 0).all(), p.name
+        elif init.kind == "array":  # a fixed table (sinusoidal positions): bit for bit
+            np.testing.assert_array_equal(init.array, ref[p.name].numpy(), err_msg=p.name)
         elif init.kind == "normal":
             rows = np.ones(len(w), bool)
             if init.zero_row is not None:
@@ -110,3 +122,37 @@ def test_against_hf_init_rules(arch, side):
             assert abs(w[rows].mean()) < 5 * init.std / np.sqrt(n), p.name
         checked += 1
     assert checked == len(table.owned)
+
+
+@pytest.mark.parametrize("arch", [a.name for a in ARCHITECTURES
+                                  if a.init.sinusoidal and a.init.always_sinusoidal])
+@pytest.mark.parametrize("n_pos, dim", [(64, 32), (64, 33), (512, 512), (1024, 1024)])
+def test_against_hf_sinusoidal_tables(arch, n_pos, dim):
+    """Marian's and Pegasus's position tables (odd widths and real sizes too) are the reference's
+    `create_weight`, bit for bit."""
+    import importlib
+
+    a = architecture(arch)
+    module = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
+    cls = getattr(module, f"{a.lm_class.removesuffix('ForCausalLM')}SinusoidalPositionalEmbedding")
+    want = cls(n_pos, dim).create_weight().numpy()
+    np.testing.assert_array_equal(sinusoidal_table(n_pos, dim, a.init.sinusoid), want)
+
+
+def test_bart_family_is_decoder_only():
+    """The BART family: decoder tables with cross-attention whatever the config says, no encoder,
+    and the seq2seq checkpoint's shared embedding standing in for `embed_tokens`."""
+    bart = [a for a in ARCHITECTURES if a.family == "bart"]
+    assert {a.name for a in bart} == {"bart", "mbart", "marian", "pegasus"}
+    for a in bart:
+        assert not a.can_encode and a.can_decode and a.always_cross_attention
+        assert a.base_class is None and a.lm_class.endswith("ForCausalLM")
+        c = core_config(a.name, is_decoder=True, add_cross_attention=True)
+        table = decoder_table(c)
+        names = set(table.by_name)
+        assert "model.decoder.layers.0.encoder_attn.k_proj.weight" in names
+        assert table.by_name["lm_head.weight"].tied_to == "model.decoder.embed_tokens.weight"
+        assert ("model.decoder.layer_norm.weight" in names) == a.layout.final_norm
+        assert ("model.decoder.layernorm_embedding.weight" in names) == \
+            a.layout.layernorm_embedding
+        assert (r"(model\.)?shared\.weight", "model.decoder.embed_tokens.weight") in table.aliases
