@@ -45,7 +45,7 @@ from .attention import (
     layer_norm,
     padding_mask,
 )
-from .bert import Past
+from .bert import Container, Past
 
 
 def _layout(config: BartConfig) -> BartLayout:
@@ -56,20 +56,20 @@ class BartDecoderLayer(nnx.Module):
     """`self_attn`, `encoder_attn` (cross-attention, always built) and the FFN `fc1` -> act ->
     `fc2`, each with its LayerNorm, post-norm or pre-norm as the layout says."""
 
-    def __init__(self, config: BartConfig, *, rngs: nnx.Rngs):
-        h, eps, heads = config.hidden_size, config.layer_norm_eps, config.num_attention_heads
-        self.pre_norm = _layout(config).pre_norm
-        kw = dict(dropout=config.attention_dropout, rngs=rngs)
+    def __init__(self, c: BartConfig, *, rngs: nnx.Rngs):
+        h, eps, heads = c.hidden_size, c.layer_norm_eps, c.num_attention_heads
+        self.pre_norm = _layout(c).pre_norm
+        kw = dict(dropout=c.attention_dropout, rngs=rngs)
         self.self_attn = Attention(h, heads, BART_ATTENTION, cross=False, **kw)
         self.self_attn_layer_norm = layer_norm(h, eps, rngs=rngs)
         self.encoder_attn = Attention(h, heads, BART_ATTENTION, cross=True, **kw)
         self.encoder_attn_layer_norm = layer_norm(h, eps, rngs=rngs)
-        self.fc1 = dense(h, config.intermediate_size, rngs=rngs)
-        self.fc2 = dense(config.intermediate_size, h, rngs=rngs)
+        self.fc1 = dense(h, c.intermediate_size, rngs=rngs)
+        self.fc2 = dense(c.intermediate_size, h, rngs=rngs)
         self.final_layer_norm = layer_norm(h, eps, rngs=rngs)
-        self.act = ACTIVATIONS[config.activation]
-        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
-        self.activation_dropout = nnx.Dropout(config.activation_dropout, rngs=rngs)
+        self.act = ACTIVATIONS[c.activation]
+        self.dropout = nnx.Dropout(c.dropout, rngs=rngs)
+        self.activation_dropout = nnx.Dropout(c.activation_dropout, rngs=rngs)
 
     def _in(self, x: jax.Array, norm: nnx.LayerNorm) -> jax.Array:  # a sublayer's input
         return norm(x) if self.pre_norm else x
@@ -239,13 +239,6 @@ class BartDecoder(nnx.Module):
         return x, tuple(new)
 
 
-class BartDecoderWrapper(nnx.Module):
-    """The reference's `BartDecoderWrapper`: holds the decoder at `model.decoder`."""
-
-    def __init__(self, config: BartConfig, *, rngs: nnx.Rngs | None = None):
-        self.decoder = BartDecoder(config, rngs=default_rngs(rngs))
-
-
 class BartForCausalLM(nnx.Module):
     """transformers' `BartForCausalLM` (and `MBartForCausalLM`, `MarianForCausalLM`,
     `PegasusForCausalLM`): `model.decoder` + `lm_head` (no bias; the `embed_tokens` matrix
@@ -258,7 +251,8 @@ class BartForCausalLM(nnx.Module):
         causal_lm_config(config)
         self.config = config
         table = architecture(config).decoder_table(config)
-        self.model = BartDecoderWrapper(config, rngs=rngs)
+        self.model = Container()  # the reference's `BartDecoderWrapper`: holds `decoder`
+        self.model.decoder = BartDecoder(config, rngs=rngs)
         tied = table.by_name["lm_head.weight"].tied_to is not None
         self.lm_head = None if tied else \
             dense(config.hidden_size, config.lm_vocab_size, use_bias=False, rngs=rngs)
