@@ -140,6 +140,8 @@ class BartDecoder(keras.layers.Layer):
             self.embed_tokens = embed(config.lm_vocab_size, h, "embed_tokens")
             self.embed_positions = embed(config.max_position_embeddings
                                          + layout.position_offset, h, "embed_positions")
+            if layout.sinusoid is not None:  # a fixed table, as the reference's (no gradient)
+                self.embed_positions.trainable = False
             self.layernorm_embedding = layer_norm(config.layer_norm_eps, "layernorm_embedding") \
                 if layout.layernorm_embedding else None
             self.layers = [BartDecoderLayer(config, name=f"layers_{i}")
@@ -158,20 +160,12 @@ class BartDecoder(keras.layers.Layer):
     def get_input_embeddings(self) -> keras.layers.Embedding:
         return self.embed_tokens
 
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a checkpoint saved by `BartDecoder.save_pretrained` (non-strict)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size)
-
     def embed(self, input_ids: tf.Tensor | None, position_ids: tf.Tensor | None,
-              inputs_embeds: tf.Tensor | None, past: int | tf.Tensor,
-              training: bool = False) -> tf.Tensor:
+              inputs_embeds: tf.Tensor | None, past: int | tf.Tensor) -> tf.Tensor:
         """Embeddings (B, T, H): tokens * embed_scale (a caller's `inputs_embeds` scaled only
         when the layout says so), + positions (past + arange(T) by default, read at + offset),
-        [layernorm_embedding], dropout."""
+        [layernorm_embedding], dropout (following the `training` of the enclosing Keras
+        call)."""
         scale = self.config.embed_scale
         if inputs_embeds is None:
             x = self.embed_tokens(input_ids) * scale  # (B, T, H)
@@ -182,7 +176,7 @@ class BartDecoder(keras.layers.Layer):
         x = x + self.embed_positions(position_ids + self.layout.position_offset)
         if self.layernorm_embedding is not None:
             x = self.layernorm_embedding(x)
-        return self.dropout(x, training=training)
+        return self.dropout(x)
 
     def call(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
              encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
@@ -203,7 +197,7 @@ class BartDecoder(keras.layers.Layer):
         elif ref.shape[1] is not None:  # static: checked before any gather
             check_length(c, "input_ids" if input_ids is not None else "inputs_embeds",
                          ref.shape[1], past)
-        x = self.embed(input_ids, position_ids, inputs_embeds, past, training)
+        x = self.embed(input_ids, position_ids, inputs_embeds, past)
         b, t = tf.shape(x)[0], tf.shape(x)[1]
         mask = causal_mask(b, t, past, past + t, x.dtype, attention_mask)
         cross_mask = padding_mask(encoder_attention_mask, x.dtype) \
