@@ -1,8 +1,9 @@
-"""nox sessions: one per backend, one for cross-backend parity, one for lint (mirrors tox.ini)."""
+"""nox sessions: one per backend, one for cross-backend parity, lint (ruff + mypy) and the docs
+site (mirrors tox.ini)."""
 
 import nox
 
-nox.options.sessions = ["pt", "tf", "flax", "parity", "lint"]  # + "reference" on demand
+nox.options.sessions = ["pt", "tf", "flax", "parity", "lint", "docs"]  # + "reference" on demand
 
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow", "HF_HUB_OFFLINE": "1"}
 
@@ -58,5 +59,16 @@ def reference(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
-    session.run("ruff", "check", "encdec", "tools", "tests")
+    """ruff over everything; mypy over encdec/core, the CLIs and encdec/convert (pyproject's
+    [tool.mypy]; the frameworks are not needed: the checked code imports none at module level)."""
+    session.install("-e", ".", "ruff", "mypy>=1.10")
+    session.run("ruff", "check", "encdec", "tools", "tests", "benchmarks", "noxfile.py")
+    session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, as CI builds it (the API pages import every backend)."""
+    session.install("torch==2.13.0")
+    session.install("-e", ".[all,docs]")
+    session.run("mkdocs", "build", "--strict", env={**ENV, "NO_MKDOCS_2_WARNING": "1"})
