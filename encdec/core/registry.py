@@ -190,6 +190,7 @@ class Architecture:
     def encoder_table(self, config: ModelConfig, pooler: bool | None = None) -> Table:
         """The base model's table (`pooler` None: the architecture's default)."""
         self.require_encoder()
+        assert self.base_table is not None  # require_encoder: for mypy
         return self.base_table(config, self, self.has_pooler if pooler is None else pooler)
 
     def require_encoder(self) -> None:
@@ -208,7 +209,20 @@ class Architecture:
     def decoder_table(self, config: ModelConfig) -> Table:
         """The causal LM's table; a clear error when the reference has no causal LM."""
         self.require_decoder()
+        assert self.lm_table is not None  # require_decoder: for mypy
         return self.lm_table(config, self)
+
+    @property
+    def bert_layout(self) -> BertLayout:
+        """The BERT-family layout, for that family's tables."""
+        assert isinstance(self.layout, BertLayout), f"{self.name} is not of the BERT family"
+        return self.layout
+
+    @property
+    def bart_layout(self) -> BartLayout:
+        """The BART-family layout, for that family's tables."""
+        assert isinstance(self.layout, BartLayout), f"{self.name} is not of the BART family"
+        return self.layout
 
     @property
     def has_pooler(self) -> bool:
@@ -236,7 +250,7 @@ def _embedding_width(c: ModelConfig, layout: BertLayout) -> int:
 
 def bert_family_model(c: ModelConfig, arch: Architecture, pooler: bool) -> Table:
     """A BERT-family base model (`BertModel`, `RobertaModel`, `ElectraModel`, …)."""
-    layout = arch.layout
+    layout = arch.bert_layout
     h, i, e = c.hidden_size, c.intermediate_size, _embedding_width(c, layout)
     ps = [Param("embeddings.word_embeddings.weight", (c.vocab_size, e), Role.EMBEDDING),
           Param("embeddings.position_embeddings.weight", (c.max_position_embeddings, e),
@@ -263,9 +277,9 @@ def bert_family_model(c: ModelConfig, arch: Architecture, pooler: bool) -> Table
 
 def bert_family_lm(c: ModelConfig, arch: Architecture) -> Table:
     """A BERT-family causal LM: the base model (no pooler) under `prefix.` + the LM head."""
-    head, p = arch.layout.head, arch.prefix + "."
+    head, p = arch.bert_layout.head, arch.prefix + "."
     h, v = c.hidden_size, c.vocab_size
-    w = _embedding_width(c, arch.layout) if head.width == "embedding" else h
+    w = _embedding_width(c, arch.bert_layout) if head.width == "embedding" else h
     base = bert_family_model(c, arch, pooler=False)
     tied = p + "embeddings.word_embeddings.weight" if c.tie_word_embeddings else None
     ps: list[Param] = []
@@ -290,7 +304,7 @@ def bert_family_lm(c: ModelConfig, arch: Architecture) -> Table:
 def bart_decoder(c: ModelConfig, arch: Architecture) -> Table:
     """A BART-family decoder (`BartDecoder`, …): embeddings, layers with `self_attn` and
     `encoder_attn`, the layout's norms."""
-    layout = arch.layout
+    layout = arch.bart_layout
     h, i, v = c.hidden_size, c.intermediate_size, c.lm_vocab_size
     ps = [Param("embed_tokens.weight", (v, h), Role.EMBEDDING),
           Param("embed_positions.weight", (c.max_position_embeddings + layout.position_offset, h),
@@ -489,6 +503,9 @@ def position_offset(c: ModelConfig) -> int:
     BART, mBART: 2; else 0)."""
     arch = architecture(c)
     if _from_input_ids(arch):
+        if c.pad_token_id is None:
+            raise ConfigError(f"{arch.name} positions start at pad_token_id + 1, but the config's "
+                              "pad_token_id is None")
         return c.pad_token_id + 1
     if isinstance(arch.layout, BartLayout):
         return arch.layout.position_offset
@@ -559,7 +576,8 @@ def initializers(table: Table, config: ModelConfig,
         if names is not None and p.name not in names:
             continue
         if sinusoidal is not None and sinusoidal.search(p.name):
-            yield p, Init("array", array=sinusoidal_table(*p.shape, rules.sinusoid))
+            n_pos, dim = p.shape
+            yield p, Init("array", array=sinusoidal_table(n_pos, dim, rules.sinusoid))
         elif p.role in (Role.LINEAR, Role.CONV1D, Role.EMBEDDING):
             s = std / math.sqrt(2 * config.num_hidden_layers) \
                 if any(r.search(p.name) for r in scaled) else std
@@ -600,7 +618,9 @@ def family_class(families: dict[str, tuple[type, type | None]], config: ModelCon
         arch.require_decoder()
     else:
         arch.require_encoder()
-    return families[arch.family][decoder]
+    cls = families[arch.family][decoder]
+    assert cls is not None, f"the backend has no {arch.family} causal LM class"
+    return cls
 
 
 def public_classes(families: dict[str, tuple[type, type | None]],
@@ -615,6 +635,7 @@ def public_classes(families: dict[str, tuple[type, type | None]],
                              strict=True):
             if name is None:
                 continue
+            assert cls is not None, f"the backend has no {arch.family} class for {name}"
             out[name] = cls if cls.__name__ == name else type(
                 name, (cls,), {"config_class": arch.config_class, "__module__": module,
                                "__qualname__": name,
