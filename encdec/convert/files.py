@@ -64,7 +64,11 @@ def _set_h5_attr(group, name: str, values: Sequence[str]) -> None:
 
 
 class H5Reader:
-    """Datasets of a reference `tf_model.h5`, keyed `<side>/<path>` (scope and `:0` dropped)."""
+    """Datasets of a reference `tf_model.h5`, keyed `<side>/<path>` (scope and `:0` dropped).
+
+    Whatever the file holds, a problem is a CheckpointError naming it (h5py can raise almost
+    any exception type on a damaged file), and no dataset is read whose size exceeds the file's
+    (HDF5 can declare huge datasets that store nothing)."""
 
     def __init__(self, path: str | os.PathLike):
         import h5py
@@ -72,23 +76,31 @@ class H5Reader:
         self.path = Path(path)
         try:
             self._file = h5py.File(self.path, "r")
-        except OSError as e:
+        except Exception as e:  # OSError, and others on a damaged superblock
             raise CheckpointError(f"{self.path} is not a readable HDF5 file: {e}") from None
         self._datasets: dict[str, str] = {}
         try:
-            sides = _h5_attr(self._file, "layer_names")
-            if not sides:
-                raise CheckpointError(f"{self.path} has no 'layer_names' attribute: not a "
-                                      "tf-keras weights file")
-            for side in sides:
-                if side not in self._file:
-                    raise CheckpointError(f"{self.path}: layer {side!r} is listed in "
-                                          "'layer_names' but has no group")
-                for name in _h5_attr(self._file[side], "weight_names"):
-                    self._add(side, name)
+            self._index()
         except CheckpointError:
             self._file.close()
             raise
+        except Exception as e:
+            self._file.close()
+            raise CheckpointError(f"{self.path} is not a tf-keras weights file: "
+                                  f"{type(e).__name__}: {e}") from None
+
+    def _index(self) -> None:
+        """Map each weight name listed in the file's attributes to its dataset path."""
+        sides = _h5_attr(self._file, "layer_names")
+        if not sides:
+            raise CheckpointError(f"{self.path} has no 'layer_names' attribute: not a "
+                                  "tf-keras weights file")
+        for side in sides:
+            if side not in self._file:
+                raise CheckpointError(f"{self.path}: layer {side!r} is listed in "
+                                      "'layer_names' but has no group")
+            for name in _h5_attr(self._file[side], "weight_names"):
+                self._add(side, name)
 
     def _add(self, side: str, weight_name: str) -> None:
         parts = weight_name.split("/")
@@ -109,21 +121,38 @@ class H5Reader:
         return self._datasets[key]
 
     def _get_dataset(self, key: str):
+        import h5py
+
         path = self._datasets[key]
-        if path not in self._file:
+        try:
+            dataset = self._file[path] if path in self._file else None
+        except Exception as e:
+            raise CheckpointError(f"{self.path}: cannot open {path!r}: {e}") from None
+        if not isinstance(dataset, h5py.Dataset):
             raise CheckpointError(f"{self.path}: dataset {path!r} is listed in 'weight_names' "
                                   "but missing from the file")
-        return self._file[path]
+        return dataset
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._get_dataset(key).shape)
+        return tuple(self._get_dataset(key).shape or ())
 
     def get(self, key: str) -> np.ndarray:
+        dataset = self._get_dataset(key)
         try:
-            return np.asarray(self._get_dataset(key)[()])
-        except OSError as e:
+            nbytes = dataset.size * dataset.dtype.itemsize
+            if nbytes > self.path.stat().st_size:
+                raise CheckpointError(f"{self.path}: dataset {self._datasets[key]!r} declares "
+                                      f"{nbytes} bytes, more than the file holds")
+            array = np.asarray(dataset[()])
+        except CheckpointError:
+            raise
+        except Exception as e:
             raise CheckpointError(
                 f"{self.path}: cannot read {self._datasets[key]!r}: {e}") from None
+        if array.dtype.kind not in "biuf":
+            raise CheckpointError(f"{self.path}: dataset {self._datasets[key]!r} holds "
+                                  f"{array.dtype}, not numbers")
+        return array
 
     def close(self) -> None:
         self._file.close()
@@ -162,7 +191,10 @@ def _unpack_array(data: bytes) -> np.ndarray:
     import msgpack
 
     shape, dtype_name, buf = msgpack.unpackb(data, raw=True)
-    return np.frombuffer(buf, dtype=_dtype(dtype_name)).reshape(shape)
+    dtype = _dtype(dtype_name)
+    if (dtype.kind not in "biuf" and dtype.name != "bfloat16") or not isinstance(buf, bytes):
+        raise ValueError(f"array of dtype {dtype} is not a weight")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)  # a view: never more than the file
 
 
 def _ext_hook(code: int, data: bytes):
@@ -181,27 +213,42 @@ def read_msgpack(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     path = Path(path)
     try:
-        tree = msgpack.unpackb(path.read_bytes(), ext_hook=_ext_hook, raw=False,
-                               strict_map_key=False)
-    except (ValueError, TypeError, msgpack.UnpackException) as e:
-        raise CheckpointError(f"{path} is not a readable flax msgpack file: {e}") from None
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read: {e}") from None
+    try:  # msgpack bounds every length by the input's, so nothing exceeds the file
+        tree = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as e:
+        raise CheckpointError(f"{path} is not a readable flax msgpack file: "
+                              f"{type(e).__name__}: {e}") from None
     if not isinstance(tree, dict):
         raise CheckpointError(f"{path} does not hold a map of parameters")
     flat: dict[str, np.ndarray] = {}
 
-    def walk(prefix: list[str], node) -> None:
-        if isinstance(node, dict) and "__msgpack_chunked_array__" in node:
+    def chunked(where: str, node: dict) -> np.ndarray:
+        try:
             shape = [node["shape"][str(i)] for i in range(len(node["shape"]))]
             chunks = [node["chunks"][str(i)] for i in range(len(node["chunks"]))]
-            flat["/".join(prefix)] = np.concatenate(chunks).reshape(shape)
+            return np.concatenate(chunks).reshape(shape)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: chunked array {where!r} is malformed: "
+                                  f"{type(e).__name__}: {e}") from None
+
+    def walk(prefix: list[str], node) -> None:
+        where = "/".join(prefix)
+        if isinstance(node, dict) and "__msgpack_chunked_array__" in node:
+            value = chunked(where, node)
         elif isinstance(node, dict):
             for k, v in node.items():
                 walk([*prefix, str(k)], v)
+            return
         elif isinstance(node, np.ndarray):
-            flat["/".join(prefix)] = node
+            value = node
         else:
-            raise CheckpointError(f"{path}: {'/'.join(prefix)!r} is a {type(node).__name__}, "
-                                  "not an array")
+            raise CheckpointError(f"{path}: {where!r} is a {type(node).__name__}, not an array")
+        if where in flat:
+            raise CheckpointError(f"{path}: {where!r} is stored twice")
+        flat[where] = value
 
     walk([], tree)
     return flat

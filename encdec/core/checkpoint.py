@@ -14,12 +14,14 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 import struct
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -178,19 +180,21 @@ def _unique_keys(path: Path, what: str):
     return hook
 
 
-def _loads(path: Path, data: bytes | str, what: str = "key") -> Any:
-    """``json.loads`` whose every failure is a CheckpointError naming ``path``."""
+def _loads(path: Path, data: bytes | str, what: str = "key", doc: str = "") -> Any:
+    """``json.loads`` whose every failure is a CheckpointError naming ``path`` (and ``doc``,
+    the part of the file that is JSON)."""
+    where = f"{path}{doc}"
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         return json.loads(text, object_pairs_hook=_unique_keys(path, what))
     except CheckpointError:
         raise
     except UnicodeDecodeError as e:
-        raise CheckpointError(f"{path} is not UTF-8 text: {e}") from None
+        raise CheckpointError(f"{where} is not UTF-8 text: {e}") from None
     except RecursionError:
-        raise CheckpointError(f"{path} is not valid JSON: nested too deeply") from None
+        raise CheckpointError(f"{where} is not valid JSON: nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, and ints beyond Python's digit limit
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+        raise CheckpointError(f"{where} is not valid JSON: {e}") from None
 
 
 def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
@@ -266,7 +270,7 @@ def _read_safetensors_header(path: Path, f) -> tuple[dict[str, Any], int]:
     if n > _MAX_HEADER:
         raise CheckpointError(f"{path}: safetensors header of {n} bytes is over the format's "
                               f"limit of {_MAX_HEADER}")
-    header = _loads(path, f.read(n), "header key")
+    header = _loads(path, f.read(n), "header key", ": the safetensors header")
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is a {type(header).__name__}, not an "
                               "object")
@@ -379,14 +383,24 @@ class _TorchBinFile:
 
             kwargs = dict(weights_only=True, map_location="cpu")
             try:
-                try:
-                    state = torch.load(self.path, mmap=True, **kwargs)
-                except RuntimeError as e:  # legacy (non-zip) format cannot be memory-mapped
-                    if "mmap" not in str(e):
-                        raise
-                    state = torch.load(self.path, **kwargs)
+                with warnings.catch_warnings():  # torch's warnings are not the user's business
+                    warnings.simplefilter("ignore")
+                    try:
+                        state = torch.load(self.path, mmap=True, **kwargs)
+                    except RuntimeError as e:  # legacy (non-zip) format cannot be mmapped
+                        if "mmap" not in str(e):
+                            raise
+                        state = torch.load(self.path, **kwargs)
+            except pickle.UnpicklingError as e:
+                detail = str(e).partition("WeightsUnpickler error:")[2].strip() or str(e)
+                detail = detail.split("\n")[0].split(". ")[0].strip().rstrip(".")
+                raise CheckpointError(
+                    f"{self.path} was refused by torch.load(weights_only=True), which never "
+                    f"runs a pickle's code: {detail}. Re-save it as safetensors where you trust "
+                    "it") from None
             except Exception as e:
-                raise CheckpointError(f"{self.path} cannot be loaded with torch.load: {e}") from e
+                raise CheckpointError(f"{self.path} cannot be loaded with torch.load: "
+                                      f"{type(e).__name__}: {e}") from None
             if not isinstance(state, Mapping):
                 raise CheckpointError(f"{self.path} does not hold a state dict")
             self._state = dict(state)

@@ -8,13 +8,28 @@ and `GenerationConfig`. Configs are mutable dataclasses; keys we do not model ar
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import numbers
 import os
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .checkpoint import CONFIG_NAME, GENERATION_CONFIG_NAME, read_config_dict, resolve_checkpoint
+import numpy as np
+
+from .checkpoint import (
+    CONFIG_NAME,
+    GENERATION_CONFIG_NAME,
+    CheckpointError,
+    read_config_dict,
+    read_json_object,
+    resolve_checkpoint,
+)
 
 # activations every backend implements: exact erf GELU, tanh-approximate GELU (two names), ReLU,
 # SiLU (two names: Marian's "swish")
@@ -28,6 +43,110 @@ class ConfigError(ValueError):
 def _check(cls_name: str, name: str, ok: bool, value: Any, want: str) -> None:
     if not ok:
         raise ConfigError(f"{cls_name}.{name}: expected {want}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- field checks
+# Every field is checked against its annotation (an int is not a bool, a float not a string),
+# then against the rule its name has in `_RULES`. The reference's field names mean the same in
+# every architecture, so one table serves every config class.
+
+
+def _conforms(value: Any, tp: Any) -> bool:
+    """Whether `value` has the annotated type (`int | None`, `list[int]`, `float`, …)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in typing.get_args(tp))
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        return isinstance(value, (list, tuple)) and all(_conforms(v, arg) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, (bool, np.bool_))
+    if tp is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if tp is float:
+        return (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+                and math.isfinite(value))
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True  # Any
+
+
+def _type_name(tp: Any) -> str:
+    names = {int: "an int", float: "a finite number", bool: "a bool (true/false)", str: "a string",
+             type(None): "None (null)"}
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).split(' ', 1)[1]}s"
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A value rule, applied to a field's value (to each element of a list of ids)."""
+
+    ok: Callable[[Any], bool]
+    want: str
+
+
+_POSITIVE = _Rule(lambda v: v > 0, "a value > 0")
+_NON_NEGATIVE = _Rule(lambda v: v >= 0, "a value >= 0")
+_PROBABILITY = _Rule(lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+_TOKEN_ID = _Rule(lambda v: v >= 0, "a token id >= 0")
+_ACTIVATION = _Rule(lambda v: v in ACTIVATIONS, f"one of {ACTIVATIONS}")
+_RULES: dict[str, _Rule] = {
+    **dict.fromkeys((  # sizes and counts
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+        "intermediate_size", "max_position_embeddings", "type_vocab_size", "embedding_size",
+        "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "dim", "hidden_dim", "n_layers",
+        "n_heads", "d_model", "encoder_layers", "encoder_ffn_dim", "encoder_attention_heads",
+        "decoder_layers", "decoder_ffn_dim", "decoder_attention_heads", "decoder_vocab_size",
+        "num_beams", "num_return_sequences", "max_length", "repetition_penalty", "temperature",
+    ), _POSITIVE),
+    **dict.fromkeys((  # dropout and layer-drop probabilities
+        "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
+        "resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout",
+        "summary_last_dropout", "dropout", "attention_dropout", "activation_dropout",
+        "qa_dropout", "seq_classif_dropout", "encoder_layerdrop", "decoder_layerdrop",
+    ), _PROBABILITY),
+    **dict.fromkeys((
+        "layer_norm_eps", "layer_norm_epsilon", "initializer_range", "init_std",
+        "min_length", "max_new_tokens", "min_new_tokens", "top_k", "no_repeat_ngram_size",
+    ), _NON_NEGATIVE),
+    **dict.fromkeys((
+        "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
+        "forced_bos_token_id", "forced_eos_token_id",
+    ), _TOKEN_ID),
+    **dict.fromkeys(("hidden_act", "activation_function", "activation"), _ACTIVATION),
+    "top_p": _Rule(lambda v: 0 < v <= 1, "a value in (0, 1]"),
+    "bad_words_ids": _Rule(lambda v: all(len(w) > 0 and all(i >= 0 for i in w) for w in v),
+                           "non-empty lists of token ids >= 0"),
+}
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "extra"}
+
+
+def _validate_fields(config: _Config) -> None:
+    """Check every field of `config` by type, then by its rule in `_RULES`."""
+    n = type(config).__name__
+    if not isinstance(config.extra, dict):
+        raise ConfigError(f"{n}.extra: expected a dict, got {config.extra!r}")
+    for name, tp in _field_types(type(config)).items():
+        value = getattr(config, name)
+        if isinstance(value, _Config) or (isinstance(value, dict) and tp is not dict):
+            continue  # a nested config (EncoderDecoderConfig's sides) checks itself
+        _check(n, name, _conforms(value, tp), value, _type_name(tp))
+        rule = _RULES.get(name)
+        if rule is None or value is None:
+            continue
+        items = value if isinstance(value, (list, tuple)) and name != "bad_words_ids" else [value]
+        _check(n, name, all(rule.ok(v) for v in items), value, rule.want)
 
 
 class _AcceptsAnyKey(type):
@@ -104,7 +223,7 @@ class _Config(metaclass=_AcceptsAnyKey):
         self.__post_init__()
 
     def __post_init__(self) -> None:
-        pass
+        _validate_fields(self)
 
 
 @dataclass
@@ -120,17 +239,13 @@ class ModelConfig(_Config):
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # each field by type and rule; then what relates fields
         n = type(self).__name__
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
-            value = getattr(self, name)
-            _check(n, name, isinstance(value, int) and value > 0, value, "a positive int")
         _check(n, "num_attention_heads", self.hidden_size % self.num_attention_heads == 0,
                self.num_attention_heads, f"a divisor of hidden_size={self.hidden_size}")
-        act = self.activation
-        _check(n, "activation", act in ACTIVATIONS, act, f"one of {ACTIVATIONS}")
-        for name in ("pad_token_id", "bos_token_id"):
-            value = getattr(self, name)
-            _check(n, name, value is None or isinstance(value, int), value, "an int or None")
+        pad, vocab = self.pad_token_id, self.lm_vocab_size
+        _check(n, "pad_token_id", pad is None or pad < vocab, pad,
+               f"a token id below the vocabulary size {vocab}")
 
     @property
     def lm_vocab_size(self) -> int:
@@ -269,11 +384,6 @@ class ElectraConfig(BertConfig):
     summary_activation: str = "gelu"
     summary_last_dropout: float = 0.1
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check("ElectraConfig", "embedding_size", isinstance(self.embedding_size, int)
-               and self.embedding_size > 0, self.embedding_size, "a positive int")
-
 
 @dataclass
 class BertGenerationConfig(ModelConfig):
@@ -373,15 +483,6 @@ class BartConfig(ModelConfig):
         """The factor on token embeddings (`sqrt(d_model)` when `scale_embedding`)."""
         return self.d_model ** 0.5 if self.scale_embedding else 1.0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        n = type(self).__name__
-        for name in ("max_position_embeddings", "decoder_layers", "decoder_ffn_dim"):
-            value = getattr(self, name)
-            _check(n, name, isinstance(value, int) and value > 0, value, "a positive int")
-        _check(n, "decoder_layerdrop", isinstance(self.decoder_layerdrop, (int, float))
-               and 0 <= self.decoder_layerdrop <= 1, self.decoder_layerdrop, "a float in [0, 1]")
-
 
 @dataclass
 class MBartConfig(BartConfig):
@@ -411,8 +512,6 @@ class MarianConfig(BartConfig):
         if self.decoder_vocab_size is None:  # as the reference's __init__
             self.decoder_vocab_size = self.vocab_size
         super().__post_init__()
-        _check("MarianConfig", "decoder_vocab_size", isinstance(self.decoder_vocab_size, int)
-               and self.decoder_vocab_size > 0, self.decoder_vocab_size, "a positive int")
 
     @property
     def lm_vocab_size(self) -> int:
@@ -438,10 +537,12 @@ def config_from_dict(d: dict[str, Any], *, source: Any = "config", expect: type 
     """Dispatch on `model_type` (the registry's); errors name the source file and the field."""
     from .registry import config_classes
 
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: expected a config object, got {type(d).__name__}")
     mt = d.get("model_type")
     classes: dict[str, type[_Config]] = {**config_classes(),
                                          "encoder-decoder": EncoderDecoderConfig}
-    if mt not in classes:
+    if not isinstance(mt, str) or mt not in classes:
         raise ConfigError(f"{source}: unknown model_type {mt!r}; supported: {sorted(classes)}")
     cls = classes[mt]
     if expect is not None and not issubclass(cls, expect):
@@ -457,9 +558,8 @@ class EncoderDecoderConfig(_Config):
     """transformers' `EncoderDecoderConfig`: an encoder and a decoder config plus seq2seq ids."""
 
     model_type: ClassVar[str] = "encoder-decoder"
-    encoder: ModelConfig = field(default_factory=BertConfig)
-    decoder: ModelConfig = field(default_factory=lambda: BertConfig(is_decoder=True,
-                                                                    add_cross_attention=True))
+    encoder: ModelConfig = None  # type: ignore[assignment]  # required, as in the reference
+    decoder: ModelConfig = None  # type: ignore[assignment]  # required
     is_encoder_decoder: bool = True
     decoder_start_token_id: int | None = None
     pad_token_id: int | None = None
@@ -476,11 +576,22 @@ class EncoderDecoderConfig(_Config):
     def __post_init__(self) -> None:
         for side in ("encoder", "decoder"):
             value = getattr(self, side)
+            if value is None:
+                raise ConfigError(f"EncoderDecoderConfig.{side} is missing: an encoder-decoder "
+                                  "config needs both 'encoder' and 'decoder' (see "
+                                  "from_encoder_decoder_configs)")
             if isinstance(value, dict):
-                setattr(self, side, config_from_dict(value, source=f"EncoderDecoderConfig.{side}"))
+                setattr(self, side, config_from_dict(value, source=f"EncoderDecoderConfig.{side}",
+                                                     expect=ModelConfig))
             elif not isinstance(value, ModelConfig):
                 raise ConfigError(f"EncoderDecoderConfig.{side}: expected a model config, got "
                                   f"{type(value).__name__}")
+        super().__post_init__()
+        vocab = self.decoder.lm_vocab_size
+        for name in ("decoder_start_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            _check("EncoderDecoderConfig", name, value is None or value < vocab, value,
+                   f"a token id below the decoder's vocabulary size {vocab}")
         from .registry import architecture
 
         for side in ("encoder", "decoder"):
@@ -541,22 +652,21 @@ class GenerationConfig(_Config):
     decoder_start_token_id: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         n = "GenerationConfig"
-        for name in ("num_beams", "num_return_sequences"):
-            v = getattr(self, name)
-            _check(n, name, isinstance(v, int) and v > 0, v, "a positive int")
-        _check(n, "max_length", self.max_length is None
-               or (isinstance(self.max_length, int) and self.max_length > 0), self.max_length,
-               "a positive int or None")
-        for name in ("max_new_tokens", "min_new_tokens"):
-            v = getattr(self, name)
-            _check(n, name, v is None or (isinstance(v, int) and v >= 0), v, "an int >= 0 or None")
         _check(n, "early_stopping", self.early_stopping in (True, False, "never"),
                self.early_stopping, "True, False or 'never'")
-        _check(n, "temperature", self.temperature > 0, self.temperature, "a float > 0")
-        _check(n, "top_p", 0 < self.top_p <= 1, self.top_p, "a float in (0, 1]")
         _check(n, "num_return_sequences", self.num_return_sequences <= max(self.num_beams, 1)
                or self.do_sample, self.num_return_sequences, f"<= num_beams={self.num_beams}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **overrides: Any):
+        """As `_Config.from_dict`; a null for a field that cannot be None means "unset" (the
+        reference's defaults are None) and gives encdec's default."""
+        fields = _field_types(cls)
+        d = {k: v for k, v in d.items()
+             if not (v is None and k in fields and not _conforms(None, fields[k]))}
+        return super().from_dict(d, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         """Only non-default fields, as the reference writes `generation_config.json`."""
@@ -582,9 +692,9 @@ class GenerationConfig(_Config):
         directory = resolve_checkpoint(path_or_id, filenames=(GENERATION_CONFIG_NAME,))
         path = directory / GENERATION_CONFIG_NAME
         try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read generation config: {e}") from None
+            d = read_json_object(path)
+        except CheckpointError as e:
+            raise ConfigError(str(e)) from None
         try:
             return cls.from_dict(d)
         except (ConfigError, TypeError) as e:
@@ -603,5 +713,11 @@ class GenerationConfig(_Config):
 
 
 def _write_json(path: Path, d: dict[str, Any]) -> None:
+    """Write through a temporary file and a rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,7 +1,13 @@
-"""Checkpoint I/O: round trips, sharding, .bin reading, corrupt files, atomic writes, hub cache."""
+"""Checkpoint I/O: round trips, sharding, .bin reading, bad files, atomic and concurrent saves,
+saves killed midway, hub cache."""
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +29,7 @@ from encdec.core.checkpoint import (
     resolve_checkpoint,
     write_checkpoint,
 )
+from tests.core.bad_files import CASES, MARKER
 
 CONFIG = {"model_type": "encoder-decoder", "is_encoder_decoder": True}
 
@@ -487,3 +494,224 @@ def test_corrupt_bin_names_the_file(tmp_path):
     (tmp_path / WEIGHTS_NAME).write_bytes(b"not a pickle")
     with pytest.raises(CheckpointError, match=WEIGHTS_NAME):
         open_state_dict(tmp_path)
+
+
+# ----------------------------------------------------------------------------- bad files
+
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_file_gives_the_library_error_naming_the_file(case, tmp_path):
+    error = case.exception(tmp_path)
+    assert type(error) is case.error_class or isinstance(error, case.error_class), repr(error)
+    assert case.file in str(error), str(error)
+    assert not (tmp_path / MARKER).exists()  # the malicious pickle ran nothing
+
+
+def test_the_malicious_pickle_is_real(tmp_path):
+    """The refused .bin would run its payload if loaded unsafely: the case can fail."""
+    import torch
+
+    case = next(c for c in CASES if c.name == "bin-pickle-runs-code")
+    case.exception(tmp_path)
+    assert not (tmp_path / MARKER).exists()
+    torch.load(tmp_path / WEIGHTS_NAME, weights_only=False)  # what encdec never does
+    assert (tmp_path / MARKER).exists()
+
+
+# ----------------------------------------------------------------------------- concurrent saves
+
+
+# One save in its own process. argv: target, writer id, barrier file, kill spec ("-" for none:
+# "name:k" SIGKILLs the process just before the k-th call of `name` in the save), exchange
+# ("1" atomic exchange, "0" the two-rename fallback).
+WORKER = r"""
+import os, signal, sys, time
+import numpy as np
+from encdec.core import checkpoint as ckpt
+{SAVE}
+target, ident, barrier, kill, exchange = sys.argv[1:6]
+ident = int(ident)
+if exchange == "0":
+    ckpt._exchange = lambda a, b: False
+if kill != "-":
+    name, k = kill.split(":")
+    owner = {"replace": ckpt.os, "rmtree": ckpt.shutil}.get(name, ckpt)
+    real, calls = getattr(owner, name), [0]
+    def wrapped(*args, **kwargs):
+        if calls[0] == int(k):
+            os.kill(os.getpid(), signal.SIGKILL)
+        calls[0] += 1
+        return real(*args, **kwargs)
+    setattr(owner, name, wrapped)
+while barrier != "-" and not os.path.exists(barrier):
+    time.sleep(0.001)
+print("started", flush=True)
+try:
+    save(target, ident)
+except ckpt.CheckpointError as e:
+    print(e, flush=True)
+    sys.exit(3 if "another save to that directory is in progress" in str(e) else 1)
+"""
+
+
+SAVE = """
+def save(target, ident):
+    tensors = ((f"w{i}", np.full(20_000, ident * 10 + i, np.float32)) for i in range(6))
+    ckpt.write_checkpoint(target, tensors, config={"writer": ident}, max_shard_size="200KB")
+"""
+WORKER = WORKER.replace("{SAVE}", SAVE)
+exec(SAVE, {"ckpt": ckpt, "np": np}, _namespace := {})
+_save = _namespace["save"]  # the worker's save, in this process
+
+
+def _worker(target: Path, ident: int, barrier: str = "-", kill: str = "-", exchange: str = "1"):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(target), str(ident), barrier,
+                             kill, exchange], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def _writer_of(directory: Path) -> int:
+    """The one writer whose tensors and config fill `directory` (asserts nothing is mixed)."""
+    ident = read_config_dict(directory)["writer"]
+    with open_state_dict(directory) as reader:
+        assert sorted(reader) == [f"w{i}" for i in range(6)]
+        for i in range(6):
+            assert (reader[f"w{i}"] == ident * 10 + i).all(), (ident, i)
+    return ident
+
+
+def test_concurrent_saves_leave_one_complete_checkpoint(tmp_path):
+    target = tmp_path / "c"
+    for round_ in range(2):
+        barrier = tmp_path / f"go-{round_}"
+        procs = {i: _worker(target, i, str(barrier)) for i in range(1 + 4 * round_, 5 + 4 * round_)}
+        time.sleep(0.5)  # let them import and wait at the barrier
+        barrier.touch()
+        codes = {i: p.wait(timeout=60) for i, p in procs.items()}
+        errors = {i: p.stderr.read() for i, p in procs.items() if codes[i] not in (0, 3)}
+        assert not errors, errors
+        winners = {i for i, c in codes.items() if c == 0}
+        assert winners, codes  # one at least succeeded; the others said why they did not
+        for i, p in procs.items():
+            if codes[i] == 3:
+                assert str(target) in p.stdout.read()
+        assert _writer_of(target) in winners
+        assert _entries(tmp_path) == sorted(["c", *(f"go-{r}" for r in range(round_ + 1))])
+
+
+def test_a_second_save_while_one_holds_the_lock_fails_naming_the_directory(tmp_path):
+    target = tmp_path / "c"
+    write_checkpoint(target, _tensors(0), config=CONFIG)
+    before = _snapshot(target)
+    with ckpt._SaveLock(target):
+        with pytest.raises(CheckpointError, match="another save to that directory is in progress"
+                           ) as info:
+            write_checkpoint(target, _tensors(1), config=CONFIG)
+        assert str(target) in str(info.value) and f"process {os.getpid()}" in str(info.value)
+    assert _snapshot(target) == before
+    write_checkpoint(target, _tensors(1), config=CONFIG)  # released: the next save works
+    assert _entries(tmp_path) == ["c"]
+
+
+# ----------------------------------------------------------------------------- interrupted saves
+
+# (kill spec, exchange): just before a shard is written, the config, the copy of a kept file,
+# the swap, and the removal of the old files; without an atomic exchange also just before the
+# second of the two renames (the target is briefly absent: the next save restores it).
+KILL_POINTS = [("save_file:1", "1"), ("_write_json:0", "1"), ("_link_or_copy:0", "1"),
+               ("_exchange:0", "1"), ("rmtree:0", "1"), ("replace:4", "0"), ("rmtree:0", "0")]
+
+
+def test_killed_saves_leave_the_old_or_the_new_checkpoint(tmp_path):
+    target = tmp_path / "c"
+    reference = tmp_path / "reference"
+    _save(reference, 2)
+    (reference / "tokenizer.json").write_text("{}")
+    new = _snapshot(reference)
+    shutil.rmtree(reference)
+    outcomes = set()
+    for kill, exchange in KILL_POINTS:
+        shutil.rmtree(target, ignore_errors=True)
+        _save(target, 1)
+        (target / "tokenizer.json").write_text("{}")
+        old = _snapshot(target)
+        proc = _worker(target, 2, kill=kill, exchange=exchange)
+        assert proc.wait(timeout=60) == -signal.SIGKILL, (kill, proc.stderr.read())
+        assert target.exists() == (kill != "replace:4"), kill  # between the two renames
+        with ckpt._SaveLock(target):  # what the next save does first
+            ckpt._recover(target)
+        state = _snapshot(target)
+        assert state in (old, new), kill
+        outcomes.add("old" if state == old else "new")
+        assert _entries(tmp_path) == ["c"], kill  # the killed save's leftovers are gone
+    assert outcomes == {"old", "new"}
+
+
+def test_save_killed_at_a_random_moment(tmp_path):
+    target = tmp_path / "c"
+    _save(target, 1)
+    old = _snapshot(target)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        proc = _worker(target, 2)
+        assert proc.stdout.readline().strip() == "started"
+        time.sleep(rng.uniform(0, 0.02))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        state = _snapshot(target)
+        assert state == old or _writer_of(target) == 2
+        _save(target, 1)
+        assert _entries(tmp_path) == ["c"]
+        old = _snapshot(target)
+
+
+def test_stale_leftovers_are_removed_by_the_next_save(tmp_path):
+    target = write_checkpoint(tmp_path / "c", _tensors(0), config=CONFIG)
+    (tmp_path / ".c.tmp-dead").mkdir()
+    (tmp_path / ".c.tmp-dead" / SAFE_WEIGHTS_NAME).write_bytes(b"partial")
+    (tmp_path / ".c.swap-dead").mkdir()
+    (tmp_path / ".c.lock").write_text("held by process 1\n")  # its holder is gone: no flock
+    (tmp_path / ".other.tmp-x").mkdir()  # another target's: not ours to remove
+    write_checkpoint(target, _tensors(1), config=CONFIG)
+    assert _entries(tmp_path) == [".other.tmp-x", "c"]
+
+
+# ----------------------------------------------------------------------------- saving in place
+
+
+def test_save_over_the_directory_an_open_reader_reads(tmp_path):
+    old = _tensors(0)
+    target = write_checkpoint(tmp_path / "c", old, config=CONFIG, max_shard_size=300)
+    with open_state_dict(target) as reader:
+        first = next(iter(old))
+        reader[first]  # opened
+        write_checkpoint(target, ((k, reader[k] * 2) for k in reader), config=CONFIG)
+        for key, value in old.items():  # the reader still reads the old files
+            assert reader[key].tobytes() == value.tobytes()
+    with open_state_dict(target) as reader:
+        for key, value in old.items():
+            assert reader[key].tobytes() == (value * 2).tobytes()
+    assert _entries(tmp_path) == ["c"]
+
+
+def test_model_saved_over_the_directory_it_was_loaded_from(tmp_path, reference_dir):
+    import torch
+
+    from encdec.pt import EncoderDecoderModel
+
+    directory = tmp_path / "m"
+    EncoderDecoderModel.from_pretrained(reference_dir("bert2bert")).save_pretrained(directory)
+    model = EncoderDecoderModel.from_pretrained(directory)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.save_pretrained(directory)
+    model.save_pretrained(directory)
+    again = EncoderDecoderModel.from_pretrained(directory).state_dict()
+    for key, value in before.items():
+        torch.testing.assert_close(again[key], value, rtol=0, atol=0)
+    assert _entries(tmp_path) == ["m"]

@@ -49,7 +49,7 @@ def test_gpt2_aliases():
 @pytest.mark.parametrize("kwargs, field", [
     (dict(hidden_size=30, num_attention_heads=4), "num_attention_heads"),
     (dict(vocab_size=0), "vocab_size"),
-    (dict(hidden_act="swishy"), "activation"),
+    (dict(hidden_act="swishy"), "hidden_act"),
     (dict(position_embedding_type="relative_key"), "position_embedding_type"),
 ])
 def test_bad_values_name_the_field(kwargs, field):
