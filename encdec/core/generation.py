@@ -200,7 +200,6 @@ def plan(model_config: EncoderDecoderConfig, generation_config: GenerationConfig
     base = generation_config or GenerationConfig.from_model_config(model_config)
     gc = base.merged(**overrides)
     check_generation_config(model_config, gc)  # every argument check, in one place
-    default_max_length = gc.max_length is None  # as the reference: unset until generate
 
     start = resolve_decoder_start(model_config, gc)
     eos = _ids(gc.eos_token_id, "eos_token_id")
@@ -209,7 +208,7 @@ def plan(model_config: EncoderDecoderConfig, generation_config: GenerationConfig
     # lengths (`_prepare_generated_length`, `_validate_generated_length`)
     if gc.max_new_tokens is not None:
         max_length = gc.max_new_tokens + PROMPT_LENGTH
-    elif default_max_length:
+    elif gc.max_length is None:  # as the reference: unset until generate
         max_length = DEFAULT_MAX_NEW_TOKENS + PROMPT_LENGTH
         warnings.warn(f"Using the model-agnostic default `max_length` (={max_length}) to control "
                       "the generation length. We recommend setting `max_new_tokens` to control "
@@ -553,6 +552,7 @@ def generate_reference(p: GenerationPlan, logits_fn: Callable[[np.ndarray], np.n
         else:
             nxt = scores.argmax(-1)
         if p.eos_token_ids:
+            assert p.pad_token_id is not None  # with eos ids, pad falls back to eos[0]
             nxt = np.where(unfinished, nxt, p.pad_token_id)
         ids = np.concatenate([ids, nxt[:, None]], 1)
         unfinished &= ~(np.isin(nxt, p.eos_token_ids) | (ids.shape[1] >= p.max_length))

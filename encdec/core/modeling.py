@@ -160,9 +160,10 @@ def warm_start_weights(config: EncoderDecoderConfig, encoder_dir: Path, decoder_
     if config.tie_encoder_decoder:  # shared storage: the encoder's values win, as the reference
         sides.reverse()
     for side, table, directory in sides:
-        reports[side] = load_weights(table, directory, dialect,
-                                     lambda path, a, side=side: assign(f"{side}.{path}", a),
-                                     strict=False)
+        def assign_side(path: str, a: np.ndarray, side: str = side) -> None:
+            assign(f"{side}.{path}", a)
+
+        reports[side] = load_weights(table, directory, dialect, assign_side, strict=False)
         text = reports[side].summary(f"the {side} ({directory})")
         if text:
             logger.warning("%s\nYou should probably fine-tune this model before using it.", text)
