@@ -40,7 +40,10 @@ def fixture_inputs(name: str) -> dict[str, np.ndarray]:
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=37, max_position_embeddings=64, bos_token_id=0, pad_token_id=1,
             eos_token_id=3)
-TINY_EXTRA = dict(hidden_dim=37, n_inner=37, embedding_size=16)  # where the config has them
+# where the config has them (DistilBERT, GPT-2, ELECTRA; the BART family's per-stack sizes)
+TINY_EXTRA = dict(hidden_dim=37, n_inner=37, embedding_size=16, encoder_layers=2,
+                  decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                  encoder_ffn_dim=37, decoder_ffn_dim=37)
 
 
 def reference_pair(encoder: str, decoder: str, directory: Path, **composite: Any) -> Path:

@@ -13,6 +13,7 @@ import transformers
 
 from encdec.convert.files import H5Reader, read_msgpack
 from encdec.core.checkpoint import open_state_dict
+from encdec.core.registry import architecture
 
 from .conftest import FIXTURE_FILES, REFERENCE_FILES, fixture_dir, fixture_inputs, reference_pair
 
@@ -100,6 +101,49 @@ def test_round_trip_pt_tf_flax_pt_is_bit_identical(convert, reference_dir, tmp_p
     for k in before:
         assert before[k].dtype == after[k].dtype and np.array_equal(before[k], after[k]), k
     assert (tmp_path / "pt" / "vocab.txt").read_text() == "[PAD]\n"
+
+
+@pytest.mark.parametrize("name", ["bert2bart", "bert2bart_proj", "roberta2mbart", "bert2marian",
+                                  "bert2pegasus"])
+def test_bart_family_round_trip(convert, reference_dir, tmp_path, name):
+    """A BART-family decoder (issue 9) through the formats the reference had for it — Flax's
+    `FlaxBartForCausalLM` layout for BART, verified in encdec.flax — and back: bit-identical;
+    the tied `lm_head` is stored nowhere, the embedding once."""
+    src = reference_dir(name)
+    config = json.loads((src / "config.json").read_text())
+    arch = architecture(config["decoder"]["model_type"])
+    prev = src
+    for target in [fmt for fmt, had in (("flax", arch.flax), ("pt", True)) if had]:
+        code, out, err = convert(prev, tmp_path / target, "--to", target)
+        assert code == 0, err
+        assert ": OK" in out
+        prev = tmp_path / target
+    if arch.flax:
+        keys = list(read_msgpack(tmp_path / "flax" / "flax_model.msgpack"))
+        assert "decoder/model/decoder/embed_tokens/embedding" in keys
+        assert "decoder/model/decoder/layers/0/encoder_attn/k_proj/kernel" in keys
+        assert not [k for k in keys if "lm_head" in k]
+    before, after = _state(src), _state(tmp_path / "pt")
+    assert before.keys() == after.keys()
+    assert "decoder.lm_head.weight" not in after
+    for k in before:
+        assert before[k].dtype == after[k].dtype and np.array_equal(before[k], after[k]), k
+
+
+def test_split_of_a_bart_decoder(convert, tmp_path):
+    """--split: the decoder half is a `BartForCausalLM` checkpoint the reference loads (its
+    embedding under `model.decoder.embed_tokens`, the lm_head tied)."""
+    code, out, err = convert(fixture_dir("bert2bart", "pt"), tmp_path / "split", "--to", "flax",
+                             "--split")
+    assert code == 0, err
+    split = tmp_path / "split"
+    assert json.loads((split / "decoder" / "config.json").read_text())["architectures"] == \
+        ["BartForCausalLM"]
+    model = transformers.EncoderDecoderModel.from_encoder_decoder_pretrained(
+        str(split / "encoder"), str(split / "decoder")).eval()
+    with torch.no_grad():
+        logits = model(**_torch_inputs("bert2bart")).logits.numpy()
+    assert np.abs(logits - fixture_inputs("bert2bart")["logits"]).max() <= BOUND
 
 
 def test_tie_encoder_decoder_copies_travel_as_stored(convert, tmp_path):

@@ -12,8 +12,9 @@ import pytest
 from encdec.convert import backends
 from encdec.convert import converter as convert_module
 from encdec.convert.files import read_msgpack, write_msgpack
+from encdec.core.registry import ARCHITECTURES, architecture
 
-from .conftest import fixture_dir
+from .conftest import fixture_dir, reference_pair
 
 
 def _copy(tmp_path, name: str, fmt: str):
@@ -79,6 +80,7 @@ def test_unknown_architecture(convert, tmp_path):
 @pytest.mark.parametrize("name, target, needle", [
     ("electra2electra", "tf", "ElectraForCausalLM"),  # TF had ElectraModel, no causal LM
     ("camembert2camembert", "flax", "CamembertModel"),  # no Flax CamemBERT at all
+    ("bert2bart", "tf", "BartForCausalLM"),  # TF had no BART-family causal LM
 ])
 def test_no_reference_class_for_the_target(convert, tmp_path, name, target, needle):
     code, _, err = convert(fixture_dir(name, "pt"), tmp_path / "dst", "--to", target)
@@ -140,4 +142,22 @@ def test_missing_framework_for_verify(convert, tmp_path, monkeypatch):
 def test_usage_errors(convert, tmp_path, argv, needle):
     code, _, err = convert(fixture_dir("bert2bert", "pt"), tmp_path / "dst", *argv)
     assert code == 2 and needle in err
+    assert _nothing_left(tmp_path, tmp_path / "dst")
+
+
+# the BART-family decoders the reference's TF / Flax classes lacked (registry data: only BART
+# had a Flax causal LM, `FlaxBartForCausalLM`; TF had none)
+_LACKED = [(a.name, fmt) for a in ARCHITECTURES if a.family == "bart"
+           for fmt, had in (("tf", a.tf is not None), ("flax", a.flax)) if not had]
+
+
+@pytest.mark.parametrize("decoder, target", _LACKED)
+def test_bart_family_without_a_reference_class(convert, tmp_path, decoder, target):
+    """`--to tf/flax` for a decoder the reference had no such class for: a clear error naming
+    the architecture and the class, and nothing written."""
+    src = reference_pair("bert", decoder, tmp_path / "src")
+    code, _, err = convert(src, tmp_path / "dst", "--to", target)
+    assert code == 3, err
+    assert f"{architecture(decoder).lm_class} (a {decoder!r} decoder)" in err, err
+    assert f"no {target} form" in err
     assert _nothing_left(tmp_path, tmp_path / "dst")
