@@ -10,6 +10,7 @@ Imports numpy, safetensors and huggingface_hub only; torch is imported lazily, a
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import math
@@ -128,7 +129,7 @@ def resolve_checkpoint(
     from huggingface_hub import snapshot_download
 
     cache = os.fspath(cache_dir) if cache_dir is not None else _default_cache_dir()
-    kwargs = dict(revision=revision, cache_dir=cache)
+    kwargs: dict[str, Any] = dict(revision=revision, cache_dir=cache)
     error: Exception | None = None
     snapshot = None
     if not _hub_offline():
@@ -312,7 +313,7 @@ class _SafetensorsFile:
     def __init__(self, path: Path):
         self.path = path
         self._header: dict[str, Any] | None = None
-        self._file = None
+        self._file: io.BufferedReader | None = None
         self._data_start = 0
         self._lock = threading.Lock()
 
@@ -349,9 +350,11 @@ class _SafetensorsFile:
         info = self._info(key)  # checked at open: nbytes == end - begin, within the file
         begin, _ = info["data_offsets"]
         out = np.empty(info["shape"], dtype=_DTYPES[info["dtype"]])
+        f = self._file
+        assert f is not None  # opened by _info
         with self._lock:
-            self._file.seek(self._data_start + begin)
-            if self._file.readinto(memoryview(out.reshape(-1)).cast("B")) != out.nbytes:
+            f.seek(self._data_start + begin)
+            if f.readinto(out.reshape(-1).view(np.uint8).data) != out.nbytes:
                 raise CheckpointError(f"{self.path} is truncated at tensor {key!r}")
         if info["dtype"] == "BF16":  # numpy has no bfloat16: widen the bits (exact)
             logger.info("%s: %s is bfloat16; returned as float32 (exact)", self.path, key)
@@ -710,7 +713,7 @@ except ImportError:  # Windows
 
     def _try_lock(fd: int) -> None:
         try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
         except OSError:
             raise BlockingIOError from None
 
@@ -761,7 +764,8 @@ class _SaveLock:
             os.unlink(self.path)  # before unlocking: a waiter then sees a new inode and retries
         except OSError:
             pass
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
         self._fd = None
 
 
@@ -860,8 +864,9 @@ def write_checkpoint(
         if target.exists() and not target.is_dir():
             raise CheckpointError(f"cannot write a checkpoint to {target}: it is a file")
         _recover(target)
-        tmp: Path | None = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-        old: Path | None = None
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+        old: Path | None = None  # where the previous checkpoint is once swapped out
+        moved = False
         try:
             umask = os.umask(0)
             os.umask(umask)
@@ -883,13 +888,14 @@ def write_checkpoint(
                         shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy)
                     else:
                         _link_or_copy(str(entry), str(tmp / entry.name))
-                old, tmp = _swap(tmp, target), None
+                old = _swap(tmp, target)
             else:
                 os.replace(tmp, target)
-                tmp = None
+            moved = True
             _fsync_dir(parent)
         finally:
-            for path in (tmp, old):
-                if path is not None:
-                    shutil.rmtree(path, ignore_errors=True)
+            if not moved:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     return target

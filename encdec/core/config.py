@@ -127,7 +127,7 @@ _RULES: dict[str, _Rule] = {
 
 
 @functools.cache
-def _field_types(cls: type) -> dict[str, Any]:
+def _field_types(cls: Any) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "extra"}
 
@@ -154,7 +154,7 @@ class _AcceptsAnyKey(type):
     keys that are not fields go to `extra` and so to config.json."""
 
     def __call__(cls, *args: Any, **kwargs: Any):
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(typing.cast(Any, cls))}
         unknown = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
         if unknown:
             kwargs["extra"] = {**kwargs.get("extra", {}), **unknown}
@@ -515,7 +515,7 @@ class MarianConfig(BartConfig):
 
     @property
     def lm_vocab_size(self) -> int:
-        return self.decoder_vocab_size
+        return self.vocab_size if self.decoder_vocab_size is None else self.decoder_vocab_size
 
 
 @dataclass
