@@ -46,6 +46,22 @@ FOOTER = """\
   `lm_head.decoder` without a transform.
 - **DistilBERT** is an encoder only: the reference has no DistilBERT causal LM, and asking for
   one as the decoder is an error that says so.
+- **BART, mBART, Marian, Pegasus** are decoders only: the decoder of the reference's
+  `*ForCausalLM` (`model.decoder.…` + an `lm_head` tied to `embed_tokens`), with its
+  `self_attn`, pretrained `encoder_attn` and `fc1` / `fc2`. They warm-start from the
+  checkpoints people publish — `BartForConditionalGeneration`, `MBartForConditionalGeneration`,
+  `MarianMTModel`, `PegasusForConditionalGeneration`, `BartModel`, `*ForCausalLM` — keeping the
+  pretrained cross-attention; the encoder's weights are dropped and listed. Such a seq2seq save
+  stores the embedding once, as `model.shared.weight`: encdec takes `embed_tokens` (and the
+  tied `lm_head`) from it and says so, where the reference initialises them randomly.
+  BART and mBART learn their positions in a table of `max_position_embeddings + 2` rows (the
+  first token reads row 2) and serve `max_position_embeddings` tokens; Marian and Pegasus use a
+  fixed sinusoidal table, computed as the reference computes it (a Marian save does not store
+  it). BART and Marian are post-norm; mBART and Pegasus pre-norm with a final `layer_norm`;
+  Marian and Pegasus scale embeddings by `sqrt(d_model)` when `scale_embedding`. A Marian
+  decoder's vocabulary is `decoder_vocab_size`. As an encoder they are an error that says so.
+  Of the reference's TF and Flax classes only Flax had one of them (`FlaxBartForCausalLM`):
+  `encdec-convert` writes that layout, and refuses `--to tf` / `--to flax` for the others.
 - **Warm start** reads the checkpoints people have: base models and the reference's
   `*ForMaskedLM`, `*ForCausalLM`, `ElectraForPreTraining`, … saves; heads an encoder has no
   use for are dropped and reported, weights a decoder lacks (cross-attention, a missing LM
@@ -54,10 +70,18 @@ FOOTER = """\
 
 
 def _implemented(backend: str, arch: Architecture) -> tuple[bool, bool]:
-    """(as encoder, as decoder) in `backend`, from its `FAMILIES`."""
+    """(as encoder, as decoder) in `backend`, from its `FAMILIES` and the registry (the BART
+    family is decoder-only: no encoder whatever the backend holds)."""
     families = importlib.import_module(f"encdec.{backend}.encoder_decoder").FAMILIES
     base, lm = families.get(arch.family, (None, None))
-    return base is not None, lm is not None and arch.lm_class is not None
+    return (arch.can_encode and base is not None,
+            arch.can_decode and lm is not None and arch.lm_class is not None)
+
+
+def _serves(backend: str, arch: Architecture) -> bool:
+    """Whether `backend` implements every role the architecture has (encoder, decoder)."""
+    enc, dec = _implemented(backend, arch)
+    return (enc or not arch.can_encode) and (dec or not arch.can_decode)
 
 
 def architectures_table() -> str:
@@ -66,9 +90,10 @@ def architectures_table() -> str:
             "|---|---|---|---|---|---|"]
     for arch in ARCHITECTURES:
         decoder = f"`{arch.lm_class}`" if arch.lm_class else "— (encoder only)"
-        backends = ", ".join(b for b in BACKENDS if _implemented(b, arch)[0])
+        encoder = f"`{arch.base_class}`" if arch.can_encode else "— (decoder only)"
+        backends = ", ".join(b for b in BACKENDS if _serves(b, arch))
         rows.append(f"| {arch.name} | {', '.join(f'`{t}`' for t in arch.model_types)} | "
-                    f"`{arch.config_class.__name__}` | `{arch.base_class}` | {decoder} | "
+                    f"`{arch.config_class.__name__}` | {encoder} | {decoder} | "
                     f"{backends} |")
     return "\n".join(rows)
 
@@ -78,7 +103,7 @@ def matrix() -> str:
     decoders = [a for a in ARCHITECTURES if a.can_decode]
     rows = ["| encoder \\ decoder | " + " | ".join(a.name for a in decoders) + " |",
             "|---|" + "---|" * len(decoders)]
-    for enc in ARCHITECTURES:
+    for enc in (a for a in ARCHITECTURES if a.can_encode):
         cells = []
         for dec in decoders:
             ok = [b for b in BACKENDS if _implemented(b, enc)[0] and _implemented(b, dec)[1]]
@@ -101,6 +126,7 @@ def limits_table() -> str:
 def render() -> str:
     """The whole page."""
     decoders = ", ".join(a.name for a in ARCHITECTURES if not a.can_decode)
+    encoders = ", ".join(a.name for a in ARCHITECTURES if not a.can_encode)
     return "\n".join([
         HEADER,
         "## Architectures", "",
@@ -108,7 +134,7 @@ def render() -> str:
         "## Encoder x decoder x backend", "",
         "Rows are encoders, columns decoders; a cell lists the backends that run the pair "
         f"(pt = `encdec.pt`, tf = `encdec.tf`, flax = `encdec.flax`). Not a decoder: "
-        f"{decoders}.", "",
+        f"{decoders}. Not an encoder (decoders only): {encoders}.", "",
         matrix(), "",
         "## Sequence length", "",
         limits_table(), "",
