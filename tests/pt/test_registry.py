@@ -24,7 +24,7 @@ from .conftest import max_diff, to_torch
 
 
 def _tiny(arch, **kw):
-    return arch.config_class(**FAMILY_SIZES[arch.family](32), **EXTRA.get(arch.name, {}), **kw)
+    return arch.config_class(**{**FAMILY_SIZES[arch.family](32), **EXTRA.get(arch.name, {}), **kw})
 
 
 def test_families_cover_the_registry():
@@ -44,10 +44,11 @@ def test_reference_class_names_exported(arch, tmp_path):
         assert name in encdec.pt.__all__
         assert issubclass(cls, family_class) and cls.__name__ == name
         assert cls.config_class is arch.config_class
-    model = getattr(encdec.pt, arch.base_class)(_tiny(arch))
+    name = arch.base_class or arch.lm_class  # decoder-only architectures: the causal LM
+    model = getattr(encdec.pt, name)(_tiny(arch, pad_token_id=0))  # in the tiny vocabulary
     model.save_pretrained(tmp_path)
-    assert (tmp_path / "config.json").read_text().count(f'"{arch.base_class}"') == 1
-    again = getattr(encdec.pt, arch.base_class).from_pretrained(tmp_path)
+    assert (tmp_path / "config.json").read_text().count(f'"{name}"') == 1
+    again = getattr(encdec.pt, name).from_pretrained(tmp_path)
     for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(),
                               strict=True):
         assert torch.equal(a, b), n
