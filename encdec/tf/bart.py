@@ -149,6 +149,7 @@ class BartDecoder(keras.layers.Layer):
             self.layer_norm = layer_norm(config.layer_norm_eps, "layer_norm") \
                 if layout.final_norm else None
             self.dropout = keras.layers.Dropout(config.dropout, name="dropout")
+            self.layerdrop_seed = keras.random.SeedGenerator(name="layerdrop_seed")
         self.built = True  # sublayers create their variables on the first call
         if c.outermost:
             self(**params.one_token(config))  # creates the variables
@@ -210,7 +211,9 @@ class BartDecoder(keras.layers.Layer):
                                       cross_mask=cross_mask,
                                       past=None if past_key_values is None else past_key_values[i],
                                       output_attentions=output_attentions, training=training)
-            x = tf.where(tf.random.uniform([]) < layerdrop, x, y) if layerdrop > 0 else y
+            if layerdrop > 0.0:  # LayerDrop: this layer's output discarded with that probability
+                y = tf.where(keras.random.uniform((), seed=self.layerdrop_seed) < layerdrop, x, y)
+            x = y
             attns.append(p)
             cross_attns.append(cp)
             presents.append(present)
