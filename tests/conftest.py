@@ -89,6 +89,24 @@ PAIRS: dict[str, Pair] = {
     "bert2marian": Pair("bert", "marian"),
     "bert2pegasus": Pair("bert", "pegasus"),
 }
+# The fast subset (`pytest -m "not slow"`) runs every pair-parametrised test on these pairs only:
+# one per decoder family (BERT, GPT-2, BART) plus projection and tying. CI runs every pair.
+FAST_PAIRS = frozenset({"bert2bert", "bert2gpt2", "bert2bart"})
+SLOW_PAIRS = frozenset(PAIRS) - FAST_PAIRS
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `slow` what the fast subset leaves to CI: a test parametrised with a pair outside
+    FAST_PAIRS, and every test that loads the real all-MiniLM-L6-v2 checkpoint (`minilm_dir`).
+    (Other slow tests carry the marker themselves: `pytestmark` or a decorator.)"""
+    for item in items:
+        params = getattr(item, "callspec", None)
+        values = params.params.values() if params is not None else ()
+        if any(isinstance(v, str) and v in SLOW_PAIRS for v in values) \
+                or "minilm_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 # The per-backend folders' original four composites, in their (encoder kwargs, decoder kwargs,
 # decoder model_type) form.
 COMPOSITES = {name: (PAIRS[name].kwargs("encoder"), PAIRS[name].kwargs("decoder"),
