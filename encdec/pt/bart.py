@@ -49,7 +49,8 @@ class BartDecoderLayer(nn.Module):
         super().__init__()
         h, n, eps = c.hidden_size, c.num_attention_heads, c.layer_norm_eps
         self.pre_norm = architecture(c).layout.pre_norm
-        self.dropout, self.activation_dropout = c.dropout, c.activation_dropout
+        self.dropout = nn.Dropout(c.dropout)
+        self.activation_dropout = nn.Dropout(c.activation_dropout)
         self.act = ACTIVATIONS[c.activation]
         self.self_attn = Attention(h, n, BART_ATTENTION, cross=False, dropout=c.attention_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(h, eps=eps)
@@ -66,13 +67,12 @@ class BartDecoderLayer(nn.Module):
 
     def _residual(self, x: Tensor, out: Tensor, norm: nn.LayerNorm) -> Tensor:
         """x + dropout(out), then LN in a post-norm layer."""
-        x = x + F.dropout(out, self.dropout, self.training)
+        x = x + self.dropout(out)
         return x if self.pre_norm else norm(x)
 
     def _mlp(self, x: Tensor) -> Tensor:
         ln = self.final_layer_norm
-        h = F.dropout(self.act(self.fc1(self._normed(x, ln))), self.activation_dropout,
-                      self.training)
+        h = self.activation_dropout(self.act(self.fc1(self._normed(x, ln))))
         return self._residual(x, self.fc2(h), ln)
 
     def forward(self, x: Tensor, mask: Mask | None, states: Tensor | None,
@@ -123,10 +123,12 @@ class BartDecoder(nn.Module):
         self.config = config
         self.layout = layout
         self.offset = position_offset(config)
+        self.layerdrop = config.decoder_layerdrop
         self.gradient_checkpointing = False
         with params.constructing() as c:
             self.embed_tokens = nn.Embedding(config.lm_vocab_size, h)
             self.embed_positions = nn.Embedding(config.max_position_embeddings + self.offset, h)
+            self.dropout = nn.Dropout(config.dropout)
             if layout.sinusoid is not None:  # a fixed table: no gradient, as the reference's
                 self.embed_positions.weight.requires_grad_(False)
             self.layernorm_embedding = nn.LayerNorm(h, eps=config.layer_norm_eps) \
@@ -158,7 +160,7 @@ class BartDecoder(nn.Module):
         x = x + self.embed_positions(position_ids + self.offset)
         if self.layernorm_embedding is not None:
             x = self.layernorm_embedding(x)
-        return F.dropout(x, self.config.dropout, self.training)
+        return self.dropout(x)
 
     def _final(self, x: Tensor) -> Tensor:
         return x if self.layer_norm is None else self.layer_norm(x)
@@ -185,7 +187,7 @@ class BartDecoder(nn.Module):
         mask = causal_mask(B, T, past_len, past_len + T, x.dtype, attention_mask, x.device)
         cross_mask = padding_mask(encoder_attention_mask, x.dtype) \
             if encoder_hidden_states is not None else None
-        layerdrop = c.decoder_layerdrop if self.training else 0.0
+        layerdrop = self.layerdrop if self.training else 0.0
         hidden, attns, cross_attns, presents = [], [], [], []
         for i, layer in enumerate(self.layers):
             past = None if past_key_values is None else past_key_values[i]

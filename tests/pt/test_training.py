@@ -25,7 +25,7 @@ def _grads(model, batch, **kw):
 
 
 @pytest.mark.parametrize("name", ["bert2bert", "bert2gpt2_proj", "roberta2roberta",
-                                  "distilbert2bert", "electra2electra"])
+                                  "distilbert2bert", "electra2electra", "bert2bart_proj"])
 def test_against_hf_gradients(name, reference_dir, hf_model):
     d = reference_dir(name)
     ref, ours = hf_model(d), EncoderDecoderModel.from_pretrained(d)  # eval: dropout off
@@ -55,8 +55,10 @@ def test_adamw_lowers_the_loss(reference_dir):
     assert losses[-1] < losses[0] - 0.1, losses
 
 
-@pytest.mark.parametrize("name", ["bert2bert", "bert2gpt2", "distilbert2gpt2", "electra2electra"])
+@pytest.mark.parametrize("name", ["bert2bert", "bert2gpt2", "distilbert2gpt2", "electra2electra",
+                                  "roberta2mbart"])
 def test_gradient_checkpointing_same_gradients(name, reference_dir, monkeypatch):
+    import encdec.pt.bart
     import encdec.pt.bert
     import encdec.pt.distilbert
     import encdec.pt.gpt2
@@ -77,7 +79,7 @@ def test_gradient_checkpointing_same_gradients(name, reference_dir, monkeypatch)
         calls.append(kwargs["use_reentrant"])
         return torch.utils.checkpoint.checkpoint(fn, *args, **kwargs)
 
-    for module in (encdec.pt.bert, encdec.pt.distilbert, encdec.pt.gpt2):
+    for module in (encdec.pt.bart, encdec.pt.bert, encdec.pt.distilbert, encdec.pt.gpt2):
         monkeypatch.setattr(module, "checkpoint", counting)
     model.gradient_checkpointing_enable()
     loss_ckpt, grads_ckpt = _grads(model, batch)
