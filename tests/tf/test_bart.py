@@ -130,6 +130,22 @@ def test_against_hf_causal_lm(pair, arch, cross):
         assert got.cross_attentions is None and all(len(p) == 2 for p in got.past_key_values)
 
 
+def test_against_hf_untied_head(pair):
+    """tie_word_embeddings=False: `lm_head` is a matrix of its own (saved, loaded, used)."""
+    import torch
+
+    ref, ours = pair("marian", tie_word_embeddings=False)
+    assert ours.lm_head is not None
+    assert not np.array_equal(ours.lm_head.kernel.numpy().T,
+                              ours.get_input_embeddings().embeddings.numpy())
+    x = inputs(8)
+    with torch.no_grad():
+        want = ref(**torch_(x))
+    got = ours(**tf_(x))
+    close(got.logits, want.logits, "untied logits")
+    close(got.loss, want.loss, "untied loss")
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_incremental_decoding_with_legacy_past(pair, arch):
     """Token by token, and a 4-token prefix then the rest, with legacy past_key_values, equal
