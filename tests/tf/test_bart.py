@@ -343,6 +343,33 @@ def test_warm_start_from_seq2seq(seq2seq, tmp_path):
     close(model(**tf_(batch)).logits, want, f"{seq2seq} warm start")
 
 
+def test_backbone_load_from_seq2seq_keeps_the_report(tmp_path):
+    """`BartForCausalLM.from_pretrained` of a seq2seq save, and the warm start around a given
+    encoder object (the backbone loading path): the alias and the dropped encoder are
+    reported, only truly missing weights are initialised (none here)."""
+    import torch
+    import transformers as tr
+
+    torch.manual_seed(0)
+    s2s = tr.BartForConditionalGeneration(tr.BartConfig(**tiny_kwargs("bart"), pad_token_id=0))
+    _noisy(s2s)
+    s2s.save_pretrained(tmp_path)
+    shared = s2s.get_input_embeddings().weight.detach().numpy()
+    lm, report = encdec.tf.BartForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert report.aliased == [("model.decoder.embed_tokens.weight", "model.shared.weight")]
+    assert report.missing == [] and any(k.startswith("model.encoder.") for k in report.dropped)
+    assert np.array_equal(lm.get_input_embeddings().embeddings.numpy(), shared)
+    enc = encdec.tf.BertModel(BertConfig(**tiny_kwargs("bert")))
+    model, info = EncoderDecoderModel.from_encoder_decoder_pretrained(
+        encoder_model=enc, decoder_pretrained_model_name_or_path=tmp_path,
+        output_loading_info=True)
+    assert info["decoder"].aliased == report.aliased and info["decoder"].missing == []
+    dec = model.decoder.model.decoder
+    assert np.array_equal(dec.embed_tokens.embeddings.numpy(), shared)
+    want = s2s.model.decoder.layers[0].encoder_attn.q_proj.weight.detach().numpy()
+    assert np.array_equal(dec.layers[0].encoder_attn.q_proj.kernel.numpy().T, want)
+
+
 def test_decoder_object_needs_no_add_cross_attention():
     """The BART decoder always has `encoder_attn`: a decoder object built without
     `add_cross_attention` composes (the reference's BartForCausalLM does too)."""
