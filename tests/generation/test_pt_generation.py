@@ -77,7 +77,7 @@ def test_tokens_match_reference(name, early_eos, case):
     np.testing.assert_array_equal(got, oracle.hf_generate(ref_model, x, a, eos_token_id=eos, **kw))
 
 
-@pytest.mark.parametrize("name", ["bert2bert_proj", "bert2gpt2_proj"])
+@pytest.mark.parametrize("name", ["bert2bert_proj", "bert2gpt2_proj", "bert2bart_proj"])
 @pytest.mark.parametrize("kw", [dict(max_new_tokens=8), dict(max_new_tokens=8, num_beams=3,
                                                              num_return_sequences=2)], ids=_ids)
 def test_tokens_match_reference_with_projection(name, kw):
@@ -113,7 +113,7 @@ SAMPLE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name", oracle.NAMES)
+@pytest.mark.parametrize("name", [*oracle.NAMES, "bert2pegasus"])
 @pytest.mark.parametrize("kw", SAMPLE_CASES, ids=_ids)
 def test_sampling_matches_reference_under_the_same_seed(name, kw):
     """Same torch global seed -> the reference's samples: same distributions, same RNG draws."""
