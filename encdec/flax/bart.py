@@ -188,15 +188,16 @@ class BartDecoder(nnx.Module):
         mask = causal_mask(B, T, past_len, past_len + T, x.dtype, attention_mask)
         cross_mask = padding_mask(encoder_attention_mask, x.dtype) \
             if encoder_hidden_states is not None else None
-        keep = self.layerdrop(jnp.ones((len(self.layers),), x.dtype)) != 0  # (L,) eval: all
+        keep = None  # LayerDrop in training: which layers run, (L,) bool
+        if not self.layerdrop.deterministic and self.layerdrop.rate > 0.0:
+            keep = self.layerdrop(jnp.ones((len(self.layers),), x.dtype)) != 0
         hidden, attns, cross_attns, presents = [], [], [], []
         for i, layer in enumerate(self.layers):
             hidden.append(x)
             past = None if past_key_values is None else past_key_values[i]
             y, p, cp, present = layer(x, mask, encoder_hidden_states, cross_mask, past,
                                       output_attentions)
-            x = y if self.layerdrop.deterministic or self.layerdrop.rate == 0.0 else \
-                jnp.where(keep[i], y, x)
+            x = y if keep is None else jnp.where(keep[i], y, x)  # a skipped layer: identity
             attns.append(p)
             cross_attns.append(cp)
             presents.append(present)
