@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from encdec.core import generation as core
-from encdec.core.registry import architecture
+from encdec.core.registry import architecture, max_positions
 from tests import tolerances as tol
 from tests.conftest import PAIRS
 from tests.generation import oracle
@@ -236,6 +236,24 @@ def test_no_mask_and_position_limit(ours, backend):
     np.testing.assert_array_equal(sequences(generate(model, ids, None, **kw)), want)
     with pytest.raises(ValueError, match="max_position_embeddings=64"):
         generate(model, ids, None, max_new_tokens=64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", PROCESSOR_NAMES[1:])
+def test_bart_family_position_limit(ours, backend, name):
+    """A BART-family decoder serves `max_position_embeddings` tokens (BART's learned table has
+    2 rows more, read from row 2): generating up to exactly the limit equals the reference;
+    one token more is a ValueError naming the limit, before any step runs."""
+    generate, model = generation(backend).generate, ours(backend, name, 0)
+    n = max_positions(oracle.core_config(reference(name, 0)).decoder)
+    ids, mask = oracle.batch(0, name=name)
+    want = oracle.hf_generate(reference(name, 0), ids, mask, max_new_tokens=n - 1,
+                              eos_token_id=None)
+    got = generate(model, ids, mask, max_new_tokens=n - 1, eos_token_id=None)
+    assert sequences(got).shape[1] == n
+    np.testing.assert_array_equal(sequences(got), want)
+    with pytest.raises(ValueError, match=rf"\b{n}\b"):
+        generate(model, ids, mask, max_new_tokens=n, eos_token_id=None)
 
 
 # --- the compiled backends ----------------------------------------------------------------------
