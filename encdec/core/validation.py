@@ -1,8 +1,8 @@
 """Input validation at the API boundary, once for every backend (numpy on the host).
 
 Each backend's `forward` / `__call__` / `call` and `generate` hand their arguments here before
-any gather or compiled code runs, so that a bad input gives the same clear `InputError` (a
-`ValueError`) in PyTorch, TensorFlow and Flax, eager or compiled, where the reference gives a
+any gather or compiled code runs, so that a bad input gives the same clear `ValueError` in
+PyTorch, TensorFlow and Flax, eager or compiled, where the reference gives a
 bare `IndexError`, a reshape error deep in attention, or (Flax, TF under XLA) no error at all
 and logits computed on clamped gathers. Every message names the argument, the offending value
 or shape (the first bad id and where it is), and the limit.
@@ -19,6 +19,10 @@ its tensors, or None when they are not concrete.
 
 Generation arguments are checked once per `generate` call by `check_generation_config` (from
 `encdec.core.generation.plan`) and `check_generate`, never per decoding step.
+
+The errors are plain `ValueError`s, not a subclass: TensorFlow's autograph re-raises only the
+builtin exception types from inside a `tf.function` (a subclass would reach the caller as an
+`autograph.StagingError`).
 """
 
 from __future__ import annotations
@@ -34,11 +38,6 @@ from .registry import check_length, embedding_width
 IGNORE_INDEX = -100  # the label the loss ignores (seq2seq.IGNORE_INDEX)
 
 Host = Callable[[Any], "np.ndarray | None"]
-
-
-class InputError(ValueError):
-    """A call argument the model cannot run on; the message names the argument, the value or
-    shape, and the limit."""
 
 
 def _numpy_host(x: Any) -> np.ndarray | None:
@@ -71,12 +70,12 @@ def _fmt(shape: Sequence[int | None]) -> str:
 def _check_2d(name: str, shape: tuple[int | None, ...], what: str = "(batch, length)") -> None:
     want = len(what.split(","))
     if len(shape) != want:
-        raise InputError(f"{name}: expected shape {what}, got {_fmt(shape)}")
+        raise ValueError(f"{name}: expected shape {what}, got {_fmt(shape)}")
     if shape[0] == 0:
-        raise InputError(f"{name}: empty batch (shape {_fmt(shape)}); at least one sequence is "
+        raise ValueError(f"{name}: empty batch (shape {_fmt(shape)}); at least one sequence is "
                          "needed")
     if shape[1] == 0:
-        raise InputError(f"{name}: zero-length sequences (shape {_fmt(shape)}); at least one "
+        raise ValueError(f"{name}: zero-length sequences (shape {_fmt(shape)}); at least one "
                          "token is needed")
 
 
@@ -89,7 +88,7 @@ def check_ids(name: str, x: Any, vocab_size: int, *, side: str, host: Host = _nu
     values = host(x)
     dtype = _dtype_name(x, values)
     if not dtype.startswith(("int", "uint")):
-        raise InputError(f"{name}: expected integer token ids, got dtype {dtype}")
+        raise ValueError(f"{name}: expected integer token ids, got dtype {dtype}")
     if values is not None and values.size:
         bad = (values < 0) | (values >= vocab_size)
         if ignore_index is not None:
@@ -98,7 +97,7 @@ def check_ids(name: str, x: Any, vocab_size: int, *, side: str, host: Host = _nu
             at = tuple(int(i) for i in np.argwhere(bad)[0])
             allowed = f"[0, {vocab_size})" + (f" or {ignore_index} (ignored)"
                                                if ignore_index is not None else "")
-            raise InputError(f"{name}: id {int(values[at])} at position {at} is outside the "
+            raise ValueError(f"{name}: id {int(values[at])} at position {at} is outside the "
                              f"{side}'s vocabulary: allowed {allowed}, vocab_size={vocab_size}")
     return shape
 
@@ -107,21 +106,21 @@ def _check_mask(name: str, mask: Any, want: tuple[int | None, ...], of: str) -> 
     shape = _shape(mask)
     if len(shape) != len(want) or any(a is not None and b is not None and a != b
                                       for a, b in zip(shape, want, strict=False)):
-        raise InputError(f"{name}: shape {_fmt(shape)} does not match {of} {_fmt(want)}")
+        raise ValueError(f"{name}: shape {_fmt(shape)} does not match {of} {_fmt(want)}")
 
 
 def _check_embeds(name: str, x: Any, width: int, side: str) -> tuple[int | None, ...]:
     shape = _shape(x)
     _check_2d(name, shape, "(batch, length, hidden)")
     if shape[2] is not None and shape[2] != width:
-        raise InputError(f"{name}: last dimension is {shape[2]}, the {side}'s embeddings are "
+        raise ValueError(f"{name}: last dimension is {shape[2]}, the {side}'s embeddings are "
                          f"{width} wide (shape {_fmt(shape)})")
     return shape
 
 
 def _same_batch(a: tuple[str, int | None], b: tuple[str, int | None]) -> None:
     if a[1] is not None and b[1] is not None and a[1] != b[1]:
-        raise InputError(f"{b[0]}: batch size {b[1]} does not match {a[0]}'s {a[1]}")
+        raise ValueError(f"{b[0]}: batch size {b[1]} does not match {a[0]}'s {a[1]}")
 
 
 def _past_length(past_key_values: Any) -> int | None:
@@ -131,7 +130,7 @@ def _past_length(past_key_values: Any) -> int | None:
     try:
         return _shape(past_key_values[0][0])[2]
     except (TypeError, IndexError, KeyError) as e:
-        raise InputError("past_key_values: expected the legacy per-layer tuples "
+        raise ValueError("past_key_values: expected the legacy per-layer tuples "
                          "((self_k, self_v, cross_k, cross_v), ...) with keys (batch, heads, "
                          f"length, head_dim); got {type(past_key_values).__name__}") from e
 
@@ -142,7 +141,7 @@ def _encoder_states(encoder_outputs: Any) -> Any:
     try:
         return encoder_outputs["last_hidden_state"]
     except (KeyError, TypeError) as e:
-        raise InputError("encoder_outputs: expected a BaseModelOutput, a dict with "
+        raise ValueError("encoder_outputs: expected a BaseModelOutput, a dict with "
                          "'last_hidden_state' or a tuple whose first entry is it; got "
                          f"{type(encoder_outputs).__name__}") from e
 
@@ -165,7 +164,7 @@ def check_forward(config: EncoderDecoderConfig, *, input_ids: Any = None,
         shape = _shape(states)
         _check_2d("encoder_outputs", shape, "(batch, length, hidden)")
         if shape[2] is not None and shape[2] != enc.hidden_size:
-            raise InputError(f"encoder_outputs: last_hidden_state is {shape[2]} wide, the "
+            raise ValueError(f"encoder_outputs: last_hidden_state is {shape[2]} wide, the "
                              f"encoder's hidden_size is {enc.hidden_size} (shape {_fmt(shape)})")
         enc_batch = ("encoder_outputs", shape[0])
         enc_shape = shape[:2]
@@ -177,7 +176,7 @@ def check_forward(config: EncoderDecoderConfig, *, input_ids: Any = None,
                         "encoder_outputs.last_hidden_state's (batch, length)")
     elif input_ids is not None or inputs_embeds is not None:
         if input_ids is not None and inputs_embeds is not None:
-            raise InputError("input_ids and inputs_embeds: pass one of them, not both")
+            raise ValueError("input_ids and inputs_embeds: pass one of them, not both")
         if input_ids is not None:
             shape = check_ids("input_ids", input_ids, enc.vocab_size, side="encoder", host=host)
             name = "input_ids"
@@ -198,7 +197,7 @@ def check_forward(config: EncoderDecoderConfig, *, input_ids: Any = None,
             lab = check_ids("labels", labels, dec.lm_vocab_size, side="decoder", host=host,
                             ignore_index=IGNORE_INDEX)
         if decoder_input_ids is not None and decoder_inputs_embeds is not None:
-            raise InputError("decoder_input_ids and decoder_inputs_embeds: pass one of them, "
+            raise ValueError("decoder_input_ids and decoder_inputs_embeds: pass one of them, "
                              "not both")
         if decoder_input_ids is not None:
             name = "decoder_input_ids"
@@ -224,12 +223,12 @@ def check_forward(config: EncoderDecoderConfig, *, input_ids: Any = None,
 
 # --- generate ------------------------------------------------------------------------------
 
-def _in_vocab(name: str, value: Any, vocab: int) -> None:
+def _in_vocab(name: str, value: Any, vocab: int, shown: Any = None) -> None:
     ids = value if isinstance(value, (list, tuple)) else [value]
     for i in ids:
         if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or not 0 <= i < vocab:
-            raise InputError(f"{name}={value!r}: expected an id in [0, {vocab}) (the decoder's "
-                             f"vocab_size={vocab})")
+            raise ValueError(f"{name}={value if shown is None else shown!r}: id {i!r} is outside "
+                             f"the decoder's vocabulary [0, {vocab}) (vocab_size={vocab})")
 
 
 def check_generation_config(config: EncoderDecoderConfig, gc: GenerationConfig) -> None:
@@ -241,7 +240,7 @@ def check_generation_config(config: EncoderDecoderConfig, gc: GenerationConfig) 
         v = getattr(gc, name)
         if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool)
                               or v < minimum):
-            raise InputError(f"{name}={v!r}: expected an int >= {minimum}")
+            raise ValueError(f"{name}={v!r}: expected an int >= {minimum}")
 
     positive_int("num_beams", 1)
     positive_int("num_return_sequences", 1)
@@ -251,14 +250,14 @@ def check_generation_config(config: EncoderDecoderConfig, gc: GenerationConfig) 
     positive_int("no_repeat_ngram_size", 0)
     if gc.max_new_tokens is not None and (not isinstance(gc.max_new_tokens, (int, np.integer))
                                           or gc.max_new_tokens <= 0):
-        raise InputError(f"`max_new_tokens` must be greater than 0, but is {gc.max_new_tokens}.")
+        raise ValueError(f"`max_new_tokens` must be greater than 0, but is {gc.max_new_tokens}.")
     if not gc.do_sample:
         if gc.num_beams == 1 and gc.num_return_sequences > 1:
-            raise InputError("Greedy methods (do_sample != True) without beam search do not "
-                             "support `num_return_sequences` different than 1 (got "
-                             f"{gc.num_return_sequences}).")
+            raise ValueError("Greedy methods (do_sample != True) without beam search "
+                             "(num_beams=1) do not support `num_return_sequences` different "
+                             f"than 1 (got {gc.num_return_sequences}).")
     if gc.num_beams > 1 and gc.num_return_sequences > gc.num_beams:
-        raise InputError(f"`num_return_sequences` ({gc.num_return_sequences}) has to be "
+        raise ValueError(f"`num_return_sequences` ({gc.num_return_sequences}) has to be "
                          f"smaller or equal to `num_beams` ({gc.num_beams}).")
     for name, ok, want in (
             ("temperature", lambda v: v > 0, "a float > 0"),
@@ -269,18 +268,18 @@ def check_generation_config(config: EncoderDecoderConfig, gc: GenerationConfig) 
         if v is None:
             continue
         if not isinstance(v, (int, float, np.number)) or isinstance(v, bool) or not ok(v):
-            raise InputError(f"{name}={v!r}: expected {want}")
+            raise ValueError(f"{name}={v!r}: expected {want}")
     if gc.top_k is not None and (not isinstance(gc.top_k, (int, np.integer))
                                  or isinstance(gc.top_k, bool) or gc.top_k < 0):
-        raise InputError(f"top_k={gc.top_k!r}: expected an int >= 0 (0: no top-k filtering)")
+        raise ValueError(f"top_k={gc.top_k!r}: expected an int >= 0 (0: no top-k filtering)")
     if gc.bad_words_ids is not None:
         bad = gc.bad_words_ids
         if not isinstance(bad, (list, tuple)) or len(bad) == 0 or any(
                 not isinstance(w, (list, tuple)) or len(w) == 0 for w in bad):
-            raise InputError(f"bad_words_ids={bad!r}: expected a non-empty list of non-empty "
+            raise ValueError(f"bad_words_ids={bad!r}: expected a non-empty list of non-empty "
                              "lists of token ids")
         for w in bad:
-            _in_vocab("bad_words_ids entry", list(w), vocab)
+            _in_vocab("bad_words_ids", list(w), vocab, shown=bad)
     for name in ("forced_bos_token_id", "forced_eos_token_id", "decoder_start_token_id",
                  "pad_token_id", "eos_token_id"):
         v = getattr(gc, name)
@@ -306,5 +305,5 @@ def check_generate(config: EncoderDecoderConfig, plan: Any, input_ids: Any,
     check_positions(config.decoder, plan)
 
 
-__all__ = ["InputError", "check_forward", "check_generate", "check_generation_config",
+__all__ = ["check_forward", "check_generate", "check_generation_config",
            "check_ids"]
