@@ -6,7 +6,7 @@ the one checkpoint in the other two backends and check that all three generate t
 The task: "the red fox sees a dog near the river" -> "red fox sees dog river" (articles and
 prepositions dropped). The pretrained encoder already knows which words are function words; the
 new cross-attention learns to copy the others in order. The recipe (AdamW, constant learning
-rate after a linear warm-up, dropout off, the same batches) is the same in the three backends:
+rate, dropout off, the same batches) is the same in the three backends:
 PyTorch runs a plain loop, TensorFlow `model.compile` + `fit` on a `tf.data` dataset of dicts
 with labels (the model computes its own loss), Flax `nnx.Optimizer` with optax under `nnx.jit`.
 """
@@ -133,17 +133,12 @@ class Vocab:
 class Recipe:
     """One fine-tuning recipe for the three backends."""
 
-    steps: int = 120  # optimizer steps (fewer when the time limit is reached first)
+    steps: int = 150  # optimizer steps (fewer when the time limit is reached first)
     batch_size: int = 16
-    learning_rate: float = 1e-4  # AdamW, after a linear warm-up
-    warmup: int = 10  # steps of linear warm-up from learning_rate / warmup
+    learning_rate: float = 3e-4  # AdamW, constant
     weight_decay: float = 0.01
     eps: float = 1e-8
-    time_limit: float = 75.0  # seconds of fine-tuning (the loop stops after the step running)
-
-    def lr(self, step: int) -> float:
-        """The learning rate of optimizer step `step` (0-based)."""
-        return self.learning_rate * min(1.0, (step + 1) / self.warmup)
+    time_limit: float = 80.0  # seconds of fine-tuning (the loop stops after the step running)
 
 
 class Progress:
@@ -182,20 +177,17 @@ def _batches(data: dict[str, np.ndarray], recipe: Recipe) -> Iterator[dict[str, 
 
 
 def train_pt(model, data: dict[str, np.ndarray], recipe: Recipe, progress: Progress) -> None:
-    """A plain PyTorch loop: AdamW, LambdaLR warm-up."""
+    """A plain PyTorch loop with AdamW."""
     import torch
 
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, eps=recipe.eps,
                             weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: recipe.lr(s) / recipe.learning_rate)
     model.train()
     for batch in _batches(data, recipe):
         loss = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         if not progress.update(loss.item()):
             break
     model.eval()
@@ -206,11 +198,6 @@ def train_tf(model, data: dict[str, np.ndarray], recipe: Recipe, progress: Progr
     dataset of dicts with labels."""
     import keras
     import tensorflow as tf
-
-    class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
-        def __call__(self, step):
-            step = tf.cast(step, tf.float32)
-            return recipe.learning_rate * tf.minimum(1.0, (step + 1.0) / recipe.warmup)
 
     class Report(keras.callbacks.Callback):
         # Keras logs the mean loss since the epoch began: undo the mean for the step's loss
@@ -225,7 +212,7 @@ def train_tf(model, data: dict[str, np.ndarray], recipe: Recipe, progress: Progr
     n = recipe.steps * recipe.batch_size
     ds = tf.data.Dataset.from_tensor_slices({k: v[:n].astype(np.int32) for k, v in data.items()})
     model.compile(optimizer=keras.optimizers.AdamW(
-        learning_rate=WarmUp(), weight_decay=recipe.weight_decay, epsilon=recipe.eps))
+        learning_rate=recipe.learning_rate, weight_decay=recipe.weight_decay, epsilon=recipe.eps))
     model.fit(ds.batch(recipe.batch_size, drop_remainder=True), epochs=1, verbose=0,
               shuffle=False, callbacks=[Report()])
 
@@ -236,9 +223,7 @@ def train_flax(model, data: dict[str, np.ndarray], recipe: Recipe, progress: Pro
     import optax
     from flax import nnx
 
-    schedule = lambda count: recipe.learning_rate * jnp.minimum(  # noqa: E731
-        1.0, (count + 1) / recipe.warmup)
-    optimizer = nnx.Optimizer(model, optax.adamw(schedule, eps=recipe.eps,
+    optimizer = nnx.Optimizer(model, optax.adamw(recipe.learning_rate, eps=recipe.eps,
                                                  weight_decay=recipe.weight_decay),
                               wrt=nnx.Param)
 
@@ -376,7 +361,7 @@ def run(framework: str, recipe: Recipe, *, seed: int = 0, n_eval: int = 64, out:
 
     log(f"3. fine-tuning in {LABELS[framework]} ({HOW[framework]}): at most {recipe.steps} "
         f"steps of {recipe.batch_size} sentences or {recipe.time_limit:.0f} s, AdamW lr "
-        f"{recipe.learning_rate:g} after {recipe.warmup} warm-up steps")
+        f"{recipe.learning_rate:g}")
     bar = Progress(recipe, progress)
     try:
         TRAINERS[framework](model, train_data, recipe, bar)
