@@ -46,11 +46,14 @@ def _numpy_host(x: Any) -> np.ndarray | None:
 
 # --- single arguments ----------------------------------------------------------------------
 
-def _shape(x: Any) -> tuple[int | None, ...]:
-    """The static shape of a tensor of any backend (None for an unknown dimension)."""
+def _shape(x: Any) -> tuple[int | None, ...] | None:
+    """The static shape of a tensor of any backend (None for an unknown dimension; None for an
+    unknown rank, e.g. a `tf.data` element without a static shape: nothing to check then)."""
     shape = getattr(x, "shape", None)
     if shape is None:
         return np.shape(x)
+    if getattr(shape, "rank", 0) is None:  # tf.TensorShape(None)
+        return None
     return tuple(None if d is None else int(d) for d in shape)
 
 
@@ -67,8 +70,12 @@ def _fmt(shape: Sequence[int | None]) -> str:
         ("," if len(shape) == 1 else "") + ")"
 
 
-def _check_2d(name: str, shape: tuple[int | None, ...], what: str = "(batch, length)") -> None:
+def _check_2d(name: str, shape: tuple[int | None, ...] | None,
+              what: str = "(batch, length)") -> tuple[int | None, ...]:
+    """`shape` (None: unknown rank, taken as all unknown) of rank len(what), no empty axis."""
     want = len(what.split(","))
+    if shape is None:
+        return (None,) * want
     if len(shape) != want:
         raise ValueError(f"{name}: expected shape {what}, got {_fmt(shape)}")
     if shape[0] == 0:
@@ -77,14 +84,14 @@ def _check_2d(name: str, shape: tuple[int | None, ...], what: str = "(batch, len
     if shape[1] == 0:
         raise ValueError(f"{name}: zero-length sequences (shape {_fmt(shape)}); at least one "
                          "token is needed")
+    return shape
 
 
 def check_ids(name: str, x: Any, vocab_size: int, *, side: str, host: Host = _numpy_host,
               ignore_index: int | None = None) -> tuple[int | None, ...]:
     """Token ids (batch, length): integers in [0, vocab_size) (or `ignore_index`). Returns the
     static shape. Values are checked only when `host` gives them (not inside a trace)."""
-    shape = _shape(x)
-    _check_2d(name, shape)
+    shape = _check_2d(name, _shape(x))
     values = host(x)
     dtype = _dtype_name(x, values)
     if not dtype.startswith(("int", "uint")):
@@ -104,14 +111,15 @@ def check_ids(name: str, x: Any, vocab_size: int, *, side: str, host: Host = _nu
 
 def _check_mask(name: str, mask: Any, want: tuple[int | None, ...], of: str) -> None:
     shape = _shape(mask)
+    if shape is None:
+        return
     if len(shape) != len(want) or any(a is not None and b is not None and a != b
                                       for a, b in zip(shape, want, strict=False)):
         raise ValueError(f"{name}: shape {_fmt(shape)} does not match {of} {_fmt(want)}")
 
 
 def _check_embeds(name: str, x: Any, width: int, side: str) -> tuple[int | None, ...]:
-    shape = _shape(x)
-    _check_2d(name, shape, "(batch, length, hidden)")
+    shape = _check_2d(name, _shape(x), "(batch, length, hidden)")
     if shape[2] is not None and shape[2] != width:
         raise ValueError(f"{name}: last dimension is {shape[2]}, the {side}'s embeddings are "
                          f"{width} wide (shape {_fmt(shape)})")
@@ -128,7 +136,8 @@ def _past_length(past_key_values: Any) -> int | None:
     if past_key_values is None:
         return 0
     try:
-        return _shape(past_key_values[0][0])[2]
+        shape = _shape(past_key_values[0][0])
+        return None if shape is None else shape[2]
     except (TypeError, IndexError, KeyError) as e:
         raise ValueError("past_key_values: expected the legacy per-layer tuples "
                          "((self_k, self_v, cross_k, cross_v), ...) with keys (batch, heads, "
@@ -161,8 +170,7 @@ def check_forward(config: EncoderDecoderConfig, *, input_ids: Any = None,
     enc_batch: tuple[str, int | None] | None = None
     if encoder_outputs is not None:
         states = _encoder_states(encoder_outputs)
-        shape = _shape(states)
-        _check_2d("encoder_outputs", shape, "(batch, length, hidden)")
+        shape = _check_2d("encoder_outputs", _shape(states), "(batch, length, hidden)")
         if shape[2] is not None and shape[2] != enc.hidden_size:
             raise ValueError(f"encoder_outputs: last_hidden_state is {shape[2]} wide, the "
                              f"encoder's hidden_size is {enc.hidden_size} (shape {_fmt(shape)})")
