@@ -1,6 +1,7 @@
-"""`encdec demo` shortened: the warm-started bert2bert learns the task in each backend (exact
-match on held-out sentences rises from ~0 above a stated threshold), the saved checkpoint
-generates the same tokens in the other two backends, and the data is a function of the seed."""
+"""`encdec demo` in each backend, without its time limit: the warm-started bert2bert learns
+the task (exact match on held-out sentences rises from ~0 to at least 80%), the saved
+checkpoint generates the same tokens in the other two backends, a model that learns nothing
+makes the command fail, and the data is a function of the seed."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
 NOISE = ("oneDNN", "absl::InitializeLog", "cuda", "TensorFlow binary is optimized", "Traceback",
          "Warning", "WARNING")
 
-# The shortened recipe: the demo's, with fewer steps and no time limit (steps, not seconds,
-# decide what is learnt, whatever else shares the machine).
-STEPS = 40
+# The demo's recipe with no time limit (steps, not seconds, decide what is learnt, whatever
+# else shares the machine) on fewer held-out sentences. Fewer steps would not do: the exact
+# match stays near 0 while the new cross-attention learns to point at the source's words,
+# then jumps (measured in PyTorch: 9% after 90 steps, 94% after 120; see docs/demo.md).
+STEPS = demo.Recipe().steps
 BEFORE_AT_MOST = 0.05  # the untrained cross-attention: arbitrary words
-AFTER_AT_LEAST = 0.30  # measured after 40 steps: see docs/demo.md
-N_EVAL = 16
+AFTER_AT_LEAST = 0.80  # the acceptance bound of the demo (issue 13)
+N_EVAL = 32
 
 pytestmark = pytest.mark.slow
 
