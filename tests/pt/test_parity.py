@@ -79,6 +79,7 @@ def test_against_hf_embeds_and_encoder_outputs(name, reference_dir, hf_model):
         assert max_diff(ref(**kw).logits, ours(**kw).logits) < TOL
 
 
+@pytest.mark.slow  # two bert-base-sized models (~250M parameters)
 def test_against_hf_bert_base_dimensions(tmp_path, hf_model):
     """bert-base sizes (hidden 768, 12 heads, 12 layers, vocab 30522), built by transformers."""
     import transformers as tr
