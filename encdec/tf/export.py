@@ -1,0 +1,261 @@
+"""TensorFlow SavedModel export of a TensorFlow `EncoderDecoderModel`.
+
+The artefact is a `tf.saved_model.save` of a `tf.Module` holding the model's weights as
+variables and one serving signature, `serving_default(input_ids, attention_mask)` (int32,
+dynamic batch and length) -> `{"tokens": (batch * num_return_sequences, length) int32}`. It
+runs encdec's own XLA-compiled greedy or beam-search program (`encdec.tf.generation._run`: the
+encoder once, fixed-size caches, a `tf.while_loop` over the decoding steps) with the generation
+settings fixed at export time.
+
+Static shapes inside, dynamic outside: the source is padded (masked out) to the export's source
+length — the encoder's position limit — and the examples of a batch run one after another
+through the batch-1 program, their rows then cropped together to the longest generated length,
+as `generate` crops a batch. Per-example decoding gives the batch's tokens: greedy rows are
+independent, and a beam-search example that stops early in a batch only freezes its finished
+hypotheses while the others run on.
+
+Next to the SavedModel, `export` writes `run.py` (numpy + tensorflow only, never encdec: it
+checks the files' sha256 from `export.json`, validates the inputs and runs the signature) and
+`export.json` (see `encdec.export`). `run_exported` runs that script in a fresh process.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from encdec.core import generation as gen
+from encdec.core.registry import max_positions
+
+from . import generation as tf_generation
+
+SIGNATURE = "serving_default"
+INPUTS = {"input_ids": "int32", "attention_mask": "int32"}
+OUTPUT = "tokens"
+
+
+class _Exported(tf.Module):
+    """The weights (as variables) and the serving function of one export."""
+
+    def __init__(self, model: Any, p: gen.GenerationPlan, source_length: int):
+        super().__init__(name="encdec_export")
+        # the underlying tf.Variables: tracked here, saved once, captured by the program
+        self.weights = [getattr(v, "value", v) for v in model.weights]
+        program = tf.function(functools.partial(tf_generation._run, weakref.ref(model),
+                                                gen.static_key(p)), jit_compile=True)
+        self._generate = _serving_function(program, p, source_length)
+
+
+def _serving_function(program: Any, p: gen.GenerationPlan, source_length: int) -> Any:
+    r, length = p.num_return_sequences, p.max_length
+    pad = p.pad_token_id or 0  # what `generate` pads the source with (masked out)
+    seed = tf.constant([0, 0], tf.int64)  # unused: sampling is not exported
+
+    def one(ids: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(source_length,) ids and mask of one example -> its (r, length) rows, padded, and
+        how many columns of them were generated (start token included)."""
+        out = program(ids[None], mask[None], seed)
+        if p.is_beam:  # `gen.beam_finalize` for one example
+            rows = out["sequences"][0, :r]
+            used = tf.reduce_max(tf.reduce_sum(
+                tf.cast(out["beam_indices"][0, :r] != -1, tf.int32), -1))
+            return rows, used + gen.PROMPT_LENGTH
+        return out["sequences"], out["cur_len"]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="input_ids"),
+                                  tf.TensorSpec([None, None], tf.int32, name="attention_mask")])
+    def serve(input_ids: tf.Tensor, attention_mask: tf.Tensor) -> dict[str, tf.Tensor]:
+        batch, n = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
+        tf.debugging.assert_equal(tf.shape(attention_mask), tf.shape(input_ids), message=(
+            "attention_mask must have the shape of input_ids"))
+        tf.debugging.assert_less_equal(n, source_length, message=(
+            f"input_ids is longer than this export's source length limit {source_length}"))
+        extra = [[0, 0], [0, source_length - n]]
+        ids = tf.reshape(tf.pad(input_ids, extra, constant_values=pad), [-1, source_length])
+        mask = tf.reshape(tf.pad(attention_mask, extra), [-1, source_length])
+
+        def body(i, rows, used):
+            seqs, n_used = one(ids[i], mask[i])
+            return i + 1, rows.write(i, tf.cast(seqs, tf.int32)), used.write(i, n_used)
+
+        rows = tf.TensorArray(tf.int32, size=batch, element_shape=[r, length])
+        used = tf.TensorArray(tf.int32, size=batch, element_shape=[])
+        _, rows, used = tf.while_loop(lambda i, *_: i < batch, body, (0, rows, used))
+        crop = tf.maximum(tf.reduce_max(used.stack()), gen.PROMPT_LENGTH)
+        return {OUTPUT: tf.reshape(rows.stack(), [-1, length])[:, :crop]}
+
+    return serve
+
+
+def settings_of(model: Any, generation_kwargs: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                        gen.GenerationPlan]:
+    """The model's generation config with the export-time overrides, checked by core's plan
+    (a bad value fails here, at export time, naming the argument), and the plan."""
+    gc = model.generation_config.merged(**generation_kwargs)
+    p = gen.plan(model.config, gc)
+    gen.check_positions(model.config.decoder, p)
+    if p.do_sample:
+        raise ValueError("do_sample=True: a SavedModel export fixes one deterministic strategy; "
+                         "export greedy search (num_beams=1) or beam search (num_beams > 1)")
+    if p.return_dict_in_generate or p.output_scores:
+        raise ValueError("return_dict_in_generate / output_scores: a SavedModel export returns "
+                         "token ids only")
+    return gc.to_dict(), p
+
+
+def export(model: Any, directory: str | os.PathLike, *, example_inputs: Any = None,
+           **generation_kwargs: Any) -> Path:
+    """Write the SavedModel of `model` into `directory` with the generation settings
+    `generation_kwargs` fixed, plus `run.py` and `export.json`. `example_inputs` is unused
+    (batch and length are dynamic; the source length limit is the encoder's position limit)."""
+    from encdec.export import write_manifest
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    settings, p = settings_of(model, generation_kwargs)
+    source_length = max_positions(model.config.encoder)
+    module = _Exported(model, p, source_length)
+    signature = module._generate.get_concrete_function()
+    tf.saved_model.save(module, str(directory / "saved_model"),
+                        signatures={SIGNATURE: signature})
+    (directory / "run.py").write_text(RUNNER)
+    files = sorted(str(f.relative_to(directory)) for f in directory.rglob("*") if f.is_file())
+    dec = model.config.decoder
+    write_manifest(directory, "saved_model", model.config, settings, inputs=INPUTS, files=files,
+                   extra={"saved_model": {
+                       "directory": "saved_model", "signature": SIGNATURE, "output": OUTPUT,
+                       "max_source_length": source_length,
+                       "encoder_vocab_size": int(model.config.encoder.vocab_size),
+                       "decoder_vocab_size": int(dec.vocab_size)}})
+    return directory
+
+
+def run_exported(directory: str | os.PathLike, input_ids: np.ndarray,
+                 attention_mask: np.ndarray) -> np.ndarray:
+    """Tokens of the export in `directory`, run by its `run.py` in a fresh Python process
+    (which imports tensorflow and numpy, never encdec)."""
+    from encdec.export import run_script
+
+    return run_script(Path(directory), input_ids, attention_mask)
+
+
+RUNNER = r'''"""Run an encdec TensorFlow SavedModel export (numpy + tensorflow only; never encdec):
+
+    python run.py --in inputs.npz --out tokens.npz
+
+inputs.npz holds `input_ids` and `attention_mask` (batch, length) integer arrays; tokens.npz
+gets `tokens` (batch * num_return_sequences, length) int64. Importable too: `load(directory)`
+returns a callable (input_ids, attention_mask) -> tokens.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+class ExportError(ValueError):
+    pass
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(directory):
+    path = Path(directory) / "export.json"
+    if not path.is_file():
+        raise ExportError(f"{path}: missing: {directory} is not an encdec export")
+    try:
+        manifest = json.loads(path.read_text())
+        files, fmt, info = manifest["files"], manifest["format"], manifest["saved_model"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path}: not a valid encdec export manifest ({e})") from None
+    if fmt != "saved_model":
+        raise ExportError(f"{path}: an export of format {fmt!r}, expected 'saved_model'")
+    for name, digest in files.items():
+        f = Path(directory) / name
+        if not f.is_file():
+            raise ExportError(f"{f}: missing (listed in {path})")
+        if _sha256(f) != digest:
+            raise ExportError(f"{f}: sha256 differs from the one recorded in {path}: the file "
+                              "is corrupt or comes from another export")
+    return manifest, info
+
+
+def _check(name, x, vocab, limit=None):
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ExportError(f"{name}: expected a 2-D (batch, length) array, got shape {x.shape}")
+    if x.dtype.kind not in "iub":
+        raise ExportError(f"{name}: expected integers, got dtype {x.dtype}")
+    if limit is not None and x.shape[1] > limit:
+        raise ExportError(f"{name}: length {x.shape[1]} exceeds this export's source length "
+                          f"limit {limit} (the encoder's position table)")
+    if x.size and (x.min() < 0 or x.max() >= vocab):
+        bad = x.min() if x.min() < 0 else x.max()
+        raise ExportError(f"{name}: id {int(bad)} is outside [0, {vocab})")
+    return x.astype(np.int32)
+
+
+def load(directory=HERE):
+    """A callable (input_ids, attention_mask) -> tokens (int64) for the export in `directory`."""
+    manifest, info = read_manifest(directory)
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(Path(directory) / info["directory"])).signatures[
+        info["signature"]]
+
+    def run(input_ids, attention_mask=None):
+        ids = _check("input_ids", input_ids, info["encoder_vocab_size"],
+                     info["max_source_length"])
+        mask = np.ones_like(ids) if attention_mask is None else \
+            _check("attention_mask", attention_mask, 2)
+        if mask.shape != ids.shape:
+            raise ExportError(f"attention_mask: shape {mask.shape} differs from input_ids' "
+                              f"{ids.shape}")
+        out = fn(input_ids=tf.constant(ids), attention_mask=tf.constant(mask))
+        return out[info["output"]].numpy().astype(np.int64)
+
+    return run
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--in", dest="inputs", required=True)
+    parser.add_argument("--out", dest="output", required=True)
+    args = parser.parse_args(argv)
+    try:
+        run = load(HERE)
+        with np.load(args.inputs) as data:
+            tokens = run(data["input_ids"], data["attention_mask"]
+                         if "attention_mask" in data else None)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    assert "encdec" not in sys.modules, "the SavedModel runner must not import encdec"
+    np.savez(args.output, tokens=tokens)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
