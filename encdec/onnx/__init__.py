@@ -56,6 +56,10 @@ class OnnxModel:
             if got != g[f"{side}_inputs"]:
                 raise ExportError(f"{self.directory / file}: graph inputs {got} do not match "
                                   f"the {g[side + '_inputs']} recorded in export.json")
+            got_id = sess.get_modelmeta().custom_metadata_map.get("encdec_export_id")
+            if got_id != g["export_id"]:
+                raise ExportError(f"{self.directory / file}: a graph from another export (its "
+                                  f"export id {got_id} is not {g['export_id']} of export.json)")
         vocab = self.decoder.get_outputs()[0].shape[-1]
         if isinstance(vocab, int) and vocab != self.config.decoder.vocab_size:
             raise ExportError(f"{self.directory / 'decoder_step.onnx'}: logits of width {vocab}, "

@@ -17,6 +17,7 @@ The generation settings fixed at export time go to `export.json` (see `encdec.ex
 from __future__ import annotations
 
 import os
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from encdec.core import generation as G
 
 OPSET = 17
+EXPORT_ID = "encdec_export_id"  # graph metadata: both graphs and export.json carry the same id
 ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder_step.onnx"
 
 
@@ -93,6 +95,7 @@ def export_graphs(model, directory: str | os.PathLike, *, opset: int = OPSET) ->
 def _export_graphs(model, directory: Path, opset: int) -> dict[str, Any]:
     import onnx
 
+    export_id = uuid.uuid4().hex
     c = model.config.decoder
     n = _layers(model)
     h, d = c.num_attention_heads, c.hidden_size // c.num_attention_heads
@@ -124,8 +127,12 @@ def _export_graphs(model, directory: Path, opset: int) -> dict[str, Any]:
             torch.onnx.export(module, args, str(path), input_names=io[f"{side}_inputs"],
                               output_names=io[f"{side}_outputs"], dynamic_axes=axes,
                               opset_version=opset, dynamo=False, do_constant_folding=True)
+        graph = onnx.load(str(path))
+        onnx.helper.set_model_props(graph, {EXPORT_ID: export_id})  # ties the pair together
+        onnx.save(graph, str(path))
         onnx.checker.check_model(str(path), full_check=True)
-    return {"layers": n, "heads": h, "head_dim": d, "opset": opset, **io}
+    return {"export_id": export_id, "layers": n, "heads": h, "head_dim": d, "opset": opset,
+            **io}
 
 
 RUNNER = '''"""Run an encdec ONNX export: python run.py --in inputs.npz --out tokens.npz
