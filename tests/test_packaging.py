@@ -43,7 +43,7 @@ def test_wheel_installs_only_encdec(dist):
     assert f"{dist_info}/licenses/LICENSE" in names
     assert not [n for n in names if n.startswith(("tools/", "tests/")) or "/fixtures/" in n]
     # every subpackage made it (a missing __init__.py would drop one silently)
-    for package in ("core", "pt", "tf", "flax", "convert"):
+    for package in ("core", "pt", "tf", "flax", "convert", "onnx"):
         assert f"encdec/{package}/__init__.py" in names, package
 
 
@@ -53,7 +53,7 @@ def test_wheel_metadata(dist):
     metadata = wheel.read(f"{dist_info}/METADATA").decode()
     assert f"\nVersion: {encdec.__version__}\n" in metadata
     assert "\nLicense-Expression: Apache-2.0\n" in metadata
-    assert 'Requires-Dist: encdec[convert,flax,tf,torch]; extra == "all"' in metadata
+    assert 'Requires-Dist: encdec[convert,export,flax,tf,torch]; extra == "all"' in metadata
     scripts = wheel.read(f"{dist_info}/entry_points.txt").decode()
     assert "encdec = encdec.cli:main" in scripts
     assert "encdec-convert = encdec.convert.cli:main" in scripts
