@@ -74,7 +74,7 @@ def _conforms(value: Any, tp: Any) -> bool:
 
 
 def _type_name(tp: Any) -> str:
-    names = {int: "an int", float: "a finite number", bool: "a bool (true/false)", str: "a string",
+    names = {int: "an int", float: "a finite float", bool: "a bool (true/false)", str: "a string",
              type(None): "None (null)"}
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
@@ -121,8 +121,6 @@ _RULES: dict[str, _Rule] = {
     ), _TOKEN_ID),
     **dict.fromkeys(("hidden_act", "activation_function", "activation"), _ACTIVATION),
     "top_p": _Rule(lambda v: 0 < v <= 1, "a value in (0, 1]"),
-    "bad_words_ids": _Rule(lambda v: all(len(w) > 0 and all(i >= 0 for i in w) for w in v),
-                           "non-empty lists of token ids >= 0"),
 }
 
 
@@ -142,10 +140,10 @@ def _validate_fields(config: _Config) -> None:
         if isinstance(value, _Config) or (isinstance(value, dict) and tp is not dict):
             continue  # a nested config (EncoderDecoderConfig's sides) checks itself
         _check(n, name, _conforms(value, tp), value, _type_name(tp))
-        rule = _RULES.get(name)
+        rule = None if name in config._checked_elsewhere else _RULES.get(name)
         if rule is None or value is None:
             continue
-        items = value if isinstance(value, (list, tuple)) and name != "bad_words_ids" else [value]
+        items = value if isinstance(value, (list, tuple)) else [value]
         _check(n, name, all(rule.ok(v) for v in items), value, rule.want)
 
 
@@ -166,6 +164,7 @@ class _Config(metaclass=_AcceptsAnyKey):
     """Shared behaviour: unknown keys in `extra`, dict/json I/O, field validation."""
 
     model_type: ClassVar[str] = ""
+    _checked_elsewhere: ClassVar[tuple[str, ...]] = ()  # fields whose `_RULES` entry is skipped
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __getattr__(self, name: str) -> Any:  # only called when normal lookup fails
@@ -625,6 +624,12 @@ class EncoderDecoderConfig(_Config):
 @dataclass
 class GenerationConfig(_Config):
     """transformers' `GenerationConfig` (the fields encdec implements; others kept in `extra`)."""
+
+    # token ids are checked against the decoder's vocabulary when generate() runs
+    # (validation.check_generation), where that limit is known
+    _checked_elsewhere: ClassVar[tuple[str, ...]] = (
+        "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
+        "forced_bos_token_id", "forced_eos_token_id", "bad_words_ids")
 
     max_length: int | None = None  # None: the reference's default (20 new tokens, with a warning)
     max_new_tokens: int | None = None

@@ -129,7 +129,8 @@ def test_real_minilm_config_loads():
     (GenerationConfig, dict(num_beams=0), "num_beams", "0"),
     (GenerationConfig, dict(top_p=1.5), "top_p", "1.5"),
     (GenerationConfig, dict(temperature=-1.0), "temperature", "-1.0"),
-    (GenerationConfig, dict(bad_words_ids=[[]]), "bad_words_ids", "[[]]"),
+    (GenerationConfig, dict(length_penalty="long"), "length_penalty", "'long'"),
+    (GenerationConfig, dict(eos_token_id="2"), "eos_token_id", "'2'"),
     (GenerationConfig, dict(max_length="20"), "max_length", "'20'"),
 ])
 def test_constructors_refuse_bad_values_naming_field_and_value(cls, kwargs, field, value):
