@@ -162,3 +162,22 @@ def test_export_model_bad_requests(tmp_path):
     with pytest.raises(ValueError, match="num_beams"):
         export_model(model, tmp_path / "x", "onnx", num_beams=0)
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_export(tmp_path, capsys):
+    from encdec.cli import main
+    from tests.generation.oracle import checkpoint
+
+    out = tmp_path / "onnx"
+    code = main(["export", checkpoint("bert2bert"), str(out), "--format", "onnx",
+                 "--num-beams", "2", "--max-new-tokens", "5", "--no-repeat-ngram-size", "2",
+                 "--repetition-penalty", "1.2"])
+    assert code == 0, capsys.readouterr().err
+    assert "verified" in capsys.readouterr().out
+    gen = json.loads((out / "export.json").read_text())["generation"]
+    assert (gen["num_beams"], gen["max_new_tokens"], gen["no_repeat_ngram_size"],
+            gen["repetition_penalty"]) == (2, 5, 2, 1.2)
+    assert main(["export", str(tmp_path / "nothing"), str(tmp_path / "o2"), "--format",
+                 "onnx"]) == 3
+    assert "nothing" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
