@@ -216,22 +216,45 @@ def _check(name, x, vocab, limit=None):
     return x.astype(np.int32)
 
 
-def load(directory=HERE):
-    """A callable (input_ids, attention_mask) -> tokens (int64) for the export in `directory`."""
-    manifest, info = read_manifest(directory)
-    import tensorflow as tf
+def check_inputs(info, input_ids, attention_mask=None):
+    """(ids, mask) int32 after the checks this export needs (shape, dtype, ids, length)."""
+    ids = _check("input_ids", input_ids, info["encoder_vocab_size"], info["max_source_length"])
+    mask = np.ones_like(ids) if attention_mask is None else \
+        _check("attention_mask", attention_mask, 2)
+    if mask.shape != ids.shape:
+        raise ExportError(f"attention_mask: shape {mask.shape} differs from input_ids' "
+                          f"{ids.shape}")
+    return ids, mask
 
+
+def _import_tensorflow():
+    """tensorflow, imported with its C++ start-up notices (written to file descriptor 2
+    whatever TF_CPP_MIN_LOG_LEVEL says) kept off stderr; Python errors still propagate."""
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+        return tf
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tf
+
+
+def load(directory=HERE):
+    """A callable (input_ids, attention_mask) -> tokens (int64) for the export in `directory`
+    (its files checked against export.json first)."""
+    manifest, info = read_manifest(directory)
+    tf = _import_tensorflow()
     fn = tf.saved_model.load(str(Path(directory) / info["directory"])).signatures[
         info["signature"]]
 
     def run(input_ids, attention_mask=None):
-        ids = _check("input_ids", input_ids, info["encoder_vocab_size"],
-                     info["max_source_length"])
-        mask = np.ones_like(ids) if attention_mask is None else \
-            _check("attention_mask", attention_mask, 2)
-        if mask.shape != ids.shape:
-            raise ExportError(f"attention_mask: shape {mask.shape} differs from input_ids' "
-                              f"{ids.shape}")
+        ids, mask = check_inputs(info, input_ids, attention_mask)
         out = fn(input_ids=tf.constant(ids), attention_mask=tf.constant(mask))
         return out[info["output"]].numpy().astype(np.int64)
 
@@ -240,19 +263,29 @@ def load(directory=HERE):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--in", dest="inputs", required=True)
-    parser.add_argument("--out", dest="output", required=True)
+    parser.add_argument("--in", dest="inputs", nargs="+", required=True,
+                        help="npz file(s) with input_ids and attention_mask")
+    parser.add_argument("--out", dest="outputs", nargs="+", required=True,
+                        help="npz file(s) to write tokens to, one per --in file")
     args = parser.parse_args(argv)
+    if len(args.inputs) != len(args.outputs):
+        parser.error(f"{len(args.inputs)} --in files but {len(args.outputs)} --out files")
     try:
+        _, info = read_manifest(HERE)
+        batches = []
+        for path in args.inputs:
+            with np.load(path) as data:
+                if "input_ids" not in data:
+                    raise ExportError(f"{path}: no input_ids array")
+                batches.append(check_inputs(info, data["input_ids"], data["attention_mask"]
+                                            if "attention_mask" in data else None))
         run = load(HERE)
-        with np.load(args.inputs) as data:
-            tokens = run(data["input_ids"], data["attention_mask"]
-                         if "attention_mask" in data else None)
+        for (ids, mask), path in zip(batches, args.outputs):
+            np.savez(path, tokens=run(ids, mask))
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     assert "encdec" not in sys.modules, "the SavedModel runner must not import encdec"
-    np.savez(args.output, tokens=tokens)
     return 0
 
 
