@@ -151,7 +151,7 @@ class Progress:
         self.recipe, self.losses = recipe, []
         self.bar = tqdm(total=recipe.steps, desc="   fine-tune", unit="step", disable=not enabled,
                         file=sys.stderr, dynamic_ncols=True, leave=True)
-        self.start = time.perf_counter()
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
         self.smooth = math.nan
 
     def update(self, loss: float) -> bool:
@@ -165,6 +165,11 @@ class Progress:
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+    @property
+    def cpu(self) -> float:
+        """CPU seconds of this process (all threads) since the start."""
+        return time.process_time() - self.cpu_start
 
     def close(self) -> None:
         self.bar.close()
@@ -368,7 +373,8 @@ def run(framework: str, recipe: Recipe, *, seed: int = 0, n_eval: int = 64, out:
     finally:
         bar.close()
     losses, seconds = bar.losses, bar.elapsed
-    log(f"   {len(losses)} steps in {seconds:.0f} s ({len(losses) / seconds:.2f} steps/s); "
+    log(f"   {len(losses)} steps in {seconds:.0f} s ({len(losses) / seconds:.2f} steps/s, "
+        f"{bar.cpu:.0f} s of CPU); "
         f"loss {np.mean(losses[:5]):.2f} (first 5) -> {np.mean(losses[-5:]):.3f} (last 5)")
     ids = generate(framework, model, gen_data)
     after_texts = vocab.decode(ids)
