@@ -95,16 +95,17 @@ def read_manifest(directory: str | os.PathLike, format: str | None = None) -> di
 def run_script(directory: Path, input_ids: np.ndarray, attention_mask: np.ndarray,
                timeout: float = 600) -> np.ndarray:
     """Tokens from `directory/run.py --in inputs.npz --out tokens.npz` in a fresh process."""
+    directory = Path(directory).resolve()
     with tempfile.TemporaryDirectory(prefix="encdec-run-") as tmp:
         src, dst = Path(tmp) / "inputs.npz", Path(tmp) / "tokens.npz"
         np.savez(src, input_ids=np.asarray(input_ids, np.int64),
                  attention_mask=np.asarray(attention_mask, np.int64))
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        r = subprocess.run([sys.executable, str(Path(directory) / "run.py"), "--in", str(src),
+        r = subprocess.run([sys.executable, str(directory / "run.py"), "--in", str(src),
                             "--out", str(dst)], capture_output=True, text=True, env=env,
                            timeout=timeout, cwd=tmp)
         if r.returncode != 0:
-            raise ExportError(f"{Path(directory) / 'run.py'} failed (exit {r.returncode}):\n"
+            raise ExportError(f"{directory / 'run.py'} failed (exit {r.returncode}):\n"
                               f"{r.stderr.strip()[-4000:]}")
         with np.load(dst) as out:
             return out["tokens"]
