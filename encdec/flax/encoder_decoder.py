@@ -14,9 +14,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from encdec.core import seq2seq, weights
+from encdec.core import seq2seq, validation, weights
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 from encdec.core.modeling import (
     load_weights,
@@ -68,6 +69,14 @@ def check_decoder(decoder: nnx.Module) -> None:
     """Refuse a decoder object without cross-attention layers (core's `check_decoder`)."""
     seq2seq.check_decoder(type(decoder).__name__, decoder.config,
                           decoder.config.add_cross_attention)
+
+
+def host_array(x: Any) -> np.ndarray | None:
+    """The values of an input on the host, for `encdec.core.validation`; None for a tracer
+    (inside `nnx.jit` / `jax.jit`): shapes and dtypes are still checked there."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
 
 
 def extra_forward_args(module: nnx.Module) -> frozenset[str]:
@@ -150,6 +159,13 @@ class EncoderDecoderModel(nnx.Module):
         unset output switches come from the configs."""
         flags = resolve_outputs(self.config, output_attentions, output_hidden_states, use_cache,
                                 return_dict)
+        validation.check_forward(self.config, input_ids=input_ids, attention_mask=attention_mask,
+                                  decoder_input_ids=decoder_input_ids,
+                                  decoder_attention_mask=decoder_attention_mask,
+                                  encoder_outputs=encoder_outputs, past_key_values=past_key_values,
+                                  inputs_embeds=inputs_embeds,
+                                  decoder_inputs_embeds=decoder_inputs_embeds, labels=labels,
+                                  host=host_array)  # before anything runs on them
         enc_kwargs, dec_kwargs = route_forward_kwargs(kwargs, extra_forward_args(self.encoder),
                                                       extra_forward_args(self.decoder))
         if encoder_outputs is None:

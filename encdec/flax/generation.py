@@ -30,7 +30,8 @@ from flax import nnx
 
 from encdec.core import generation as gen
 from encdec.core.config import GenerationConfig
-from encdec.core.registry import check_length, max_positions
+from encdec.core.registry import max_positions
+from encdec.core.validation import check_generate
 
 TRACES: collections.Counter[str] = collections.Counter()  # strategy name -> times traced
 _PROGRAMS: dict[Any, Any] = {}  # (plan, shapes) -> nnx.jit function, shared by all models
@@ -45,12 +46,13 @@ def generate(model: nnx.Module, input_ids: Any, attention_mask: Any = None, *,
     `return_dict_in_generate`. `seed` makes sampling reproducible (random when None);
     `rngs` gives the key from its `sample` stream instead."""
     p = gen.plan(model.config, generation_config or model.generation_config, **kwargs)
-    gen.check_positions(model.config.decoder, p)
+    from .encoder_decoder import host_array
+
+    check_generate(model.config, p, input_ids, attention_mask, host=host_array)  # before jit
     ids = np.asarray(input_ids)
     # no mask: every position is attended (the reference infers none for encoder-decoders)
     mask = np.ones(ids.shape, np.int32) if attention_mask is None else \
         np.asarray(attention_mask).astype(np.int32)
-    check_length(model.config.encoder, "input_ids", ids.shape[1])  # before any tracing
     limit = max_positions(model.config.encoder)
     ids, mask = gen.pad_to_bucket(ids, mask, gen.bucket_length(ids.shape[1], limit),
                                   p.pad_token_id or 0)

@@ -13,11 +13,12 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from encdec.core import seq2seq, weights
+from encdec.core import seq2seq, validation, weights
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 from encdec.core.modeling import (
     load_weights,
@@ -68,6 +69,16 @@ def check_decoder(decoder: nn.Module) -> None:
     """Refuse a decoder object without cross-attention layers (core's `check_decoder`)."""
     seq2seq.check_decoder(type(decoder).__name__, decoder.config,
                           decoder.config.add_cross_attention)
+
+
+def host_array(x: Any) -> np.ndarray | None:
+    """The values of an input on the host, for `encdec.core.validation`; None inside a
+    `torch.compile` trace (shapes and dtypes are still checked there)."""
+    if torch.compiler.is_compiling():
+        return None
+    if isinstance(x, Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
 
 
 def extra_forward_args(module: nn.Module) -> frozenset[str]:
@@ -183,6 +194,13 @@ class EncoderDecoderModel(nn.Module):
             kwargs, extra_forward_args(self.encoder), extra_forward_args(self.decoder))
         o = resolve_outputs(self.config, output_attentions, output_hidden_states, use_cache,
                             return_dict)
+        validation.check_forward(self.config, input_ids=input_ids, attention_mask=attention_mask,
+                                  decoder_input_ids=decoder_input_ids,
+                                  decoder_attention_mask=decoder_attention_mask,
+                                  encoder_outputs=encoder_outputs, past_key_values=past_key_values,
+                                  inputs_embeds=inputs_embeds,
+                                  decoder_inputs_embeds=decoder_inputs_embeds, labels=labels,
+                                  host=host_array)  # before anything runs on them
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                            inputs_embeds=inputs_embeds,
@@ -200,11 +218,6 @@ class EncoderDecoderModel(nn.Module):
                 decoder_attention_mask = (decoder_input_ids != self.config.pad_token_id).to(
                     decoder_input_ids.dtype)
 
-        dec_in = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
-        if dec_in is not None:  # named as the caller knows it (the decoder checks it again)
-            check_length(self.config.decoder, "decoder_input_ids" if decoder_input_ids is not None
-                         else "decoder_inputs_embeds", dec_in.shape[1],
-                         0 if past_key_values is None else past_key_values[0][0].shape[2])
         dec = self.decoder(input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
                            inputs_embeds=decoder_inputs_embeds, encoder_hidden_states=states,
                            encoder_attention_mask=attention_mask, past_key_values=past_key_values,

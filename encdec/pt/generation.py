@@ -19,6 +19,7 @@ from torch import Tensor
 
 from encdec.core import generation as G
 from encdec.core.config import GenerationConfig
+from encdec.core.validation import check_generate
 
 # --- logits processors (same rules as encdec.core.generation's numpy versions) ------------------
 
@@ -124,7 +125,9 @@ def generate(model, input_ids: Tensor, attention_mask: Tensor | None = None, *,
     global generator, as the reference).
     """
     p = G.plan(model.config, generation_config or model.generation_config, **kwargs)
-    G.check_positions(model.config.decoder, p)  # the encoder's forward checks the input's length
+    from .encoder_decoder import host_array
+
+    check_generate(model.config, p, input_ids, attention_mask, host=host_array)  # once per call
     device = next(model.parameters()).device
     input_ids = torch.as_tensor(input_ids, device=device)
     if attention_mask is not None:
