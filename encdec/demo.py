@@ -398,7 +398,12 @@ def run(framework: str, recipe: Recipe, *, seed: int = 0, n_eval: int = 64, out:
         width = max(len(v) for v in LABELS.values()) + 2
         log(f"   {LABELS[framework]:<{width}}exact match {after:.0%}  (fine-tuned here)")
         for other in (f for f in FRAMEWORKS if f != framework):
-            other_ids = generate(other, backends.load(other, directory), gen_data)
+            try:
+                other_ids = generate(other, backends.load(other, directory), gen_data)
+            except Exception as e:  # reported; the exit status says the demo failed
+                agree[other] = False
+                log(f"   {LABELS[other]:<{width}}ERROR {type(e).__name__}: {e}")
+                continue
             agree[other] = other_ids.shape == ids.shape and bool(np.array_equal(other_ids, ids))
             acc = exact_match(vocab.decode(other_ids), held_out)
             log(f"   {LABELS[other]:<{width}}exact match {acc:.0%}  "
