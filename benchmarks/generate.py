@@ -14,7 +14,10 @@ of steps), batch 1 and 8, greedy and 4 beams, it prints per backend:
   matrix-vector bandwidth measured in this run (meaningful at batch 1 greedy);
 - same: whether the token ids equal the reference's.
 
-Usage: python benchmarks/generate.py [--tiny] [--backends ref,pt,tf,flax] [--models ...]
+`onnx` is encdec's ONNX export of the pt model (`encdec.pt.export`) run by `encdec.onnx`
+(onnxruntime + numpy), timed at batch 1 greedy only (its deployment row).
+
+Usage: python benchmarks/generate.py [--tiny] [--backends ref,pt,tf,flax,onnx] [--models ...]
 `--tiny` (a few-kB model, 16 input and 8 new tokens) is the CI smoke test.
 """
 
@@ -39,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-BACKENDS = ("ref", "pt", "tf", "flax")
+BACKENDS = ("ref", "pt", "tf", "flax", "onnx")
+ONLY = {"onnx": {(1, 1)}}  # backend -> the (batch, beams) settings it is timed at
 MODELS = ("bert2bert", "bert2gpt2")
 
 
@@ -132,6 +136,14 @@ def load_backend(backend: str, directory: Path, reference) -> Callable[..., np.n
         model = EncoderDecoderModel.from_pretrained(directory)
         return lambda ids, mask, **kw: generate(model, torch.as_tensor(ids), torch.as_tensor(mask),
                                                 **kw).numpy()
+    if backend == "onnx":
+        import encdec.onnx
+        from encdec.pt import EncoderDecoderModel
+        from encdec.pt.export import export
+
+        export(EncoderDecoderModel.from_pretrained(directory), directory / "onnx")
+        exported = encdec.onnx.load(directory / "onnx")
+        return lambda ids, mask, **kw: exported.generate(ids, mask, **kw)
     if backend == "tf":
         from encdec.tf import EncoderDecoderModel
         from encdec.tf.generation import generate
@@ -176,11 +188,13 @@ def bench_model(name: str, size: Size, backends: list[str], bandwidths: dict[str
         for batch in size.batches:
             ids, mask = inputs[batch], np.ones_like(inputs[batch])
             for beams in size.beams:
+                active = {b: run for b, run in runners.items()
+                          if (batch, beams) in ONLY.get(b, {(batch, beams)})}
                 full, one = (timed({b: functools.partial(run, ids, mask, num_beams=beams,
                                                          max_new_tokens=n, min_new_tokens=n)
-                                    for b, run in runners.items()}, size.repeats)
+                                    for b, run in active.items()}, size.repeats)
                              for n in (size.new_tokens, 1))
-                for backend in backends:
+                for backend in active:
                     (t_full, seqs), (t_one, _) = full[backend], one[backend]
                     ms = max(t_full - t_one, 1e-6) / (size.new_tokens - 1) * 1e3
                     results.append(dict(model=name, backend=backend, batch=batch, beams=beams,
@@ -220,7 +234,7 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny models: the CI smoke test")
-    ap.add_argument("--backends", default="ref,pt,tf,flax",
+    ap.add_argument("--backends", default="ref,pt,tf,flax,onnx",
                     help=f"comma-separated subset of {','.join(BACKENDS)}")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated model names")
     ap.add_argument("--batches", help="comma-separated batch sizes (default: 1,8; tiny: 1,2)")
