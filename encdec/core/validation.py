@@ -216,6 +216,7 @@ def check_forward(config: EncoderDecoderConfig, *, input_ids: Any = None,
             shape = _check_embeds(name, decoder_inputs_embeds, embedding_width(dec),
                                   "decoder")[:2]
         else:  # decoder_input_ids made from labels
+            assert lab is not None  # neither ids nor embeds: labels were given
             name, shape = "labels", lab
         if lab is not None and name != "labels":
             _check_mask("labels", labels, shape, name)
