@@ -96,10 +96,12 @@ def parity_report(rows: Sequence[Row], bound: float = PARITY_BOUND) -> tuple[str
             lines.append(f"{label:<26}{'-':>15}{'-':>12}  {'-':<15}ERROR {r.error}")
             all_ok = False
             continue
+        assert r.logits is not None and base.logits is not None  # a healthy row ran forward
         d_logits = _max_diff(r.logits, base.logits)
         d_loss = (abs(r.loss - base.loss) if r.loss is not None and base.loss is not None
                   else float("nan"))
         if by_generate:
+            assert r.tokens is not None and base.tokens is not None  # by_generate: every row's
             same = r.tokens.shape == base.tokens.shape and np.array_equal(r.tokens, base.tokens)
         else:
             same = np.array_equal(r.logits.argmax(-1), base.logits.argmax(-1))
