@@ -35,9 +35,10 @@ def test_help_documents_every_option_and_exit_code(convert):
         assert code_line in out
 
 
-@pytest.mark.parametrize("fmt", ["pt", "tf", "flax"])
-def test_parity_every_backend(capsys, fmt):
-    code = encdec_main(["parity", str(fixture_dir("bert2gpt2", fmt))])
+@pytest.mark.parametrize("name, fmt", [*(("bert2gpt2", f) for f in ("pt", "tf", "flax")),
+                                       ("bert2bart", "pt"), ("bert2bart", "flax")])
+def test_parity_every_backend(capsys, name, fmt):
+    code = encdec_main(["parity", str(fixture_dir(name, fmt))])
     out = capsys.readouterr().out
     assert code == 0, out
     for label in ("transformers (reference) *", "encdec.pt", "encdec.tf", "encdec.flax"):

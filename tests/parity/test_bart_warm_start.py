@@ -199,3 +199,10 @@ def test_against_hf_bart_warm_start(saves, reference_lm, adapters, case, backend
         want = ref(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy()
     got = ad.forward(model, b)["logits"]
     tol.assert_close(got, want, tol.FORWARD, f"{case} {backend} logits")
+
+
+@pytest.mark.parametrize("backend", list(ADAPTERS))
+def test_bart_encoder_is_a_clear_error(saves, adapters, backend):
+    """The BART family is decoder-only: as the encoder, an error naming it, in every backend."""
+    with pytest.raises(ValueError, match=r"bart cannot be the encoder: .*decoder only"):
+        adapters[backend].warm_start(saves["bart"], saves["bart"])
