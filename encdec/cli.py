@@ -221,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         "made on the fly (keep a sentence's content words), print before/after generations "
         "and exact match on held-out sentences, save it and check that pt, tf and flax load "
         "the checkpoint and generate the same tokens. Exit 0 on success, 1 when the exact "
-        "match stays below --min-accuracy or the backends disagree, 4 for a non-empty --out "
-        "without --force, 5 when something it needs is not installed.",
+        "match stays below --min-accuracy or the backends disagree, 2 for a bad option value, 4 "
+        "for a non-empty --out without --force, 5 when something it needs is not installed.",
         epilog="example: encdec demo --backend flax --out demo-ckpt/")
     from encdec.demo import add_arguments
 

@@ -415,10 +415,19 @@ def run(framework: str, recipe: Recipe, *, seed: int = 0, n_eval: int = 64, out:
 
 def main(args: argparse.Namespace) -> int:
     """`encdec demo`: exit 0 when the fine-tuned model reaches `--min-accuracy` and the three
-    backends generate the same tokens, 1 otherwise, 4 for a non-empty `--out` without
-    `--force`, 5 when something it needs is not installed."""
+    backends generate the same tokens, 1 otherwise, 2 for a bad option value, 4 for a non-empty
+    `--out` without `--force`, 5 when something it needs is not installed."""
     from encdec.convert import backends
 
+    for name, value, good, rule in (
+            ("--steps", args.steps, args.steps >= 1, "at least 1"),
+            ("--eval", args.eval, args.eval >= 1, "at least 1"),
+            ("--time-limit", args.time_limit, args.time_limit > 0, "positive"),
+            ("--min-accuracy", args.min_accuracy, 0 <= args.min_accuracy <= 1,
+             "between 0 and 1")):
+        if not good:
+            print(f"encdec demo: {name} must be {rule}, got {value}", file=sys.stderr)
+            return 2
     backends.quiet()
     t0 = time.perf_counter()
     minilm = minilm_dir()

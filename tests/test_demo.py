@@ -89,3 +89,16 @@ def test_cli_fails_when_the_model_does_not_learn(tmp_path):
     assert not any(n in out + proc.stderr for n in NOISE), out + proc.stderr
     assert proc.stderr.strip() == "", proc.stderr
     assert (tmp_path / "d" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--eval", "-3"], "--eval must be at least 1, got -3"),
+    (["--time-limit", "0"], "--time-limit must be positive, got 0.0"),
+    (["--min-accuracy", "80"], "--min-accuracy must be between 0 and 1, got 80.0"),
+])
+def test_cli_refuses_bad_values(argv, message, capsys):
+    from encdec.cli import main
+
+    assert main(["demo", *argv]) == 2
+    assert message in capsys.readouterr().err
