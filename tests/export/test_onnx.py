@@ -181,3 +181,19 @@ def test_cli_export(tmp_path, capsys):
                  "onnx"]) == 3
     assert "nothing" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_sampling_runs_with_the_plan(exported):
+    """Sampling uses numpy's generator (not torch's draws): reproducible by seed, and with
+    top_k=1 it is greedy, so it must equal pt's greedy tokens."""
+    from encdec.onnx import load
+
+    om = load(exported("bert2bert", "greedy"))
+    ids, mask = inputs("bert2bert", 3)
+    kw = dict(do_sample=True, num_return_sequences=2, max_new_tokens=6)
+    a, b = om.generate(ids, mask, seed=3, **kw), om.generate(ids, mask, seed=3, **kw)
+    assert a.shape[0] == 6 and np.array_equal(a, b)
+    assert ((a >= 0) & (a < 99)).all()
+    top1 = om.generate(ids, mask, seed=0, do_sample=True, top_k=1, max_new_tokens=6)
+    want = pt_model("bert2bert").generate(ids, mask, max_new_tokens=6).numpy()
+    assert np.array_equal(top1, want)
