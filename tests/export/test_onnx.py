@@ -15,7 +15,16 @@ import torch
 
 from encdec.export import ExportError, export_model
 from encdec.pt import export as pt_export
-from tests.export.conftest import BATCH_SIZES, SETTINGS, cases, inputs, pt_model, pt_tokens
+from tests.conftest import PAIRS
+from tests.export.conftest import (
+    BATCH_SIZES,
+    EXPORT_PAIRS,
+    SETTINGS,
+    cases,
+    inputs,
+    pt_model,
+    pt_tokens,
+)
 from tests.tolerances import CACHE, assert_close
 
 
@@ -197,3 +206,18 @@ def test_sampling_runs_with_the_plan(exported):
     top1 = om.generate(ids, mask, seed=0, do_sample=True, top_k=1, max_new_tokens=6)
     want = pt_model("bert2bert").generate(ids, mask, max_new_tokens=6).numpy()
     assert np.array_equal(top1, want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(PAIRS) - set(EXPORT_PAIRS)))
+def test_every_pair_exports(tmp_path, name):
+    """Every other pair of the matrix (projections, tying, ELECTRA, DistilBERT, Marian's
+    sinusoidal positions, …): the runtime's greedy and beam tokens equal pt's."""
+    from encdec.onnx import load
+
+    model = pt_model(name)
+    om = load(pt_export.export(model, tmp_path / name, max_new_tokens=8))
+    ids, mask = inputs(name, 3)
+    for kw in (dict(), dict(num_beams=4, no_repeat_ngram_size=2, repetition_penalty=1.3)):
+        want = model.generate(ids, mask, max_new_tokens=8, **kw).numpy()
+        assert np.array_equal(om.generate(ids, mask, **kw), want), kw
