@@ -1,0 +1,191 @@
+"""JAX export (`encdec.flax.export`): the artefact, run by its `run.py` in a fresh process that
+imports jax and numpy but never encdec, flax, torch or tensorflow (their imports are blocked
+there), gives the tokens of encdec pt's `generate` on the same checkpoint — greedy, 4-beam, and
+4-beam with no_repeat_ngram_size and repetition_penalty — on padded batches of 1 and 3; a
+corrupt or mismatched artefact and bad inputs fail with an error naming the file or the
+argument.
+
+Artefacts are exported once per (pair, setting) and shared by the module's tests. Each fresh
+process pays jax's import and one XLA compilation (~15 s on the CI machine), so both batches
+run in one process and only bert2bert's greedy and beam cases stay in the fast subset.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.export.conftest import BATCH_SIZES, SETTINGS, cases, inputs, pt_tokens
+from tests.generation.oracle import checkpoint
+
+# runs run.py with encdec and the other frameworks unimportable: the artefact needs jax only
+_BLOCKED_RUN = r"""
+import importlib.abc, runpy, sys
+BLOCKED = ("encdec", "flax", "torch", "tensorflow", "keras", "transformers")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked in this process")
+sys.meta_path.insert(0, Block())
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    leaked = [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+    assert not leaked, leaked
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _flax_model(name: str):
+    import encdec.flax
+
+    return encdec.flax.EncoderDecoderModel.from_pretrained(checkpoint(name))
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """(pair, setting) -> the export's directory, exported from encdec flax on first use."""
+    from encdec.flax.export import export
+
+    root, done = tmp_path_factory.mktemp("jax"), {}
+
+    def get(name: str, setting: str) -> Path:
+        if (name, setting) not in done:
+            done[name, setting] = export(_flax_model(name), root / f"{name}-{setting}",
+                                         **SETTINGS[setting])
+        return done[name, setting]
+
+    return get
+
+
+def _fresh_run(directory: Path, batches) -> list[np.ndarray]:
+    """Every batch through `directory/run.py`, in ONE fresh Python process (one jax import,
+    one XLA compilation) where encdec, flax, torch and tensorflow cannot be imported; its cwd
+    is a temporary directory, outside the repository."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ins, outs = [], []
+        for i, (ids, mask) in enumerate(batches):
+            ins.append(os.path.join(tmp, f"in{i}.npz"))
+            outs.append(os.path.join(tmp, f"out{i}.npz"))
+            np.savez(ins[-1], input_ids=ids, attention_mask=mask)
+        r = subprocess.run([sys.executable, "-c", _BLOCKED_RUN, str(directory / "run.py"),
+                            "--in", *ins, "--out", *outs], capture_output=True, text=True,
+                           cwd=tmp, timeout=600)
+        assert r.returncode == 0, r.stderr[-4000:]
+        assert r.stderr == "", r.stderr[-4000:]  # no framework noise
+        result = []
+        for path in outs:
+            with np.load(path) as out:
+                result.append(out["tokens"])
+        return result
+
+
+def test_blocked_imports_are_really_blocked(tmp_path):
+    """The fresh-process harness would catch a runner that imports encdec."""
+    script = tmp_path / "run.py"
+    script.write_text("import encdec\n")
+    r = subprocess.run([sys.executable, "-c", _BLOCKED_RUN, str(script)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode != 0 and "encdec is blocked" in r.stderr
+
+
+@pytest.mark.parametrize(("name", "setting"), cases())
+def test_tokens_equal_pt_generate(exports, name, setting):
+    got = _fresh_run(exports(name, setting), [inputs(name, size) for size in BATCH_SIZES])
+    for size, tokens in zip(BATCH_SIZES, got, strict=True):
+        want = pt_tokens(name, setting, size)
+        assert tokens.shape == want.shape and np.array_equal(tokens, want), (size, tokens, want)
+        assert tokens.shape[1] > 2  # something was generated
+
+
+def test_manifest(exports):
+    import encdec
+
+    directory = exports("bert2bert", "greedy")
+    manifest = json.loads((directory / "export.json").read_text())
+    assert manifest["format"] == "jax"
+    assert manifest["encdec_version"] == encdec.__version__
+    assert manifest["model_types"] == {"encoder": "bert", "decoder": "bert"}
+    assert manifest["inputs"] == {"input_ids": "int32", "attention_mask": "int32"}
+    assert manifest["generation"]["max_new_tokens"] == SETTINGS["greedy"]["max_new_tokens"]
+    assert set(manifest["files"]) == {"run.py", "generate.jax_export", "params.npz"}
+    assert manifest["jax"]["platforms"] == ["cpu"]
+    with np.load(directory / "params.npz", allow_pickle=False) as params:
+        assert len(params.files) == manifest["jax"]["num_params"] > 0
+        assert all(params[k].dtype == np.float32 for k in params.files)
+
+
+def test_run_exported_in_fresh_process(exports):
+    """The public `run_exported` (one fresh process per call) on the batch of 3."""
+    from encdec.flax.export import run_exported
+
+    ids, mask = inputs("bert2bert", 3)
+    np.testing.assert_array_equal(run_exported(exports("bert2bert", "greedy"), ids, mask),
+                                  pt_tokens("bert2bert", "greedy", 3))
+
+
+def _copy(directory: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(directory, tmp_path / "copy"))
+
+
+@pytest.mark.parametrize("damage", ["garbled", "missing", "swapped", "other_model"])
+def test_corrupt_artefact_names_the_file(exports, tmp_path, damage):
+    from encdec.export import ExportError
+    from encdec.flax.export import run_exported
+
+    bad = _copy(exports("bert2bert", "greedy"), tmp_path)
+    target = "params.npz"
+    if damage == "garbled":
+        data = bytearray((bad / target).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (bad / target).write_bytes(bytes(data))
+    elif damage == "missing":
+        (bad / target).unlink()
+    elif damage == "swapped":  # the program of another export in place of this one's
+        target = "generate.jax_export"
+        shutil.copy(exports("bert2bert", "beam4") / target, bad / target)
+    else:  # another model's files with their hashes: the program does not fit the weights
+        target = "generate.jax_export"
+        shutil.copy(exports("bert2gpt2", "greedy") / target, bad / target)
+        manifest = json.loads((bad / "export.json").read_text())
+        manifest["files"][target] = json.loads(
+            (exports("bert2gpt2", "greedy") / "export.json").read_text())["files"][target]
+        (bad / "export.json").write_text(json.dumps(manifest))
+    ids, mask = inputs("bert2bert", 1)
+    with pytest.raises(ExportError, match=target.replace(".", r"\.")):
+        run_exported(bad, ids, mask)
+
+
+def test_bad_inputs_name_the_argument(exports):
+    from encdec.export import ExportError
+    from encdec.flax.export import run_exported
+
+    directory = exports("bert2bert", "greedy")
+    ids, mask = inputs("bert2bert", 1)
+    with pytest.raises(ExportError, match=r"input_ids: id 99 is outside \[0, 99\)"):
+        run_exported(directory, np.full_like(ids, 99), mask)
+    long = np.ones((1, 65), np.int64)
+    with pytest.raises(ExportError, match="input_ids: length 65 exceeds .* limit 64"):
+        run_exported(directory, long, long)
+    with pytest.raises(ExportError, match="attention_mask: shape"):
+        run_exported(directory, ids, mask[:, :-1])
+
+
+def test_export_rejects_sampling_and_bad_settings(tmp_path):
+    from encdec.flax.export import export
+
+    model = _flax_model("bert2bert")
+    with pytest.raises(ValueError, match="do_sample"):
+        export(model, tmp_path / "a", do_sample=True, max_new_tokens=4)
+    with pytest.raises(ValueError, match="max_length"):
+        export(model, tmp_path / "b", max_new_tokens=1000)
