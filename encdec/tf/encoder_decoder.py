@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from encdec.core import seq2seq, weights
+from encdec.core import seq2seq, validation, weights
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 from encdec.core.modeling import (
     load_weights,
@@ -68,6 +69,15 @@ def check_decoder(decoder: keras.Model) -> None:
     cross -= {leaf(p, Dialect.KERAS) for p in arch.decoder_table(
         dataclasses.replace(c, is_decoder=True, add_cross_attention=False)).params}
     seq2seq.check_decoder(type(decoder).__name__, c, cross <= set(params.variables(decoder)))
+
+
+def host_array(x: Any) -> np.ndarray | None:
+    """The values of an input on the host, for `encdec.core.validation`; None for a symbolic
+    tensor (inside a `tf.function`, Keras' compiled `fit`): shapes and dtypes are still
+    checked there."""
+    if isinstance(x, keras.KerasTensor) or (tf.is_tensor(x) and not tf.executing_eagerly()):
+        return None
+    return np.asarray(x)
 
 
 def extra_forward_args(module: keras.Model) -> frozenset[str]:
@@ -163,6 +173,13 @@ class EncoderDecoderModel(keras.Model):
             kwargs, extra_forward_args(self.encoder), extra_forward_args(self.decoder))
         out_flags = seq2seq.resolve_outputs(self.config, output_attentions, output_hidden_states,
                                             use_cache, return_dict)
+        validation.check_forward(self.config, input_ids=input_ids, attention_mask=attention_mask,
+                                  decoder_input_ids=decoder_input_ids,
+                                  decoder_attention_mask=decoder_attention_mask,
+                                  encoder_outputs=encoder_outputs, past_key_values=past_key_values,
+                                  inputs_embeds=inputs_embeds,
+                                  decoder_inputs_embeds=decoder_inputs_embeds, labels=labels,
+                                  host=host_array)  # before anything runs on them
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                            inputs_embeds=inputs_embeds,
@@ -180,13 +197,6 @@ class EncoderDecoderModel(keras.Model):
                 decoder_attention_mask = tf.cast(decoder_input_ids != self.config.pad_token_id,
                                                  decoder_input_ids.dtype)
 
-        dec_in = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
-        if dec_in is not None and dec_in.shape[1] is not None and (
-                past_key_values is None or past_key_values[0][0].shape[2] is not None):
-            # named as the caller knows it (the decoder checks it again)
-            check_length(self.config.decoder, "decoder_input_ids" if decoder_input_ids is not None
-                         else "decoder_inputs_embeds", dec_in.shape[1],
-                         0 if past_key_values is None else past_key_values[0][0].shape[2])
         dec = self.decoder(input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
                            inputs_embeds=decoder_inputs_embeds, encoder_hidden_states=states,
                            encoder_attention_mask=attention_mask, past_key_values=past_key_values,
