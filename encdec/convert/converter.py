@@ -14,8 +14,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -189,17 +190,22 @@ def _open_pt(directory: Path, config, gen, table: Table) -> Source:
     if problems:
         reader.close()
         raise InputError(f"{directory}: " + "; ".join(problems))
-    getters = {name: (lambda key=key: reader[key]) for name, key in m.keys.items()}
+    getters: dict[str, Callable[[], np.ndarray]] = {
+        name: partial(reader.__getitem__, key) for name, key in m.keys.items()}
     keys = set(reader.keys())
     for p in table.saved:  # stored tied copies are carried as stored (match_keys skips them)
         if p.tied_to is not None and p.name in keys:
-            getters[p.name] = lambda key=p.name: reader[key]
+            getters[p.name] = partial(reader.__getitem__, p.name)
     return Source(directory, "pt", config, gen, table, getters, reader.close)
 
 
 def _open_reference(directory: Path, fmt: str, config, gen, table: Table) -> Source:
     dialect = DIALECTS[fmt]
     path = directory / WEIGHT_FILES[fmt][0]
+    keys: Iterable[str]
+    get: Callable[[str], np.ndarray]
+    close: Callable[[], None]
+    where: Callable[[str], str]
     if fmt == "tf":
         reader = H5Reader(path)
         keys, get, close, where = reader.keys(), reader.get, reader.close, reader.dataset
@@ -292,8 +298,8 @@ def write_target(out: Path, source: Source, fmt: str, *, dtype: str = "float32",
 
 def _owner(table: Table, name: str) -> str:
     """Follow `tied_to` to the parameter that holds the storage."""
-    while table.by_name[name].tied_to is not None:
-        name = table.by_name[name].tied_to
+    while (owner := table.by_name[name].tied_to) is not None:
+        name = owner
     return name
 
 
@@ -337,17 +343,26 @@ def open_split(directory: Path) -> Source:
         if m.unexpected or m.missing:
             raise InputError(f"{directory / side}: unexpected {m.unexpected}, missing {m.missing}")
         for name, key in m.keys.items():
-            getters[f"{side}.{name}"] = lambda key=key, reader=reader: reader[key]
+            getters[f"{side}.{name}"] = partial(reader.__getitem__, key)
     if "enc_to_dec_proj.weight" in table.by_name:
         from safetensors.numpy import load_file
 
         proj = load_file(str(directory / SPLIT_PROJ_NAME))
         for k in ("weight", "bias"):
-            getters[f"enc_to_dec_proj.{k}"] = lambda k=k: proj[k]
+            getters[f"enc_to_dec_proj.{k}"] = partial(proj.__getitem__, k)
     for p in table.owned:  # tie_encoder_decoder: the decoder's copy stands for the encoder's
-        getters.setdefault(p.name, lambda p=p: getters[_tied_copy(table, p.name)]())
-    return Source(directory, "pt", config, gen, table, getters,
-                  lambda: [r.close() for r in readers])
+        getters.setdefault(p.name, partial(_read_tied_copy, getters, table, p.name))
+
+    def close() -> None:
+        for r in readers:
+            r.close()
+
+    return Source(directory, "pt", config, gen, table, getters, close)
+
+
+def _read_tied_copy(getters: dict[str, Callable[[], np.ndarray]], table: Table,
+                    name: str) -> np.ndarray:
+    return getters[_tied_copy(table, name)]()
 
 
 def _tied_copy(table: Table, name: str) -> str:
