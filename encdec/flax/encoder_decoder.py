@@ -248,6 +248,16 @@ class EncoderDecoderModel(nnx.Module):
 
         return generate(self, input_ids, attention_mask, **kwargs)
 
+    def export(self, directory: str | os.PathLike, format: str | None = None,
+               **kwargs: Any) -> os.PathLike:
+        """Export for deployment (default format "jax"), verified token for token against
+        `generate` in a fresh process and written atomically (see
+        `encdec.export.export_model`; `kwargs`: generation settings fixed in the artefact,
+        `verify_output=False`)."""
+        from encdec.export import export_model
+
+        return export_model(self, directory, format, **kwargs)
+
     # --- loading and saving -------------------------------------------------------------------
 
     @classmethod

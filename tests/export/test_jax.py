@@ -189,3 +189,23 @@ def test_export_rejects_sampling_and_bad_settings(tmp_path):
         export(model, tmp_path / "a", do_sample=True, max_new_tokens=4)
     with pytest.raises(ValueError, match="max_length"):
         export(model, tmp_path / "b", max_new_tokens=1000)
+
+
+@pytest.mark.slow
+def test_model_export_verifies_in_a_fresh_process(tmp_path):
+    """`EncoderDecoderModel.export` (flax): the glue exports to a temporary directory, checks
+    the artefact's tokens against the model's own generate on batches of 1 and 3 in fresh
+    processes, and moves it into place."""
+    out = _flax_model("bert2bert").export(tmp_path / "out", **SETTINGS["beam4"])
+    assert json.loads((Path(out) / "export.json").read_text())["format"] == "jax"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left behind
+    got = _fresh_run(Path(out), [inputs("bert2bert", 3)])[0]
+    np.testing.assert_array_equal(got, pt_tokens("bert2bert", "beam4", 3))
+
+
+def test_model_export_refuses_another_backends_format(tmp_path):
+    from encdec.export import ExportError
+
+    with pytest.raises(ExportError, match="format='saved_model' is exported from the tf"):
+        _flax_model("bert2bert").export(tmp_path / "out", format="saved_model")
+    assert not (tmp_path / "out").exists()
