@@ -92,17 +92,19 @@ PAIRS: dict[str, Pair] = {
 # The fast subset (`pytest -m "not slow"`) runs every pair-parametrised test on these pairs only:
 # one per decoder family (BERT, GPT-2, BART) plus projection and tying. CI runs every pair.
 FAST_PAIRS = frozenset({"bert2bert", "bert2gpt2", "bert2bart"})
-SLOW_PAIRS = frozenset(PAIRS) - FAST_PAIRS
+# ... and tests parametrised over the BART family's members run on `bart` alone.
+SLOW_PARAMS = frozenset(PAIRS) - FAST_PAIRS | {"mbart", "marian", "pegasus"}
 
 
 def pytest_collection_modifyitems(items):
     """Mark `slow` what the fast subset leaves to CI: a test parametrised with a pair outside
-    FAST_PAIRS, and every test that loads the real all-MiniLM-L6-v2 checkpoint (`minilm_dir`).
+    FAST_PAIRS (or a BART-family member but bart), and every test that loads the real
+    all-MiniLM-L6-v2 checkpoint (`minilm_dir`).
     (Other slow tests carry the marker themselves: `pytestmark` or a decorator.)"""
     for item in items:
         params = getattr(item, "callspec", None)
         values = params.params.values() if params is not None else ()
-        if any(isinstance(v, str) and v in SLOW_PAIRS for v in values) \
+        if any(isinstance(v, str) and v in SLOW_PARAMS for v in values) \
                 or "minilm_dir" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
 

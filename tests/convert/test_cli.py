@@ -17,6 +17,8 @@ from encdec.core.registry import ARCHITECTURES
 
 from .conftest import fixture_dir, reference_pair
 
+pytestmark = pytest.mark.slow  # encdec-convert runs in subprocesses
+
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
        "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}

