@@ -70,7 +70,7 @@ class _DecoderStep(nn.Module):
         return (logits[:, -1].float(), *[t for c in cache for t in c[:2]])
 
 
-def names(layers: int) -> dict[str, list[str]]:
+def _io_names(layers: int) -> dict[str, list[str]]:
     """The graphs' input and output names (the runtime's contract)."""
     selfs = [f"self_{kv}_{i}" for i in range(layers) for kv in "kv"]
     cross = [f"cross_{kv}_{i}" for i in range(layers) for kv in "kv"]
@@ -81,25 +81,25 @@ def names(layers: int) -> dict[str, list[str]]:
             "decoder_outputs": ["logits", *[f"new_{s}" for s in selfs]]}
 
 
-def export_graphs(model, directory: str | os.PathLike, *, opset: int = OPSET) -> dict[str, Any]:
+def _write_graphs(model, directory: str | os.PathLike, *, opset: int = OPSET) -> dict[str, Any]:
     """Write `encoder.onnx` and `decoder_step.onnx` into `directory`, check them with
-    `onnx.checker`; returns the graphs' names (see `names`) with the layer count."""
+    `onnx.checker`; returns the graphs' names (see `_io_names`) with the layer count."""
     directory = Path(directory)
     training = model.training
     try:
-        return _export_graphs(model.eval(), directory, opset)
+        return _trace_graphs(model.eval(), directory, opset)
     finally:
         model.train(training)  # the exporter restores the wrappers' (eval) mode, ours too
 
 
-def _export_graphs(model, directory: Path, opset: int) -> dict[str, Any]:
+def _trace_graphs(model, directory: Path, opset: int) -> dict[str, Any]:
     import onnx
 
     export_id = uuid.uuid4().hex
     c = model.config.decoder
     n = _layers(model)
     h, d = c.num_attention_heads, c.hidden_size // c.num_attention_heads
-    io = names(n)
+    io = _io_names(n)
     be, s, beams, length = 2, 5, 2, 4
     ids = torch.full((be, s), 4, dtype=torch.long)
     mask = torch.ones(be, s, dtype=torch.long)
@@ -155,7 +155,7 @@ def export(model, directory: str | os.PathLike, *, example_inputs=None,
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     settings = settings_of(model, generation_kwargs)
-    io = export_graphs(model, directory)
+    io = _write_graphs(model, directory)
     (directory / "run.py").write_text(RUNNER)
     write_manifest(directory, "onnx", model.config, settings,
                    inputs={"input_ids": "int64", "attention_mask": "int64"},
