@@ -31,9 +31,6 @@ BEFORE_AT_MOST = 0.05  # the untrained cross-attention: arbitrary words
 AFTER_AT_LEAST = 0.80  # the acceptance bound of the demo (issue 13)
 N_EVAL = 64  # the demo's default: the same data as the runs measured in docs/demo.md
 
-pytestmark = pytest.mark.slow
-
-
 def test_data_is_deterministic_and_held_out_is_unseen():
     train, held_out = demo.make_data(3, 200, 20)
     assert (train, held_out) == demo.make_data(3, 200, 20)
@@ -57,6 +54,7 @@ def test_encoding_is_one_token_per_word():
         assert vocab.decode(labels[None])[0] == demo.content_words(s)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", demo.FRAMEWORKS)
 def test_demo_learns_the_task(framework, tmp_path, capsys):
     recipe = demo.Recipe(steps=STEPS, time_limit=math.inf)
@@ -73,6 +71,7 @@ def test_demo_learns_the_task(framework, tmp_path, capsys):
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_cli_fails_when_the_model_does_not_learn(tmp_path):
     """Two steps cannot learn the task: `encdec demo` must say so and exit 1, and print no
     framework noise on the way (the progress bar is off: stderr stays empty)."""
