@@ -82,7 +82,7 @@ def make_data(seed: int, n_train: int, n_eval: int) -> tuple[list[str], list[str
         if s not in held_out:
             held_out.append(s)
     seen = set(held_out)
-    train = []
+    train: list[str] = []
     while len(train) < n_train:
         s = sentence(rng)
         if s not in seen:
@@ -106,7 +106,13 @@ class Vocab:
         tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
         tok.no_padding()
         tok.no_truncation()
-        return cls(tok, *(tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")))
+        def token_id(token: str) -> int:
+            i = tok.token_to_id(token)
+            if i is None:
+                raise ValueError(f"{directory / 'tokenizer.json'} has no {token} token")
+            return int(i)
+
+        return cls(tok, token_id("[CLS]"), token_id("[SEP]"), token_id("[PAD]"))
 
     def encode(self, sentences: Sequence[str]) -> dict[str, np.ndarray]:
         """input_ids / attention_mask `(n, SOURCE_LEN)` and labels `(n, TARGET_LEN)`:
@@ -148,7 +154,8 @@ class Progress:
     def __init__(self, recipe: Recipe, enabled: bool):
         from tqdm.auto import tqdm
 
-        self.recipe, self.losses = recipe, []
+        self.recipe = recipe
+        self.losses: list[float] = []
         self.bar = tqdm(total=recipe.steps, desc="   fine-tune", unit="step", disable=not enabled,
                         file=sys.stderr, dynamic_ncols=True, leave=True)
         self.start, self.cpu_start = time.perf_counter(), time.process_time()
@@ -206,10 +213,12 @@ def train_tf(model, data: dict[str, np.ndarray], recipe: Recipe, progress: Progr
 
     class Report(keras.callbacks.Callback):
         # Keras logs the mean loss since the epoch began: undo the mean for the step's loss
+        last = 0.0
+
         def on_train_batch_end(self, batch, logs=None):
             mean = float(logs["loss"])
             n = len(progress.losses)
-            loss = mean * (n + 1) - (self.last * n if n else 0.0)
+            loss = mean * (n + 1) - self.last * n
             self.last = mean
             if not progress.update(loss):
                 self.model.stop_training = True
@@ -308,7 +317,10 @@ def generate(framework: str, model, data: dict[str, np.ndarray]) -> np.ndarray:
     """Greedy token ids for `data`'s sentences (TARGET_LEN new tokens at most)."""
     from encdec.convert import backends
 
-    return backends.greedy(framework, model, data, TARGET_LEN)
+    ids = backends.greedy(framework, model, data, TARGET_LEN)
+    if ids is None:
+        raise RuntimeError(f"{LABELS[framework]} has no generate()")
+    return ids
 
 
 def exact_match(predictions: Sequence[str], sentences: Sequence[str]) -> float:
@@ -347,6 +359,8 @@ def run(framework: str, recipe: Recipe, *, seed: int = 0, n_eval: int = 64, out:
     # the encoder's pooler gets no gradient from a seq2seq loss (as in the reference)
     warnings.filterwarnings("ignore", message="Gradients do not exist")
     minilm = minilm_dir()
+    if minilm is None:
+        raise RuntimeError(f"the all-MiniLM-L6-v2 checkpoint is not installed: {MINILM_INSTALL}")
     vocab = Vocab.load(minilm)
     train, held_out = make_data(seed, recipe.steps * recipe.batch_size, n_eval)
     train_data, eval_data = vocab.encode(train), vocab.encode(held_out)
