@@ -28,5 +28,5 @@ def test_docs_examples_run(page, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow",
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(DOCS.parent)}
     run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=1800)  # loaded CI machines
     assert run.returncode == 0, f"{page.name}:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
