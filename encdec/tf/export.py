@@ -7,8 +7,9 @@ runs encdec's own XLA-compiled greedy or beam-search program (`encdec.tf.generat
 encoder once, fixed-size caches, a `tf.while_loop` over the decoding steps) with the generation
 settings fixed at export time.
 
-Static shapes inside, dynamic outside: the source is padded (masked out) to the export's source
-length — the encoder's position limit — and the examples of a batch run one after another
+Static shapes inside, dynamic outside: the source is padded (masked out) to the smallest of
+the export's source buckets (16, 32, 64, ... up to the encoder's position limit: one traced
+program per bucket, compiled on first use), and the examples of a batch run one after another
 through the batch-1 program, their rows then cropped together to the longest generated length,
 as `generate` crops a batch. Per-example decoding gives the batch's tokens: greedy rows are
 independent, and a beam-search example that stops early in a batch only freezes its finished
@@ -68,17 +69,14 @@ def _serving_function(program: Any, p: gen.GenerationPlan, source_length: int) -
             return rows, used + gen.PROMPT_LENGTH
         return out["sequences"], out["cur_len"]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="input_ids"),
-                                  tf.TensorSpec([None, None], tf.int32, name="attention_mask")])
-    def serve(input_ids: tf.Tensor, attention_mask: tf.Tensor) -> dict[str, tf.Tensor]:
+    buckets = source_buckets(source_length)
+
+    def run_bucket(input_ids: tf.Tensor, attention_mask: tf.Tensor, bucket: int) -> tf.Tensor:
+        """Every example through the program compiled for source length `bucket`."""
         batch, n = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
-        tf.debugging.assert_equal(tf.shape(attention_mask), tf.shape(input_ids), message=(
-            "attention_mask must have the shape of input_ids"))
-        tf.debugging.assert_less_equal(n, source_length, message=(
-            f"input_ids is longer than this export's source length limit {source_length}"))
-        extra = [[0, 0], [0, source_length - n]]
-        ids = tf.reshape(tf.pad(input_ids, extra, constant_values=pad), [-1, source_length])
-        mask = tf.reshape(tf.pad(attention_mask, extra), [-1, source_length])
+        extra = [[0, 0], [0, tf.maximum(bucket - n, 0)]]
+        ids = tf.reshape(tf.pad(input_ids, extra, constant_values=pad), [-1, bucket])
+        mask = tf.reshape(tf.pad(attention_mask, extra), [-1, bucket])
 
         def body(i, rows, used):
             seqs, n_used = one(ids[i], mask[i])
@@ -88,9 +86,33 @@ def _serving_function(program: Any, p: gen.GenerationPlan, source_length: int) -
         used = tf.TensorArray(tf.int32, size=batch, element_shape=[])
         _, rows, used = tf.while_loop(lambda i, *_: i < batch, body, (0, rows, used))
         crop = tf.maximum(tf.reduce_max(used.stack()), gen.PROMPT_LENGTH)
-        return {OUTPUT: tf.reshape(rows.stack(), [-1, length])[:, :crop]}
+        return tf.reshape(rows.stack(), [-1, length])[:, :crop]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="input_ids"),
+                                  tf.TensorSpec([None, None], tf.int32, name="attention_mask")])
+    def serve(input_ids: tf.Tensor, attention_mask: tf.Tensor) -> dict[str, tf.Tensor]:
+        n = tf.shape(input_ids)[1]
+        tf.debugging.assert_equal(tf.shape(attention_mask), tf.shape(input_ids), message=(
+            "attention_mask must have the shape of input_ids"))
+        tf.debugging.assert_less_equal(n, source_length, message=(
+            f"input_ids is longer than this export's source length limit {source_length}"))
+        # the smallest bucket that holds the source (one compiled program per bucket used)
+        index = tf.reduce_sum(tf.cast(tf.constant(buckets) < n, tf.int32))
+        branches = [functools.partial(run_bucket, input_ids, attention_mask, b)
+                    for b in buckets]
+        return {OUTPUT: tf.switch_case(index, branches)}
 
     return serve
+
+
+def source_buckets(limit: int) -> list[int]:
+    """The padded source lengths an export serves: 16, 32, 64, ... (`gen.BUCKET` doubling),
+    the last one the encoder's position limit."""
+    buckets, b = [], gen.BUCKET
+    while b < limit:
+        buckets.append(b)
+        b *= 2
+    return [*buckets, limit]
 
 
 def settings_of(model: Any, generation_kwargs: dict[str, Any]) -> tuple[dict[str, Any],
@@ -131,6 +153,7 @@ def export(model: Any, directory: str | os.PathLike, *, example_inputs: Any = No
                    extra={"saved_model": {
                        "directory": "saved_model", "signature": SIGNATURE, "output": OUTPUT,
                        "max_source_length": source_length,
+                       "source_buckets": source_buckets(source_length),
                        "encoder_vocab_size": int(model.config.encoder.vocab_size),
                        "decoder_vocab_size": int(dec.vocab_size)}})
     return directory
