@@ -69,7 +69,7 @@ def _serving_function(program: Any, p: gen.GenerationPlan, source_length: int) -
             return rows, used + gen.PROMPT_LENGTH
         return out["sequences"], out["cur_len"]
 
-    buckets = source_buckets(source_length)
+    buckets = _source_buckets(source_length)
 
     def run_bucket(input_ids: tf.Tensor, attention_mask: tf.Tensor, bucket: int) -> tf.Tensor:
         """Every example through the program compiled for source length `bucket`."""
@@ -105,7 +105,7 @@ def _serving_function(program: Any, p: gen.GenerationPlan, source_length: int) -
     return serve
 
 
-def source_buckets(limit: int) -> list[int]:
+def _source_buckets(limit: int) -> list[int]:
     """The padded source lengths an export serves: 16, 32, 64, ... (`gen.BUCKET` doubling),
     the last one the encoder's position limit."""
     buckets, b = [], gen.BUCKET
@@ -153,7 +153,7 @@ def export(model: Any, directory: str | os.PathLike, *, example_inputs: Any = No
                    extra={"saved_model": {
                        "directory": "saved_model", "signature": SIGNATURE, "output": OUTPUT,
                        "max_source_length": source_length,
-                       "source_buckets": source_buckets(source_length),
+                       "source_buckets": _source_buckets(source_length),
                        "encoder_vocab_size": int(model.config.encoder.vocab_size),
                        "decoder_vocab_size": int(dec.vocab_size)}})
     return directory
