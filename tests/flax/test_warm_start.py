@@ -19,6 +19,7 @@ from encdec.flax import (
     GPT2Model,
     params,
 )
+from tests import tolerances as tol
 from tests.conftest import TINY
 
 from .conftest import max_diff, to_torch
@@ -116,8 +117,8 @@ def test_against_hf_minilm_warm_start(minilm_dir):
                     np.asarray(o.last_hidden_state)[real]) < TOL
     assert max_diff(r.pooler_output, o.pooler_output) < TOL
     # Padded query rows (outputs nobody reads): there the fp32 reference itself is ~4e-5 off
-    # its own float64 result, so ours is held to the float64 result instead.
-    assert max_diff(r64.last_hidden_state, o.last_hidden_state) < TOL
+    # its own float64 result, so ours is compared with the float64 result, at tol.PADDED_ROWS.
+    assert max_diff(r64.last_hidden_state, o.last_hidden_state) < tol.PADDED_ROWS
 
 
 def _rewrite(src_dir, dst_dir, rename):
