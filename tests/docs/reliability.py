@@ -65,6 +65,22 @@ The checks cost one pass over the ids per call (a min/max-like scan on the host)
 """
 
 
+SAVING = """\
+## Saving
+
+`save_pretrained` writes into a hidden sibling directory (`.NAME.tmp-*`) and swaps it in with
+one atomic rename (`encdec-convert` and `encdec export` also write a temporary sibling and
+rename it into place only once it is complete and verified). An interrupted save — an
+exception, a full disk, a killed process — leaves the previous checkpoint as it was. Two saves
+to one directory never mix: the second fails at once with a `CheckpointError` saying that
+another save to that directory is in progress (and which process holds it). The lock is an
+operating-system lock released when its process exits, so it never goes stale. A killed save may
+leave `.NAME.tmp-*`, `.NAME.swap-*` or `.NAME.lock` next to the directory; loaders never read
+them and the next save to that directory deletes them. Saving over the directory a model was
+loaded from is safe: readers keep their files open.
+"""
+
+
 def message(e: BaseException | None) -> str:
     """The library's message: Keras' wrapper ('Exception encountered when calling ...',
     its bold markup and the argument list) taken off."""
@@ -132,6 +148,7 @@ def render() -> str:
                   "refuses a damaged file with the library's own error naming the file "
                   "(paths below are relative to the checkpoint directory):", "",
                   *files, ""]
+    parts += [SAVING]
     return "\n".join(parts)
 
 
