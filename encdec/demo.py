@@ -144,7 +144,7 @@ class Recipe:
     learning_rate: float = 3e-4  # AdamW, constant
     weight_decay: float = 0.01
     eps: float = 1e-8
-    time_limit: float = 80.0  # seconds of fine-tuning (the loop stops after the step running)
+    time_limit: float = 115.0  # seconds of fine-tuning (the loop stops after the step running)
 
 
 class Progress:
