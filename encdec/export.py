@@ -215,3 +215,97 @@ def export_checkpoint(checkpoint: str | os.PathLike, directory: str | os.PathLik
     model = backend.EncoderDecoderModel.from_pretrained(checkpoint)
     return export_model(model, directory, format, verify_output=verify_output,
                         **generation_kwargs)
+
+
+# --- the runners' common part ------------------------------------------------------------------
+
+# What every format's `run.py` holds after its docstring's first line (numpy only, never
+# encdec): the manifest and sha256 checks and the input checks; a backend's runner adds its
+# loading and calling after it.
+_RUNNER_PREAMBLE = r'''
+    python run.py --in inputs.npz --out tokens.npz
+
+inputs.npz holds `input_ids` and `attention_mask` (batch, length) integer arrays; tokens.npz
+gets `tokens` (batch * num_return_sequences, length) int64. Importable too: `load(directory)`
+returns a callable (input_ids, attention_mask) -> tokens.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+class ExportError(ValueError):
+    pass
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(directory):
+    path = Path(directory) / "export.json"
+    if not path.is_file():
+        raise ExportError(f"{path}: missing: {directory} is not an encdec export")
+    try:
+        manifest = json.loads(path.read_text())
+        files, fmt, info = manifest["files"], manifest["format"], manifest["__FORMAT__"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path}: not a valid encdec export manifest ({e})") from None
+    if fmt != "__FORMAT__":
+        raise ExportError(f"{path}: an export of format {fmt!r}, expected '__FORMAT__'")
+    for name, digest in files.items():
+        f = Path(directory) / name
+        if not f.is_file():
+            raise ExportError(f"{f}: missing (listed in {path})")
+        if _sha256(f) != digest:
+            raise ExportError(f"{f}: sha256 differs from the one recorded in {path}: the file "
+                              "is corrupt or comes from another export")
+    return manifest, info
+
+
+def _check(name, x, vocab, limit=None):
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ExportError(f"{name}: expected a 2-D (batch, length) array, got shape {x.shape}")
+    if x.dtype.kind not in "iub":
+        raise ExportError(f"{name}: expected integers, got dtype {x.dtype}")
+    if limit is not None and x.shape[1] > limit:
+        raise ExportError(f"{name}: length {x.shape[1]} exceeds this export's source length "
+                          f"limit {limit} (the encoder's position table)")
+    if x.size and (x.min() < 0 or x.max() >= vocab):
+        bad = x.min() if x.min() < 0 else x.max()
+        raise ExportError(f"{name}: id {int(bad)} is outside [0, {vocab})")
+    return x.astype(np.int32)
+
+
+def check_inputs(info, input_ids, attention_mask=None):
+    """(ids, mask) int32 after the checks this export needs (shape, dtype, ids, length)."""
+    ids = _check("input_ids", input_ids, info["encoder_vocab_size"], info["max_source_length"])
+    mask = np.ones_like(ids) if attention_mask is None else \
+        _check("attention_mask", attention_mask, 2)
+    if mask.shape != ids.shape:
+        raise ExportError(f"attention_mask: shape {mask.shape} differs from input_ids' "
+                          f"{ids.shape}")
+    return ids, mask
+
+'''
+
+
+def runner_script(format: str, first_line: str, body: str) -> str:
+    """A self-contained `run.py`: `first_line` (its docstring's), the common preamble (the
+    manifest of `format`, sha256 of every file, input checks), then the backend's `body`."""
+    return first_line + "\n" + _RUNNER_PREAMBLE.replace("__FORMAT__", format) + "\n" + body
