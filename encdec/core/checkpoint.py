@@ -223,6 +223,7 @@ def _bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
 
 _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
            "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the json header
 
 
@@ -346,6 +347,11 @@ class _SafetensorsFile:
             raise CheckpointError(f"{self.path} has no tensor {key!r}")
         return header[key]
 
+    def stored_dtype(self, key: str) -> str:
+        """The tensor's dtype as stored, as a numpy-style name ("bfloat16", "float32", ...)."""
+        code = self._info(key)["dtype"]
+        return _DTYPE_NAMES.get(code, code.lower())
+
     def get(self, key: str) -> np.ndarray:
         info = self._info(key)  # checked at open: nbytes == end - begin, within the file
         begin, _ = info["data_offsets"]
@@ -425,6 +431,9 @@ class _TorchBinFile:
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._tensor(key).shape)
+
+    def stored_dtype(self, key: str) -> str:
+        return str(self._tensor(key).dtype).removeprefix("torch.")
 
     def get(self, key: str) -> np.ndarray:
         import torch
@@ -512,6 +521,11 @@ class StateDictReader(Mapping[str, np.ndarray]):
             raise CheckpointError(f"{path} does not hold {key!r} (see {self.index})") from None
         except SafetensorError as e:
             raise CheckpointError(f"{path}: cannot read tensor {key!r}: {e}") from e
+
+    def stored_dtype(self, key: str) -> str:
+        """The dtype `key` is stored in ("bfloat16", "float32", "int64", ...); `reader[key]`
+        returns bfloat16 widened to float32."""
+        return self._files[self._map[key]].stored_dtype(key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._map)

@@ -25,6 +25,8 @@ from encdec.core.modeling import (
     read_backbone_config,
     read_pretrained,
     save_pretrained,
+    take_dtype,
+    warm_start_dtype,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec.core.registry import check_length, family_class
@@ -304,7 +306,10 @@ class EncoderDecoderModel(nn.Module):
         that side's config), or use a model object given as `encoder_model` / `decoder_model`
         for that side (as the reference). Weights a checkpoint lacks are initialised and
         reported (a given side's report is empty); the model is returned in eval mode (with
-        `{"encoder": report, "decoder": report}`)."""
+        `{"encoder": report, "decoder": report}`). `dtype=` loads both sides in that dtype (default:
+        the sides' own, `encoder_dtype=` / `decoder_dtype=` or their checkpoints', which must
+        agree; see `encdec.core.modeling.warm_start_dtype`)."""
+        requested = take_dtype(kwargs)
         enc_kwargs, dec_kwargs, rest = split_kwargs(kwargs)
         overrides = {"encoder": enc_kwargs, "decoder": dec_kwargs}
         paths = {"encoder": encoder_pretrained_model_name_or_path,
@@ -335,8 +340,10 @@ class EncoderDecoderModel(nn.Module):
             logger.info("encoder config had is_decoder/add_cross_attention set: turning them off")
             enc.is_decoder = enc.add_cross_attention = False
         config = EncoderDecoderConfig.from_encoder_decoder_configs(enc, configs["decoder"], **rest)
-        with params.skip_init():
+        dtype = warm_start_dtype(config, requested)
+        with params.skip_init(), params.default_dtype(dtype):
             model = cls(config=config, encoder=encoder_model, decoder=decoder_model)
+        model.to(params.torch_dtype(dtype))  # a given side too: one dtype in the model
         reports = {side: LoadReport([], [], []) for side in ("encoder", "decoder")}
         # with tie_encoder_decoder the decoder's base shares the encoder's storage: the encoder's
         # values win (as the reference), whether loaded or given, so shared ones are not written
@@ -370,9 +377,10 @@ class EncoderDecoderModel(nn.Module):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
                         **config_overrides: Any) -> EncoderDecoderModel:
-        """Load a composite checkpoint (strict: every weight must be there), in eval mode."""
+        """Load a composite checkpoint (strict: every weight must be there), in eval mode, in
+        `dtype=` (or `torch_dtype=`; default "auto": the checkpoint's dtype, as the reference)."""
         pre = read_pretrained(pretrained_model_name_or_path, **config_overrides)
-        with params.skip_init():
+        with params.skip_init(), params.default_dtype(pre.dtype):
             model = cls(config=pre.config)
         model.generation_config = pre.generation_config
         load_weights(model.table(), pre.directory, Dialect.PT,
@@ -385,5 +393,6 @@ class EncoderDecoderModel(nn.Module):
                         max_shard_size: int | str = "5GB") -> os.PathLike:
         """Write config.json, generation_config.json and safetensors weights atomically."""
         return save_pretrained(save_directory, self.config, self.generation_config, Dialect.PT,
-                               functools.partial(params.get, self), max_shard_size=max_shard_size)
+                               functools.partial(params.get, self), max_shard_size=max_shard_size,
+                               dtype=params.dtype_of(self))
 

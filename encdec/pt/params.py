@@ -20,7 +20,7 @@ from torch import nn
 
 from encdec.core import modeling
 from encdec.core.config import ModelConfig
-from encdec.core.modeling import load_backbone_weights, read_backbone_config
+from encdec.core.modeling import config_dtype, load_backbone_weights, read_backbone_config
 from encdec.core.registry import initializers
 from encdec.core.weights import Dialect, Table
 
@@ -37,8 +37,41 @@ def assign(module: nn.Module, path: str, array: np.ndarray) -> None:
 
 
 def get(module: nn.Module, path: str) -> np.ndarray:
-    """The parameter at `path` as numpy (no copy for a contiguous CPU float tensor)."""
-    return module.get_parameter(path).detach().cpu().numpy()
+    """The parameter at `path` as numpy (no copy for a contiguous CPU float tensor; bfloat16
+    as an `ml_dtypes.bfloat16` view of the same bits)."""
+    t = module.get_parameter(path).detach().cpu()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes  # numpy has no bfloat16
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a canonical dtype name (`encdec.core.modeling.dtype_name`)."""
+    return getattr(torch, name)
+
+
+def dtype_of(module: nn.Module) -> str:
+    """The canonical name of the dtype `module`'s floating parameters are held in."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return str(p.dtype).removeprefix("torch.")
+    return "float32"
+
+
+@contextlib.contextmanager
+def default_dtype(name: str | None) -> Iterator[None]:
+    """Parameters created inside this block are created in dtype `name` (None: unchanged),
+    so a model loaded in bfloat16 never allocates float32 weights (the reference's
+    `local_torch_dtype`)."""
+    old = torch.get_default_dtype()
+    if name is not None:
+        torch.set_default_dtype(torch_dtype(name))
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 @contextlib.contextmanager
@@ -118,7 +151,7 @@ def load_backbone(cls: type, path_or_id, *, output_loading_info: bool = False, *
     """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
     the checkpoint lacks are initialised and reported), returned in eval mode."""
     directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
-    with skip_init():
+    with skip_init(), default_dtype(config_dtype(config)):
         model = cls(config)
     table = model.table()
     report = load_backbone_weights(table, directory, Dialect.PT, functools.partial(assign, model),
@@ -136,4 +169,4 @@ def save_backbone(model: nn.Module, directory, max_shard_size: int | str = "5GB"
     name = reference_class or type(model).__name__
     return modeling.save_backbone(directory, name, model.config, model.table(),
                                   Dialect.PT, functools.partial(get, model),
-                                  max_shard_size=max_shard_size)
+                                  max_shard_size=max_shard_size, dtype=dtype_of(model))

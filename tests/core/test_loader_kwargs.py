@@ -1,4 +1,4 @@
-"""The reference's loader-only arguments (`from_pt`, `dtype`, …) are refused by name, never
+"""The reference's loader-only arguments (`from_pt`, …) are refused by name, never
 stored in the config as unknown keys that do nothing."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def dirs(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("key", ["from_pt", "from_tf", "from_flax", "dtype", "torch_dtype"])
+@pytest.mark.parametrize("key", ["from_pt", "from_tf", "from_flax"])
 def test_loader_only_arguments_refused_by_name(dirs, key):
     with pytest.raises(TypeError, match=f"{key}= is not an encdec argument"):
         read_pretrained(dirs / "composite", **{key: True})
