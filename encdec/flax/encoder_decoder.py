@@ -20,10 +20,13 @@ from flax import nnx
 from encdec.core import seq2seq, validation, weights
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 from encdec.core.modeling import (
+    config_dtype,
     load_weights,
     read_backbone_config,
     read_pretrained,
     save_pretrained,
+    take_dtype,
+    warm_start_dtype,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec.core.registry import check_length, family_class
@@ -272,6 +275,7 @@ class EncoderDecoderModel(nnx.Module):
         reported; the model is returned in eval mode (with `{"encoder": report, "decoder":
         report}`, empty for a given side)."""
         rngs = default_rngs(rngs)
+        requested = take_dtype(kwargs)  # one dtype for both sides: core's `warm_start_dtype`
         enc_kwargs, dec_kwargs, rest = split_kwargs(kwargs)
         encoder, enc_report = _warm_side("encoder", encoder_pretrained_model_name_or_path,
                                          encoder_model, enc_kwargs, rngs)
@@ -281,6 +285,7 @@ class EncoderDecoderModel(nnx.Module):
                                                                    **rest)
         # built around the two backbones; with `tie_encoder_decoder` the encoder's values win
         model = cls(config=config, encoder=encoder, decoder=decoder, rngs=rngs)
+        params.cast(model, warm_start_dtype(config, requested))
         model.eval()
         reports = {"encoder": enc_report, "decoder": dec_report}
         return (model, reports) if output_loading_info else model
@@ -293,6 +298,7 @@ class EncoderDecoderModel(nnx.Module):
         Weights are allocated once, from the checkpoint: there is no random init to discard."""
         pre = read_pretrained(pretrained_model_name_or_path, **config_overrides)
         model = params.abstract(lambda: cls(config=pre.config), rngs)  # no random init
+        params.cast(model, pre.dtype)  # before loading: weights allocated once, in their dtype
         model.generation_config = pre.generation_config
         load_weights(model.table(), pre.directory, Dialect.NNX,
                      functools.partial(params.assign, model), strict=True)
@@ -304,7 +310,8 @@ class EncoderDecoderModel(nnx.Module):
                         max_shard_size: int | str = "5GB") -> os.PathLike:
         """Write config.json, generation_config.json and safetensors weights atomically."""
         return save_pretrained(save_directory, self.config, self.generation_config, Dialect.NNX,
-                               functools.partial(params.get, self), max_shard_size=max_shard_size)
+                               functools.partial(params.get, self), max_shard_size=max_shard_size,
+                               dtype=params.dtype_of(self))
 
 
 def _warm_side(side: str, path: str | os.PathLike | None, model: nnx.Module | None,
@@ -332,6 +339,7 @@ def _warm_side(side: str, path: str | os.PathLike | None, model: nnx.Module | No
         logger.info("encoder config had is_decoder/add_cross_attention set: turning them off")
         config.is_decoder = config.add_cross_attention = False
     module = (encoder_class if side == "encoder" else decoder_class)(config)(config, rngs=rngs)
+    params.cast(module, config_dtype(config))
     report = load_weights(module.table(), directory, Dialect.NNX,
                           functools.partial(params.assign, module), strict=False)
     text = report.summary(f"the {side} ({directory})")

@@ -23,7 +23,7 @@ from flax import nnx
 from encdec.core import modeling
 from encdec.core.checkpoint import CheckpointError
 from encdec.core.config import ModelConfig
-from encdec.core.modeling import load_backbone_weights, read_backbone_config
+from encdec.core.modeling import config_dtype, load_backbone_weights, read_backbone_config
 from encdec.core.registry import initializers
 from encdec.core.weights import Dialect, Table, leaf, leaf_rule, to_dialect
 
@@ -114,8 +114,41 @@ def init_params(module: nnx.Module, table: Table, config: ModelConfig,
 
 
 def get(module: nnx.Module, path: str) -> np.ndarray:
-    """The parameter at `path` as numpy."""
+    """The parameter at `path` as numpy (bfloat16 as `ml_dtypes.bfloat16`)."""
     return np.asarray(_variable(module, path)[...])
+
+
+def jax_dtype(name: str) -> jnp.dtype:
+    """The jax dtype of a canonical dtype name (`encdec.core.modeling.dtype_name`); float64
+    only where jax runs it (`jax_enable_x64`), else an error naming the backend."""
+    if name == "float64" and not jax.config.read("jax_enable_x64"):
+        raise ValueError("dtype='float64': the flax backend computes in float64 only with "
+                         "jax.config.update('jax_enable_x64', True)")
+    return jnp.dtype(name)
+
+
+def dtype_of(module: nnx.Module) -> str:
+    """The canonical name of the dtype `module`'s parameters are held in."""
+    for var in variables(module).values():
+        return jnp.dtype(var.dtype).name
+    return "float32"
+
+
+def cast(module: nnx.Module, name: str | None) -> None:
+    """Hold every parameter of `module` in dtype `name` (None: unchanged), abstract ones
+    (`abstract`) included, and compute in it: activations follow the parameters' dtype, and
+    embedding lookups (whose `dtype` is fixed at construction) are set to it."""
+    if name is None:
+        return
+    dtype = jax_dtype(name)
+    for var in variables(module).values():
+        value = var.get_value()
+        if value.dtype != dtype:
+            var.set_value(jax.ShapeDtypeStruct(value.shape, dtype)
+                          if isinstance(value, jax.ShapeDtypeStruct) else value.astype(dtype))
+    for _, m in nnx.iter_modules(module):
+        if isinstance(m, nnx.Embed):
+            m.dtype = m.param_dtype = dtype
 
 
 def abstract(build: Callable[[], nnx.Module], rngs: nnx.Rngs | None = None) -> nnx.Module:
@@ -146,6 +179,7 @@ def load_backbone(cls: type, path_or_id: str | os.PathLike, *, rngs: nnx.Rngs | 
     the checkpoint lacks keep their random init and are reported), returned in eval mode."""
     directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
     model = cls(config, rngs=rngs)
+    cast(model, config_dtype(config))
     report = load_backbone_weights(model.table(), directory, Dialect.NNX,
                                    functools.partial(assign, model), cls.__name__)
     model.eval()
@@ -158,4 +192,5 @@ def save_backbone(model: nnx.Module, directory: str | os.PathLike,
     reference's class name written to `architectures` (default: the model's class name)."""
     return modeling.save_backbone(directory, reference_class or type(model).__name__,
                                   model.config, model.table(), Dialect.NNX,
-                                  functools.partial(get, model), max_shard_size=max_shard_size)
+                                  functools.partial(get, model), max_shard_size=max_shard_size,
+                                  dtype=dtype_of(model))
