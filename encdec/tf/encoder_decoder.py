@@ -20,11 +20,14 @@ import tensorflow as tf
 from encdec.core import seq2seq, validation, weights
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 from encdec.core.modeling import (
+    config_dtype,
     load_weights,
     prepare_warm_start,
     read_backbone_config,
     read_pretrained,
     save_pretrained,
+    take_dtype,
+    warm_start_dtype,
     warm_start_weights,
 )
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
@@ -321,7 +324,7 @@ class EncoderDecoderModel(keras.Model):
                     **kwargs: Any) -> tuple[EncoderDecoderModel, dict[str, LoadReport]]:
         """Both sides from checkpoints, loaded into the composite."""
         config, enc_dir, dec_dir = prepare_warm_start(encoder_path, decoder_path, **kwargs)
-        with params.skip_init():
+        with params.skip_init(), params.dtype_policy(config_dtype(config)):
             model = cls(config=config)
         reports = warm_start_weights(config, enc_dir, dec_dir, Dialect.KERAS,
                                      functools.partial(params.assign, model))
@@ -338,7 +341,11 @@ class EncoderDecoderModel(keras.Model):
         """As the reference: a side not given is loaded as a backbone (the encoder without,
         the decoder with causal masking and cross-attention), then the composite is built
         around the two models."""
+        requested = take_dtype(kwargs)
         enc_kwargs, dec_kwargs, rest = seq2seq.split_kwargs(kwargs)
+        if requested is not None:  # `dtype=` loads both sides in it
+            enc_kwargs, dec_kwargs = {**enc_kwargs, "dtype": requested}, \
+                {**dec_kwargs, "dtype": requested}
         side_kwargs = {"encoder": {**enc_kwargs, "is_decoder": False, "add_cross_attention": False},
                        "decoder": {"is_decoder": True, "add_cross_attention": True, **dec_kwargs}}
         models, reports = {}, {}
@@ -353,7 +360,12 @@ class EncoderDecoderModel(keras.Model):
         check_decoder(models["decoder"])
         config = EncoderDecoderConfig.from_encoder_decoder_configs(
             models["encoder"].config, models["decoder"].config, **rest)
-        return cls(config=config, encoder=models["encoder"], decoder=models["decoder"]), reports
+        for side in ("encoder", "decoder"):  # a given model's dtype is the one it holds
+            if given[side] is not None:
+                getattr(config, side).extra["dtype"] = params.dtype_of(given[side])
+        with params.dtype_policy(warm_start_dtype(config, None)):
+            model = cls(config=config, encoder=models["encoder"], decoder=models["decoder"])
+        return model, reports
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
@@ -361,7 +373,8 @@ class EncoderDecoderModel(keras.Model):
         """Load a composite checkpoint in the one encdec format (the reference's PyTorch names;
         strict: every weight must be there)."""
         pre = read_pretrained(pretrained_model_name_or_path, **config_overrides)
-        with params.skip_init():  # strict: every weight is overwritten below
+        # strict: every weight is overwritten below; built in the dtype to load in
+        with params.skip_init(), params.dtype_policy(pre.dtype):
             model = cls(config=pre.config)
         model.generation_config = pre.generation_config
         load_weights(model.table(), pre.directory, Dialect.KERAS,
@@ -373,7 +386,7 @@ class EncoderDecoderModel(keras.Model):
         """Write config.json, generation_config.json and safetensors weights atomically."""
         return save_pretrained(save_directory, self.config, self.generation_config,
                                Dialect.KERAS, functools.partial(params.get, self),
-                               max_shard_size=max_shard_size)
+                               max_shard_size=max_shard_size, dtype=params.dtype_of(self))
 
 
 TFEncoderDecoderModel = EncoderDecoderModel  # the reference's TF class name

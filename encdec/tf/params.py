@@ -27,7 +27,7 @@ import tensorflow as tf
 from encdec.core import modeling
 from encdec.core.checkpoint import CheckpointError
 from encdec.core.config import ModelConfig
-from encdec.core.modeling import load_backbone_weights, read_backbone_config
+from encdec.core.modeling import config_dtype, load_backbone_weights, read_backbone_config
 from encdec.core.registry import architecture, initializers
 from encdec.core.weights import Dialect, Table, leaf, leaf_rule, to_dialect
 
@@ -94,8 +94,28 @@ def assign(module: keras.layers.Layer, path: str, array: np.ndarray) -> None:
 
 
 def get(module: keras.layers.Layer, path: str) -> np.ndarray:
-    """The variable at `path` as numpy."""
+    """The variable at `path` as numpy (bfloat16 as `ml_dtypes.bfloat16`)."""
     return _lookup(module, path).numpy()
+
+
+def dtype_of(model: keras.layers.Layer) -> str:
+    """The canonical name of the dtype `model`'s variables are held in."""
+    for var in variables(model).values():
+        return keras.backend.standardize_dtype(var.dtype)
+    return "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str | None) -> Iterator[None]:
+    """Layers built inside this block hold their variables and compute in dtype `name` (None:
+    unchanged): Keras' global dtype policy for the duration, restored afterwards."""
+    old = keras.config.dtype_policy()
+    if name is not None:
+        keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(old)
 
 
 def _lookup(model: keras.layers.Layer, path: str) -> keras.Variable:
@@ -211,7 +231,7 @@ def load_backbone(cls: type, path_or_id: str | os.PathLike, *,
     """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
     the checkpoint lacks keep their random init and are reported), in inference mode."""
     directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
-    with skip_init():
+    with skip_init(), dtype_policy(config_dtype(config)):
         model = cls(config)
     table = model.table()
     report = load_backbone_weights(table, directory, Dialect.KERAS,
@@ -228,4 +248,4 @@ def save_backbone(model: keras.Model, directory: str | os.PathLike,
     name = reference_class or type(model).__name__
     return modeling.save_backbone(directory, name, model.config, model.table(),
                                   Dialect.KERAS, functools.partial(get, model),
-                                  max_shard_size=max_shard_size)
+                                  max_shard_size=max_shard_size, dtype=dtype_of(model))
