@@ -7,9 +7,6 @@ generation-config handling."""
 from __future__ import annotations
 
 import functools
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,16 +208,3 @@ def test_model_generation_config_and_call_overrides(tmp_path):
     with pytest.raises(TypeError, match="unknown generation arguments"):
         _generate(reloaded, x, a, beams=2)
 
-
-# --- benchmark smoke test ------------------------------------------------------------------
-
-
-def test_benchmark_tiny_runs_and_matches_reference():
-    root = Path(__file__).resolve().parents[2]
-    r = subprocess.run([sys.executable, "benchmarks/generate.py", "--tiny", "--backends", "pt"],
-                       cwd=root, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows = [line for line in r.stdout.splitlines() if line.startswith("| pt |")]
-    assert len(rows) == 8, r.stdout  # 2 models x 2 batch sizes x (greedy, beams)
-    assert all(line.rstrip().endswith("| yes |") for line in rows), r.stdout  # same tokens
-    assert "matrix-vector bandwidth" in r.stdout and "floor" in r.stdout

@@ -1,0 +1,57 @@
+"""The benchmarks' smoke tests (`--tiny`, every backend, in a subprocess as a user runs them):
+they run, print a row per setting, and their correctness columns hold — generated tokens equal
+to transformers', the first training step's loss equal to transformers' within the benchmark's
+bound and the parameters after it close to the reference's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # TF and Flax compile every setting: minutes on 2 cores
+
+
+def run(script: str) -> str:
+    r = subprocess.run([sys.executable, f"benchmarks/{script}", "--tiny"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def rows(stdout: str) -> list[list[str]]:
+    """The table rows of the benchmark's markdown output, as lists of cells."""
+    return [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| backend")]
+
+
+def test_generate_benchmark_tiny():
+    out = run("generate.py")
+    assert "matrix-vector bandwidth" in out and "floor" in out
+    table = rows(out)
+    count = {b: sum(r[0] == b for r in table) for b in ("ref", "pt", "tf", "flax", "onnx")}
+    # 2 models x 2 batch sizes x (greedy, beams); onnx at batch 1 greedy only
+    assert count == dict(ref=8, pt=8, tf=8, flax=8, onnx=2), out
+    assert all(r[-1] == "yes" for r in table), out  # same tokens as the reference
+
+
+def test_train_benchmark_tiny():
+    out = run("train.py")
+    table = {r[0]: r for r in rows(out)}
+    assert sorted(table) == sorted(["ref", "pt", "tf-step", "tf-fit", "flax"]), out
+    header = next(line for line in out.splitlines() if line.startswith("| backend"))
+    col = {name.strip(): i for i, name in enumerate(header.strip().strip("|").split("|"))}
+    for backend, r in table.items():
+        assert float(r[col["ms/step"]]) > 0, out
+        assert r[col["same loss"]] == "yes", out
+        assert float(r[col["loss rel diff"]]) <= 1e-4, out
+        # after one step from the same weights, every parameter within 1% of a step (lr) of
+        # the reference's. Not tf-fit: Keras 3's Adam applied to the IndexedSlices gradients
+        # of the embedding lookups squares each repeated row separately (a step up to
+        # sqrt(repeats) too large); tf-step densifies them, Keras' own train_step does not.
+        if backend != "tf-fit":
+            assert float(r[col["in lr"]]) <= 0.01, out
