@@ -46,17 +46,22 @@ _KERAS_NNX_BUILDERS = {*BUILDERS,
 EXTRA_HELPERS = {
     "pt": {"attention.Conv1D",  # GPT-2's (in, out) weight as a module; Keras/NNX kernels are
            # (in, out) already
-           "params.constructing", "params.skip_init", "params.skipping_init"},  # torch builds
+           "params.constructing", "params.skip_init", "params.skipping_init",  # torch builds
            # modules with a random init; these skip it when weights are loaded
+           "params.torch_dtype",  # dtype name -> torch.dtype (Keras takes the name)
+           "params.default_dtype"},  # weights created in the dtype to load in (NNX: `cast`)
     "tf": {"params.variables",  # path -> keras.Variable (torch has named_parameters)
            "params.one_token",  # Keras creates variables on the first call
            "params.constructing", "params.skip_init", "params.skipping_init",  # as torch
+           "params.default_dtype",  # variables created in the dtype to load in, as torch
            "attention.Block",  # a Keras base layer taking our attention `mask` argument
            # without Keras' own mask propagation
            *_KERAS_NNX_BUILDERS},
     "flax": {"params.variables",  # path -> nnx.Variable
              "params.abstract",  # nnx.eval_shape construction before loading
              "params.check_assigned",  # ... and the check that loading filled every leaf
+             "params.cast", "params.jax_dtype",  # parameters cast after the abstract build
+             # (torch and Keras create them in the dtype: `default_dtype`)
              "attention.default_rngs",  # NNX modules need rngs to construct
              *_KERAS_NNX_BUILDERS},
 }

@@ -324,7 +324,7 @@ class EncoderDecoderModel(keras.Model):
                     **kwargs: Any) -> tuple[EncoderDecoderModel, dict[str, LoadReport]]:
         """Both sides from checkpoints, loaded into the composite."""
         config, enc_dir, dec_dir = prepare_warm_start(encoder_path, decoder_path, **kwargs)
-        with params.skip_init(), params.dtype_policy(config_dtype(config)):
+        with params.skip_init(), params.default_dtype(config_dtype(config)):
             model = cls(config=config)
         reports = warm_start_weights(config, enc_dir, dec_dir, Dialect.KERAS,
                                      functools.partial(params.assign, model))
@@ -363,7 +363,7 @@ class EncoderDecoderModel(keras.Model):
         for side in ("encoder", "decoder"):  # a given model's dtype is the one it holds
             if given[side] is not None:
                 getattr(config, side).extra["dtype"] = params.dtype_of(given[side])
-        with params.dtype_policy(warm_start_dtype(config, None)):
+        with params.default_dtype(warm_start_dtype(config, None)):
             model = cls(config=config, encoder=models["encoder"], decoder=models["decoder"])
         return model, reports
 
@@ -374,7 +374,7 @@ class EncoderDecoderModel(keras.Model):
         strict: every weight must be there)."""
         pre = read_pretrained(pretrained_model_name_or_path, **config_overrides)
         # strict: every weight is overwritten below; built in the dtype to load in
-        with params.skip_init(), params.dtype_policy(pre.dtype):
+        with params.skip_init(), params.default_dtype(pre.dtype):
             model = cls(config=pre.config)
         model.generation_config = pre.generation_config
         load_weights(model.table(), pre.directory, Dialect.KERAS,

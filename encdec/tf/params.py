@@ -98,24 +98,25 @@ def get(module: keras.layers.Layer, path: str) -> np.ndarray:
     return _lookup(module, path).numpy()
 
 
-def dtype_of(model: keras.layers.Layer) -> str:
-    """The canonical name of the dtype `model`'s variables are held in."""
-    for var in variables(model).values():
+def dtype_of(module: keras.layers.Layer) -> str:
+    """The canonical name of the dtype `module`'s variables are held in."""
+    for var in variables(module).values():
         return keras.backend.standardize_dtype(var.dtype)
     return "float32"
 
 
 @contextlib.contextmanager
-def dtype_policy(name: str | None) -> Iterator[None]:
+def default_dtype(name: str | None) -> Iterator[None]:
     """Layers built inside this block hold their variables and compute in dtype `name` (None:
-    unchanged): Keras' global dtype policy for the duration, restored afterwards."""
-    old = keras.config.dtype_policy()
+    unchanged): Keras' global dtype policy for the duration, restored afterwards (as torch's
+    default dtype in `encdec.pt.params.default_dtype`)."""
+    old = keras.config.default_dtype()
     if name is not None:
-        keras.config.set_dtype_policy(name)
+        keras.config.set_default_dtype(name)
     try:
         yield
     finally:
-        keras.config.set_dtype_policy(old)
+        keras.config.set_default_dtype(old)
 
 
 def _lookup(model: keras.layers.Layer, path: str) -> keras.Variable:
@@ -231,7 +232,7 @@ def load_backbone(cls: type, path_or_id: str | os.PathLike, *,
     """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
     the checkpoint lacks keep their random init and are reported), in inference mode."""
     directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
-    with skip_init(), dtype_policy(config_dtype(config)):
+    with skip_init(), default_dtype(config_dtype(config)):
         model = cls(config)
     table = model.table()
     report = load_backbone_weights(table, directory, Dialect.KERAS,
