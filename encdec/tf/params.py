@@ -110,7 +110,7 @@ def default_dtype(name: str | None) -> Iterator[None]:
     """Layers built inside this block hold their variables and compute in dtype `name` (None:
     unchanged): Keras' global dtype policy for the duration, restored afterwards (as torch's
     default dtype in `encdec.pt.params.default_dtype`)."""
-    old = keras.config.default_dtype()
+    old = keras.config.dtype_policy()
     if name is not None:
         keras.config.set_default_dtype(name)
     try:
