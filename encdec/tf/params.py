@@ -112,11 +112,11 @@ def default_dtype(name: str | None) -> Iterator[None]:
     default dtype in `encdec.pt.params.default_dtype`)."""
     old = keras.config.dtype_policy()
     if name is not None:
-        keras.config.set_default_dtype(name)
+        keras.config.set_dtype_policy(name)
     try:
         yield
     finally:
-        keras.config.set_default_dtype(old)
+        keras.config.set_dtype_policy(old)
 
 
 def _lookup(model: keras.layers.Layer, path: str) -> keras.Variable:
