@@ -152,6 +152,28 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | None, *, scale
     return out, probs if output_attentions else None
 
 
+def attend_cached(q: jax.Array, k_buf: jax.Array, v_buf: jax.Array, k: jax.Array, v: jax.Array,
+                  cache_index: int | jax.Array, mask: Mask, *, scale: float) -> jax.Array:
+    """`attend` over a static cache before it is written: the keys/values (B, h, L, d) of
+    `k_buf`/`v_buf` before `cache_index` and the T new ones `k`/`v` (B, h, T, d), which belong at
+    `cache_index` + arange(T), under `mask` (B|1, 1, T, L) of the written cache. One softmax over
+    both parts; the caller writes k/v into the buffers afterwards, so that the written buffers
+    are never read in the same step and a compiled loop updates them in place (reading them
+    back made XLA copy every cache buffer each step)."""
+    at = jnp.asarray(cache_index, jnp.int32)
+    T, L = q.shape[2], k_buf.shape[2]
+    bias = jnp.concatenate([  # (B|1, 1, T, L + T): the old positions, then the new ones
+        jnp.where(jnp.arange(L) < at, mask.bias, jnp.finfo(mask.bias.dtype).min),
+        jax.lax.dynamic_slice_in_dim(mask.bias, at, T, axis=-1)], axis=-1)
+    scores = jnp.concatenate([jnp.einsum("bhtd,bhsd->bhts", q, k_buf, precision=PRECISION),
+                              jnp.einsum("bhtd,bhsd->bhts", q, k, precision=PRECISION)], axis=-1)
+    probs = jax.nn.softmax((scores * scale + bias).astype(jnp.float32), axis=-1).astype(v.dtype)
+    if mask.keep is not None:
+        probs = probs * mask.keep
+    return (jnp.einsum("bhts,bhsd->bhtd", probs[..., :L], v_buf, precision=PRECISION)
+            + jnp.einsum("bhts,bhsd->bhtd", probs[..., L:], v, precision=PRECISION))
+
+
 class Attention(nnx.Module):
     """Multi-head attention, self or cross, building exactly the projections `names` lists
     (`query`/`key`/`value`, or a fused `c_attn` [+ `q_attn`]; an owned output projection
@@ -237,10 +259,11 @@ class Attention(nnx.Module):
         """Write the T new keys/values at `cache_index` of the (B, h, max_len, d) buffers and
         attend over all max_len positions under `mask` (B|1, 1, T, max_len)."""
         q, k, v = self.project_qkv(x)  # (B, h, T, d)
+        k, v = k.astype(k_buf.dtype), v.astype(v_buf.dtype)
+        ctx = attend_cached(q, k_buf, v_buf, k, v, cache_index, mask, scale=self.scale)
         at = (0, 0, jnp.asarray(cache_index, jnp.int32), 0)
-        k_buf = jax.lax.dynamic_update_slice(k_buf, k.astype(k_buf.dtype), at)
-        v_buf = jax.lax.dynamic_update_slice(v_buf, v.astype(v_buf.dtype), at)
-        ctx, _ = attend(q, k_buf, v_buf, mask, scale=self.scale)
+        k_buf = jax.lax.dynamic_update_slice(k_buf, k, at)
+        v_buf = jax.lax.dynamic_update_slice(v_buf, v, at)
         return self._out(ctx), k_buf, v_buf
 
     def step_cross(self, x: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | None) -> jax.Array:

@@ -7,11 +7,16 @@ resolves the call, the processors below are the jnp versions of its numpy ones, 
 step is its `beam_step` written with jnp / lax ops. Token ids equal the reference's on the same
 weights; beam search also works without an eos id (the reference's Flax one crashes there).
 
-The program is an `nnx.jit` function of the model (its weights are an argument, so one trace
-serves every model of the same architecture), bound to each model with `nnx.cached_partial` so
-that a call does not walk the model's graph again. Static shapes: the source length is padded
-up to a bucket (`bucket_length`, the padding masked out) and the decoder runs on buffers of
-`max_length`. Programs are cached per (plan, batch, bucket).
+The program is a `jax.jit` function of the model's arrays: each call flattens the model as a
+pytree (its current weights, so an optimizer step is seen by the next call) and the program
+rebuilds it from the pytree structure, so one trace serves every model of the same
+architecture and config. Static shapes: the source length is padded up to a bucket
+(`bucket_length`, the padding masked out) and the decoder runs on buffers of `max_length`.
+Programs are cached per (plan, batch, bucket, model structure).
+
+On CPU the program is compiled with XLA's region-based copy insertion
+(`COMPILER_OPTIONS`): the self-attention caches in the loop carry are then updated in place
+instead of being copied every step (`attention.attend_cached` reads them before the write).
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import collections
 import dataclasses
 import functools
 import random
-import weakref
 from typing import Any
 
 import jax
@@ -34,8 +38,10 @@ from encdec.core.registry import max_positions
 from encdec.core.validation import check_generate
 
 TRACES: collections.Counter[str] = collections.Counter()  # strategy name -> times traced
-_PROGRAMS: dict[Any, Any] = {}  # (plan, shapes) -> nnx.jit function, shared by all models
-_BOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: cached_partial}
+_PROGRAMS: dict[Any, Any] = {}  # (plan, shapes, model pytree structure) -> jax.jit function
+# XLA options of the generation programs, per backend (the library's own programs only)
+COMPILER_OPTIONS: dict[str, dict[str, Any]] = {
+    "cpu": {"xla_cpu_copy_insertion_use_region_analysis": True}}
 
 
 def generate(model: nnx.Module, input_ids: Any, attention_mask: Any = None, *,
@@ -56,19 +62,18 @@ def generate(model: nnx.Module, input_ids: Any, attention_mask: Any = None, *,
     limit = max_positions(model.config.encoder)
     ids, mask = gen.pad_to_bucket(ids, mask, gen.bucket_length(ids.shape[1], limit),
                                   p.pad_token_id or 0)
-    key = (gen.static_key(p), ids.shape)
+    weights, structure = jax.tree.flatten(model)  # the current weights, read at every call
+    key = (gen.static_key(p), ids.shape, structure)
     if key not in _PROGRAMS:
-        _PROGRAMS[key] = nnx.jit(functools.partial(_run, key[0]))
-    bound = _BOUND.setdefault(model, {})
-    if key not in bound:  # the model's graph traversal, cached (its weights stay live)
-        bound[key] = nnx.cached_partial(_PROGRAMS[key], model)
+        _PROGRAMS[key] = jax.jit(functools.partial(_pure, key[0], structure),
+                                 compiler_options=COMPILER_OPTIONS.get(jax.default_backend()))
     if rngs is not None:
         rng = rngs.sample()
     else:
         if seed is None:
             seed = random.SystemRandom().randrange(2**31) if p.do_sample else 0
         rng = jax.random.key(seed)
-    out = bound[key](jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), rng)
+    out = _PROGRAMS[key](weights, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), rng)
     return gen.finish(p, jax.device_get(out), jnp.asarray)
 
 
@@ -184,6 +189,12 @@ def _gumbel(rng: jax.Array, step: jax.Array, shape: tuple[int, ...]) -> jax.Arra
 
 
 # --- the compiled program ----------------------------------------------------------------------
+
+def _pure(p: gen.GenerationPlan, structure: Any, weights: list[jax.Array], ids: jax.Array,
+          mask: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
+    """`_run` on the model rebuilt from its flattened weights."""
+    return _run(p, jax.tree.unflatten(structure, weights), ids, mask, rng)
+
 
 def _run(p: gen.GenerationPlan, model: nnx.Module, ids: jax.Array, mask: jax.Array,
          rng: jax.Array) -> dict[str, jax.Array]:

@@ -131,3 +131,37 @@ def test_decode_step_with_decoder_padding_mask(reference_dir):
     model.train()  # the contract runs in inference mode regardless
     logits, _ = model.decode_step(ids[:, -1:], cache, ids.shape[1] - 1, b["attention_mask"], dmask)
     assert max_diff(steps[-1], logits) < TOL
+
+
+def test_generate_follows_an_optax_update(reference_dir, tmp_path):
+    """`generate` after `nnx.Optimizer.update` (in a jitted train step) decodes with the updated
+    weights, not ones captured by the compiled program of an earlier call: its tokens equal
+    those of a fresh model loaded from the updated weights, and differ from the old ones."""
+    import optax
+
+    model = EncoderDecoderModel.from_pretrained(reference_dir("bert2bert"))
+    b = make_batch(seed=8)
+    kw = dict(max_new_tokens=6, min_new_tokens=6)
+    greedy_before = np.asarray(model.generate(b["input_ids"], b["attention_mask"], **kw))
+    beams_before = np.asarray(model.generate(b["input_ids"], b["attention_mask"], num_beams=2,
+                                             **kw))
+    optimizer = nnx.Optimizer(model, optax.adamw(0.05), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, batch):
+        grads = nnx.grad(lambda m: m(**batch).loss)(model)
+        optimizer.update(model, grads)
+
+    train_step(model, optimizer, {k: jnp.asarray(b[k]) for k in
+                                  ("input_ids", "attention_mask", "decoder_input_ids", "labels")})
+    model.eval()
+    greedy = np.asarray(model.generate(b["input_ids"], b["attention_mask"], **kw))
+    beams = np.asarray(model.generate(b["input_ids"], b["attention_mask"], num_beams=2, **kw))
+    model.save_pretrained(tmp_path)
+    fresh = EncoderDecoderModel.from_pretrained(tmp_path)
+    np.testing.assert_array_equal(
+        greedy, np.asarray(fresh.generate(b["input_ids"], b["attention_mask"], **kw)))
+    np.testing.assert_array_equal(beams, np.asarray(
+        fresh.generate(b["input_ids"], b["attention_mask"], num_beams=2, **kw)))
+    assert not np.array_equal(greedy, greedy_before)
+    assert not np.array_equal(beams, beams_before)
