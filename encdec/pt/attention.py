@@ -8,7 +8,10 @@ and-ed with the causal mask, and a query row with no visible key outputs zeros (
 reference's boolean SDPA mask gives). Masks are additive with fill `finfo(dtype).min`.
 
 Two caches: the reference's legacy tuple `(k, v)` grown by concatenation (public forward), and
-the fixed-size static cache of the decoding contract (`step_self` / `step_cross`).
+the fixed-size static cache of the decoding contract (`step_self` / `step_cross`). Decoding
+projects q|k|v with one matmul (BERT's and BART's three weights concatenated once into a
+`_Derived` copy, rebuilt when a weight is replaced or changed in place) and, for one new token
+at a Python-int position, attends over the filled prefix of the buffers without a mask.
 """
 
 from __future__ import annotations
@@ -53,6 +56,30 @@ class Conv1D(nn.Module):
         return out.view(*x.shape[:-1], -1)
 
 
+class _Derived:
+    """A tensor derived from others (fused decoding weights, a padding mask), rebuilt when any
+    source is replaced, moved (`.to`, `.data = ...`) or changed in place (an optimizer step,
+    `load_state_dict`): keyed on the sources' identity, version counter and storage. Inference
+    tensors have no version counter: the value is then built on every call, never cached."""
+
+    __slots__ = ("key", "sources", "value")
+
+    def __init__(self):
+        self.key, self.sources, self.value = None, (), None
+
+    def get(self, sources: tuple[Tensor, ...], build: Callable[[], object], extra=()) -> object:
+        try:
+            key = (*((t._version, t.data_ptr()) for t in sources), *extra)
+        except RuntimeError:  # an inference tensor: no version counter to key on
+            return build()
+        if key != self.key or len(sources) != len(self.sources) \
+                or any(a is not b for a, b in zip(sources, self.sources, strict=True)):
+            with torch.inference_mode(False), torch.no_grad():
+                self.value = build()
+            self.key, self.sources = key, sources
+        return self.value
+
+
 # --- masks --------------------------------------------------------------------------------
 
 class Mask(NamedTuple):
@@ -86,6 +113,38 @@ def padding_mask(padding: Tensor | None, dtype: torch.dtype) -> Mask | None:
     if padding is None:
         return None
     return make_mask(padding.bool()[:, None, None, :], dtype, may_be_empty=True)
+
+
+def _step_mask(batch: int, q_len: int, cache_index: int | Tensor, max_len: int,
+               dtype: torch.dtype, padding: Tensor | None, device: torch.device) -> Mask | None:
+    """The self-attention mask of a static-cache step: None for one token at a Python-int
+    index without padding (`Attention.step_self` then attends over the filled prefix), else
+    `causal_mask` over the max_len buffer positions."""
+    if q_len == 1 and isinstance(cache_index, int) and padding is None:
+        return None
+    return causal_mask(batch, q_len, cache_index, max_len, dtype, padding, device)
+
+
+def _decoding_padding_mask(memo: _Derived, padding: Tensor | None, dtype: torch.dtype
+                          ) -> Mask | None:
+    """`padding_mask` for the cross-attention of every decoding step, built once per mask
+    tensor (`memo`): None when nothing is padded (adding a zero bias changes nothing), no
+    `keep` when every row sees a key (one host check per mask, not per step)."""
+    if padding is None:
+        return None
+
+    def build() -> Mask | None:
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return padding_mask(padding, dtype)
+        allowed = padding.bool()
+        if bool(allowed.all()):
+            return None
+        mask = padding_mask(padding, dtype)
+        return mask._replace(keep=None) if bool(allowed.any(-1).all()) else mask
+
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return padding_mask(padding, dtype)
+    return memo.get((padding,), build, extra=(dtype,))
 
 
 # --- attention ----------------------------------------------------------------------------
@@ -122,6 +181,7 @@ class Attention(nn.Module):
         self.hidden_size = hidden_size
         self.scale = self.head_dim ** -0.5 if scale is None else scale
         self.dropout = dropout
+        self._qkv = _Derived()  # decoding's fused q|k|v weight and bias (not a parameter)
         layer = Conv1D if names.conv1d else nn.Linear
         h = hidden_size
         if names.fused:  # q|k|v, or k|v when the queries have their own projection
@@ -157,6 +217,18 @@ class Attention(nn.Module):
             return self._split(x)  # GPT-2's fused projection
         return (self.project_q(x), *self.project_kv(x))
 
+    def _qkv_weights(self) -> tuple[Tensor, Tensor]:
+        """Decoding's q|k|v projection as one (hidden, 3 hidden) weight and its bias: GPT-2's
+        `c_attn` itself, else the three Linears' weights concatenated once (a `_Derived`)."""
+        n = self.names
+        if n.fused:
+            fused = getattr(self, n.fused)
+            return fused.weight, fused.bias
+        mods = [getattr(self, name) for name in (n.query, n.key, n.value)]
+        sources = (*(m.weight for m in mods), *(m.bias for m in mods))
+        return self._qkv.get(sources, lambda: (torch.cat([m.weight for m in mods]).t().contiguous(),
+                                               torch.cat([m.bias for m in mods])))
+
     def _out(self, ctx: Tensor) -> Tensor:  # (B, h, T, d) -> (B, T, hidden)
         out = ctx.transpose(1, 2).reshape(ctx.shape[0], ctx.shape[2], self.hidden_size)
         if self.names.out:
@@ -188,13 +260,26 @@ class Attention(nn.Module):
     # --- static cache (decoding contract) ------------------------------------------------
 
     def step_self(self, x: Tensor, k_buf: Tensor, v_buf: Tensor, cache_index: int | Tensor,
-                  mask: Mask) -> tuple[Tensor, Tensor, Tensor]:
+                  mask: Mask | None) -> tuple[Tensor, Tensor, Tensor]:
         """Write the T new keys/values at `cache_index` of the (B, h, max_len, d) buffers (in
-        place) and attend over all max_len positions under `mask` (B|1, 1, T, max_len)."""
-        q, k, v = self.project_qkv(x)  # (B, h, T, d)
-        pos = torch.arange(x.shape[1], device=x.device) + cache_index  # (T,)
-        k_buf.index_copy_(2, pos, k.to(k_buf.dtype))
-        v_buf.index_copy_(2, pos, v.to(v_buf.dtype))
+        place) and attend over all max_len positions under `mask` (B|1, 1, T, max_len); with
+        `mask` None (one token, a Python-int index) over the filled prefix, unmasked."""
+        B, T, _ = x.shape
+        w, b = self._qkv_weights()
+        qkv = torch.addmm(b, x.reshape(B * T, -1), w)  # (B*T, 3 hidden): one matmul
+        q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if isinstance(cache_index, int):  # slice writes (a tensor index: index_copy_, traced)
+            end = cache_index + T
+            k_buf[:, :, cache_index:end] = k
+            v_buf[:, :, cache_index:end] = v
+            if mask is None:
+                ctx = F.scaled_dot_product_attention(q, k_buf[:, :, :end], v_buf[:, :, :end],
+                                                     scale=self.scale)
+                return self._out(ctx), k_buf, v_buf
+        else:
+            pos = torch.arange(T, device=x.device) + cache_index  # (T,)
+            k_buf.index_copy_(2, pos, k.to(k_buf.dtype))
+            v_buf.index_copy_(2, pos, v.to(v_buf.dtype))
         ctx, _ = attend(q, k_buf, v_buf, mask, scale=self.scale)
         return self._out(ctx), k_buf, v_buf
 
@@ -205,6 +290,8 @@ class Attention(nn.Module):
         B, h, T, d = q.shape
         be = k.shape[0]
         beams = B // be
+        if beams == 1:
+            return self._out(attend(q, k, v, mask, scale=self.scale)[0])
         q = q.view(be, beams, h, T, d).transpose(1, 2).reshape(be, h, beams * T, d)
         ctx, _ = attend(q, k, v, mask, scale=self.scale)  # (Be, h, beams*T, d)
         ctx = ctx.view(be, h, beams, T, d).transpose(1, 2).reshape(B, h, T, d)

@@ -37,7 +37,16 @@ from encdec.core.registry import (
 )
 
 from . import params
-from .attention import ACTIVATIONS, Attention, Mask, causal_mask, padding_mask
+from .attention import (
+    ACTIVATIONS,
+    Attention,
+    Mask,
+    _decoding_padding_mask,
+    _Derived,
+    _step_mask,
+    causal_mask,
+    padding_mask,
+)
 from .bert import Past
 
 
@@ -125,6 +134,7 @@ class BartDecoder(nn.Module):
         self.offset = position_offset(config)
         self.layerdrop = config.decoder_layerdrop
         self.gradient_checkpointing = False
+        self._cross_mask = _Derived()  # decoding steps' cross-attention mask, built once
         with params.constructing() as c:
             self.embed_tokens = nn.Embedding(config.lm_vocab_size, h)
             self.embed_positions = nn.Embedding(config.max_position_embeddings + self.offset, h)
@@ -228,9 +238,9 @@ class BartDecoder(nn.Module):
         if isinstance(cache_index, int):  # a tensor index: the cache's size was checked
             check_length(self.config, "input_ids", T, cache_index)
         x = self.embed(input_ids, None, None, cache_index)
-        mask = causal_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask,
-                           input_ids.device)
-        cross_mask = padding_mask(encoder_attention_mask, x.dtype)
+        mask = _step_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask,
+                          input_ids.device)
+        cross_mask = _decoding_padding_mask(self._cross_mask, encoder_attention_mask, x.dtype)
         new = []
         for layer, layer_cache in zip(self.layers, cache, strict=True):
             x, layer_cache = layer.step(x, layer_cache, cache_index, mask, cross_mask)

@@ -24,7 +24,16 @@ from encdec.core.outputs import BaseModelOutput, CausalLMOutput
 from encdec.core.registry import BERT_ATTENTION, Positions, architecture, check_length
 
 from . import params
-from .attention import ACTIVATIONS, Attention, Mask, causal_mask, padding_mask
+from .attention import (
+    ACTIVATIONS,
+    Attention,
+    Mask,
+    _decoding_padding_mask,
+    _Derived,
+    _step_mask,
+    causal_mask,
+    padding_mask,
+)
 
 Past = tuple[Tensor, ...]  # (self_k, self_v[, cross_k, cross_v]), each (B, h, T, d)
 
@@ -175,6 +184,7 @@ class BertModel(nn.Module):
         self.add_pooling_layer = arch.has_pooler if add_pooling_layer is None \
             else add_pooling_layer
         self.gradient_checkpointing = False
+        self._cross_mask = _Derived()  # decoding steps' cross-attention mask, built once
         e = _embedding_width(config)
         with params.constructing() as c:
             self.embeddings = BertEmbeddings(config)
@@ -267,9 +277,9 @@ class BertModel(nn.Module):
         if isinstance(cache_index, int):  # a tensor index: the cache's size was checked
             check_length(self.config, "input_ids", T, cache_index)
         x = self.embed(input_ids, None, None, None, cache_index)
-        mask = causal_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask,
-                           input_ids.device)
-        cross_mask = padding_mask(encoder_attention_mask, x.dtype)
+        mask = _step_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask,
+                          input_ids.device)
+        cross_mask = _decoding_padding_mask(self._cross_mask, encoder_attention_mask, x.dtype)
         new = []
         for layer, layer_cache in zip(self.encoder.layer, cache, strict=True):
             x, layer_cache = layer.step(x, layer_cache, cache_index, mask, cross_mask)

@@ -24,7 +24,17 @@ from encdec.core.registry import (
 )
 
 from . import params
-from .attention import ACTIVATIONS, Attention, Conv1D, Mask, causal_mask, padding_mask
+from .attention import (
+    ACTIVATIONS,
+    Attention,
+    Conv1D,
+    Mask,
+    _decoding_padding_mask,
+    _Derived,
+    _step_mask,
+    causal_mask,
+    padding_mask,
+)
 from .bert import Past, causal_lm_loss
 
 
@@ -95,6 +105,7 @@ class GPT2Model(nn.Module):
         config.check_supported()
         self.config = config
         self.gradient_checkpointing = False
+        self._cross_mask = _Derived()  # decoding steps' cross-attention mask, built once
         with params.constructing() as c:
             self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
             self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
@@ -176,9 +187,9 @@ class GPT2Model(nn.Module):
             check_length(self.config, "input_ids", T, cache_index)
         position_ids = (torch.arange(T, device=input_ids.device) + cache_index)[None]
         x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, H)
-        mask = causal_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask,
-                           input_ids.device)
-        cross_mask = padding_mask(encoder_attention_mask, x.dtype)
+        mask = _step_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask,
+                          input_ids.device)
+        cross_mask = _decoding_padding_mask(self._cross_mask, encoder_attention_mask, x.dtype)
         new = []
         for block, layer_cache in zip(self.h, cache, strict=True):
             x, layer_cache = block.step(x, layer_cache, cache_index, mask, cross_mask)
