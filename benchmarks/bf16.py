@@ -135,8 +135,12 @@ def bench(name: str, backends: list[str], tiny: bool, repeats: int) -> list[dict
             t = {n: timed({dt: (lambda r=r, n=n, ids=ids: r.generate(ids, n))
                            for dt, r in runners.items()}, repeats) for n in (new, 1)}
             ms = {dt: max(t[new][dt] - t[1][dt], 1e-9) / (new - 1) * 1e3 for dt in DTYPES}
-            rows.append(dict(model=name, backend=backend, rel=rel, diverge=diverge, new=new,
-                             ms32=ms["float32"], ms16=ms["bfloat16"]))
+            r = dict(model=name, backend=backend, rel=rel, diverge=diverge, new=new,
+                     ms32=ms["float32"], ms16=ms["bfloat16"])
+            rows.append(r)
+            print(f"| {r['model']} | {r['backend']} | {r['rel']:.2e} | {r['diverge']} of "
+                  f"{r['new']} | {r['ms32']:.1f} | {r['ms16']:.1f} | "
+                  f"{r['ms32'] / r['ms16']:.2f} |", flush=True)  # as measured
             del runners
             gc.collect()
     return rows
@@ -216,13 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.set_verbosity_error()
     print(f"# encdec bfloat16 vs float32: {cpu_name()}, {os.cpu_count()} CPU cores, torch "
           f"{torch.__version__} ({torch.get_num_threads()} threads); batch 1, greedy")
-    rows = [r for name in models for r in bench(name, backends, args.tiny, repeats)]
     print("\n| model | backend | rel Δlogits | diverge | ms/token fp32 | ms/token bf16 "
           "| fp32 / bf16 |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['backend']} | {r['rel']:.2e} | {r['diverge']} of "
-              f"{r['new']} | {r['ms32']:.1f} | {r['ms16']:.1f} | {r['ms32'] / r['ms16']:.2f} |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    for name in models:
+        bench(name, backends, args.tiny, repeats)
     print("\nOne input row x 40 bert-base matrices (effective GB/s of weight bytes):\n")
     print("| kernel | fp32 GB/s | bf16 GB/s | fp32 time / bf16 time |")
     print("|---|---|---|---|")
