@@ -35,6 +35,7 @@ from .attention import (
     ACTIVATIONS,
     Attention,
     Block,
+    LMDecoder,
     Mask,
     causal_mask,
     cross_entropy,
@@ -292,7 +293,7 @@ class BartForCausalLM(keras.Model):
         """(B, T, H) -> (B, T, V)."""
         if self.lm_head is not None:
             return self.lm_head(hidden)
-        return tf.einsum("bth,vh->btv", hidden, self.get_input_embeddings().embeddings)
+        return LMDecoder.tied_logits(hidden, self.get_input_embeddings().embeddings)
 
     def call(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
              encoder_hidden_states=None, encoder_attention_mask=None, labels=None,

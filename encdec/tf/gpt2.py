@@ -30,6 +30,7 @@ from .attention import (
     ACTIVATIONS,
     Attention,
     Block,
+    LMDecoder,
     Mask,
     causal_mask,
     dense,
@@ -248,7 +249,7 @@ class GPT2LMHeadModel(keras.Model):
         """(B, T, H) -> (B, T, V)."""
         if self.lm_head is not None:
             return self.lm_head(hidden)
-        return tf.einsum("bth,vh->btv", hidden, self.transformer.wte.embeddings)
+        return LMDecoder.tied_logits(hidden, self.transformer.wte.embeddings)
 
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
              inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
