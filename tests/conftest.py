@@ -129,7 +129,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
         "test_against_reference_fixture_logits[[]camembert*", "*[[]distilbert2bert-*",
         "*[[]electra2electra-*", "*[[]electra2roberta-*", "*[[]roberta2roberta-*",
         "*[[]xlm-roberta2xlm-roberta-*", "*[[]bert2gpt2-*",
-        "test_against_reference_fixture_logits[[]bert2bart-tf]",
         "test_against_reference_fixture_logits[[]bert2bart-flax]",
     ),
     # every item of the reference's API in every backend: tests/parity/test_migration.py
