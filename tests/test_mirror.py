@@ -31,6 +31,8 @@ EXTRA_METHODS = {
         "EncoderDecoderModel": {"gradient_checkpointing_enable",
                                 "gradient_checkpointing_disable"}},
     "tf": {"EncoderDecoderModel": {"compute_loss"},  # Keras' `fit` asks for the loss here
+           # a tied head as a 2-D matmul: XLA CPU copied the table transposed per einsum call
+           "LMDecoder": {"tied_logits"},
            "*": {"compute_mask"}},  # Keras' mask propagation hook (returns None: no masking)
     "flax": {},
 }
@@ -56,6 +58,8 @@ EXTRA_HELPERS = {
            "params.default_dtype",  # variables created in the dtype to load in, as torch
            "attention.Block",  # a Keras base layer taking our attention `mask` argument
            # without Keras' own mask propagation
+           "attention.attend_cached",  # XLA loops read the static cache before writing it,
+           # so the compiled loop updates it in place (pt's eager loop writes in place)
            *_KERAS_NNX_BUILDERS},
     "flax": {"params.variables",  # path -> nnx.Variable
              "params.abstract",  # nnx.eval_shape construction before loading
@@ -63,6 +67,7 @@ EXTRA_HELPERS = {
              "params.cast", "params.jax_dtype",  # parameters cast after the abstract build
              # (torch and Keras create them in the dtype: `default_dtype`)
              "attention.default_rngs",  # NNX modules need rngs to construct
+             "attention.attend_cached",  # as tf's (compared with it)
              *_KERAS_NNX_BUILDERS},
 }
 
