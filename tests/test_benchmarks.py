@@ -55,3 +55,17 @@ def test_train_benchmark_tiny():
         # sqrt(repeats) too large); tf-step densifies them, Keras' own train_step does not.
         if backend != "tf-fit":
             assert float(r[col["in lr"]]) <= 0.01, out
+
+
+def test_bf16_benchmark_tiny():
+    from tests.tolerances import BF16_LOGITS
+
+    out = run("bf16.py")
+    table = [r for r in rows(out) if r[0] not in ("model", "kernel")]
+    models = [r for r in table if r[0] in ("bert2bert", "bert2gpt2")]
+    assert sorted((r[0], r[1]) for r in models) == sorted(
+        (m, b) for m in ("bert2bert", "bert2gpt2") for b in ("pt", "tf", "flax")), out
+    for r in models:  # bf16 differs from fp32, within the tests' bound
+        assert 0 < float(r[2]) <= BF16_LOGITS, out
+    kernels = {r[0] for r in table} - {"bert2bert", "bert2gpt2"}
+    assert kernels == {"torch F.linear", "tf.matmul (XLA)", "jnp.dot (XLA)"}, out
