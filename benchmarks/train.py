@@ -138,12 +138,8 @@ def keras_adamw():
 
 class TFStepTrainer(TorchTrainer):
     """tf-step: one XLA-compiled tf.function: GradientTape, keras AdamW.apply_gradients.
-
-    The gradients of embedding lookups (tf.IndexedSlices, one slice per looked-up id) are made
-    dense first, as torch's and optax's are: Keras 3's Adam squares each slice on its own, so
-    a row looked up n times gets v = sum(g_i^2) instead of (sum g_i)^2, a step up to sqrt(n)
-    times too large (token_type_embeddings: every token looks up row 0). tf-fit runs Keras'
-    own train_step and shows that difference in its `params` column."""
+    (encdec's embeddings give dense gradients, as torch's do, so Keras' Adam steps them as the
+    reference's optimizer does; `encdec.tf.attention.Embedding`.)"""
 
     def __init__(self, model):
         import tensorflow as tf
@@ -156,8 +152,7 @@ class TFStepTrainer(TorchTrainer):
         def step(batch):
             with tf.GradientTape() as tape:
                 loss = model(**batch, training=True).loss
-            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-                     for g in tape.gradient(loss, variables)]
+            grads = tape.gradient(loss, variables)
             self.opt.apply_gradients(zip(grads, variables, strict=True))
             return loss
 

@@ -60,6 +60,8 @@ EXTRA_HELPERS = {
            # without Keras' own mask propagation
            "attention.attend_cached",  # XLA loops read the static cache before writing it,
            # so the compiled loop updates it in place (pt's eager loop writes in place)
+           "attention.Embedding",  # Keras' Embedding with a dense table gradient, as torch's
+           # and JAX's (TF's own is IndexedSlices, which Keras' Adam steps differently)
            *_KERAS_NNX_BUILDERS},
     "flax": {"params.variables",  # path -> nnx.Variable
              "params.abstract",  # nnx.eval_shape construction before loading

@@ -65,3 +65,32 @@ def test_step_cross_groups_beams_without_repeating_kv(names):
     rep = tf.repeat(states, 3, axis=0)
     full, _, _ = attn(x, padding_mask(tf.repeat(enc_mask, 3, axis=0), tf.float32), states=rep)
     assert max_diff(full, grouped) < 1e-6
+
+
+def test_embedding_gradient_is_dense_and_adam_steps_it_as_torch():
+    """A row looked up n times gets one dense gradient (the sum), so Adam moves it by lr, as
+    torch's embedding + AdamW does; TF's IndexedSlices would have moved it up to sqrt(n) lr."""
+    import keras
+    import tensorflow as tf
+    import torch
+
+    from encdec.tf.attention import embed
+
+    table = np.arange(15, dtype=np.float32).reshape(5, 3) / 10
+    ids, weights = [[0, 0, 0, 0, 2]], np.array([1.0, -2.0, 3.0], np.float32)
+    layer = embed(5, 3, "e")
+    layer.build((None,))
+    layer.embeddings.assign(table)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(tf.constant(ids)) * weights)
+    (grad,) = tape.gradient(loss, layer.trainable_variables)
+    assert isinstance(grad, tf.Tensor) and not isinstance(grad, tf.IndexedSlices)
+    keras.optimizers.Adam(0.1, epsilon=1e-8).apply([grad], layer.trainable_variables)
+
+    ref = torch.nn.Embedding(5, 3)
+    ref.weight.data = torch.from_numpy(table.copy())
+    opt = torch.optim.Adam(ref.parameters(), lr=0.1, eps=1e-8)
+    (ref(torch.tensor(ids)) * torch.from_numpy(weights)).sum().backward()
+    np.testing.assert_allclose(grad.numpy(), ref.weight.grad.numpy(), rtol=0, atol=0)
+    opt.step()
+    np.testing.assert_allclose(layer.embeddings.numpy(), ref.weight.detach().numpy(), atol=1e-6)
