@@ -115,36 +115,34 @@ def padding_mask(padding: Tensor | None, dtype: torch.dtype) -> Mask | None:
     return make_mask(padding.bool()[:, None, None, :], dtype, may_be_empty=True)
 
 
-def _step_mask(batch: int, q_len: int, cache_index: int | Tensor, max_len: int,
-               dtype: torch.dtype, padding: Tensor | None, device: torch.device) -> Mask | None:
-    """The self-attention mask of a static-cache step: None for one token at a Python-int
-    index without padding (`Attention.step_self` then attends over the filled prefix), else
-    `causal_mask` over the max_len buffer positions."""
-    if q_len == 1 and isinstance(cache_index, int) and padding is None:
-        return None
-    return causal_mask(batch, q_len, cache_index, max_len, dtype, padding, device)
+def _step_masks(memo: _Derived, batch: int, q_len: int, cache_index: int | Tensor, max_len: int,
+                dtype: torch.dtype, decoder_padding: Tensor | None,
+                encoder_padding: Tensor | None, device: torch.device
+                ) -> tuple[Mask | None, Mask | None]:
+    """The self- and cross-attention masks of a static-cache decoding step, for every family.
 
-
-def _decoding_padding_mask(memo: _Derived, padding: Tensor | None, dtype: torch.dtype
-                          ) -> Mask | None:
-    """`padding_mask` for the cross-attention of every decoding step, built once per mask
-    tensor (`memo`): None when nothing is padded (adding a zero bias changes nothing), no
-    `keep` when every row sees a key (one host check per mask, not per step)."""
-    if padding is None:
-        return None
+    Self: None for one token at a Python-int index without padding (`Attention.step_self` then
+    attends over the filled prefix), else `causal_mask` over the max_len buffer positions.
+    Cross: `padding_mask`, built once per mask tensor (`memo`): None when nothing is padded
+    (adding a zero bias changes nothing), no `keep` when every row sees a key (one host check
+    per mask, not per step); rebuilt every call under tracing / torch.compile."""
+    if q_len == 1 and isinstance(cache_index, int) and decoder_padding is None:
+        self_mask = None
+    else:
+        self_mask = causal_mask(batch, q_len, cache_index, max_len, dtype, decoder_padding, device)
+    if encoder_padding is None:
+        return self_mask, None
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return self_mask, padding_mask(encoder_padding, dtype)
 
     def build() -> Mask | None:
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return padding_mask(padding, dtype)
-        allowed = padding.bool()
+        allowed = encoder_padding.bool()
         if bool(allowed.all()):
             return None
-        mask = padding_mask(padding, dtype)
+        mask = padding_mask(encoder_padding, dtype)
         return mask._replace(keep=None) if bool(allowed.any(-1).all()) else mask
 
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return padding_mask(padding, dtype)
-    return memo.get((padding,), build, extra=(dtype,))
+    return self_mask, memo.get((encoder_padding,), build, extra=(dtype,))
 
 
 # --- attention ----------------------------------------------------------------------------

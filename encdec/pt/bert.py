@@ -28,9 +28,8 @@ from .attention import (
     ACTIVATIONS,
     Attention,
     Mask,
-    _decoding_padding_mask,
     _Derived,
-    _step_mask,
+    _step_masks,
     causal_mask,
     padding_mask,
 )
@@ -277,9 +276,9 @@ class BertModel(nn.Module):
         if isinstance(cache_index, int):  # a tensor index: the cache's size was checked
             check_length(self.config, "input_ids", T, cache_index)
         x = self.embed(input_ids, None, None, None, cache_index)
-        mask = _step_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask,
-                          input_ids.device)
-        cross_mask = _decoding_padding_mask(self._cross_mask, encoder_attention_mask, x.dtype)
+        mask, cross_mask = _step_masks(self._cross_mask, B, T, cache_index, max_len, x.dtype,
+                                       decoder_attention_mask, encoder_attention_mask,
+                                       input_ids.device)
         new = []
         for layer, layer_cache in zip(self.encoder.layer, cache, strict=True):
             x, layer_cache = layer.step(x, layer_cache, cache_index, mask, cross_mask)

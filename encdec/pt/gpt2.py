@@ -29,9 +29,8 @@ from .attention import (
     Attention,
     Conv1D,
     Mask,
-    _decoding_padding_mask,
     _Derived,
-    _step_mask,
+    _step_masks,
     causal_mask,
     padding_mask,
 )
@@ -187,9 +186,9 @@ class GPT2Model(nn.Module):
             check_length(self.config, "input_ids", T, cache_index)
         position_ids = (torch.arange(T, device=input_ids.device) + cache_index)[None]
         x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, H)
-        mask = _step_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask,
-                          input_ids.device)
-        cross_mask = _decoding_padding_mask(self._cross_mask, encoder_attention_mask, x.dtype)
+        mask, cross_mask = _step_masks(self._cross_mask, B, T, cache_index, max_len, x.dtype,
+                                       decoder_attention_mask, encoder_attention_mask,
+                                       input_ids.device)
         new = []
         for block, layer_cache in zip(self.h, cache, strict=True):
             x, layer_cache = block.step(x, layer_cache, cache_index, mask, cross_mask)
