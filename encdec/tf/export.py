@@ -50,7 +50,8 @@ class _Exported(tf.Module):
         # the underlying tf.Variables: tracked here, saved once, captured by the program
         self.weights = [getattr(v, "value", v) for v in model.weights]
         program = tf.function(functools.partial(tf_generation._run, weakref.ref(model),
-                                                gen.static_key(p)), jit_compile=True)
+                                                gen.static_key(p)), jit_compile=True,
+                              autograph=False)
         self._generate = _serving_function(program, p, source_length)
 
 

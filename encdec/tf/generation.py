@@ -54,7 +54,7 @@ def generate(model: Any, input_ids: Any, attention_mask: Any = None, *,
     programs = _PROGRAMS.setdefault(model, {})
     if (key, ids.shape) not in programs:
         run = functools.partial(_run, weakref.ref(model), key)
-        programs[key, ids.shape] = tf.function(run, jit_compile=True)
+        programs[key, ids.shape] = tf.function(run, jit_compile=True, autograph=False)
     if seed is None:
         seed = random.SystemRandom().randrange(2**31) if p.do_sample else 0
     out = programs[key, ids.shape](tf.constant(ids, tf.int32), tf.constant(mask, tf.int32),
