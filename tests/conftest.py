@@ -257,7 +257,7 @@ for _path, _patterns in {
     "tests/generation/test_updated_weights.py": (  # pt's optimizer step and reload stay
         "test_generate_after_loading_other_weights[[]flax-*",
     ),
-    # each item of the reference's API: pt and tf here (flax's adapter is the same code)
+    # each item of the reference's API: pt and tf here; these flax cases: CI
     "tests/parity/test_migration.py": (
         "test_from_encoder_decoder_pretrained_with_objects[[]*-flax]",
         "test_config_return_dict[[]flax]", "test_generate_returns_ids_and_sequences[[]tf]",
