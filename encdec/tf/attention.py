@@ -48,8 +48,8 @@ ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
 
 
 def add_bias(x: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
-    """`x + bias`, written `x - (-bias)`: the same bits (IEEE subtraction of a negation is the
-    addition), but XLA's CPU compiler then keeps a matrix-vector dot before it a plain dot
+    """`x + bias`, written `x - (-bias)` (the same bits: IEEE subtraction of a negation is the
+    addition), so that XLA's CPU compiler keeps a matrix-vector dot before it a plain dot
     instead of fusing the add into it ("output fusion"): the fused gemv ran bert-base-sized
     matrices at ~0.75x the plain one's bandwidth (15 vs 20 GB/s), and batch-1 decoding is
     made of such dots."""

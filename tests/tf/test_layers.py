@@ -12,6 +12,7 @@ from encdec.core.registry import BERT_ATTENTION, GPT2_CROSS_ATTENTION
 from encdec.tf.attention import (
     ACTIVATIONS,
     Attention,
+    Dense,
     causal_mask,
     cross_entropy,
     padding_mask,
@@ -94,3 +95,26 @@ def test_embedding_gradient_is_dense_and_adam_steps_it_as_torch():
     np.testing.assert_allclose(grad.numpy(), ref.weight.grad.numpy(), rtol=0, atol=0)
     opt.step()
     np.testing.assert_allclose(layer.embeddings.numpy(), ref.weight.detach().numpy(), atol=1e-6)
+
+
+def test_dense_bias_is_not_output_fused_into_a_matrix_vector_dot():
+    """XLA's CPU compiler fuses `dot + bias` into one slower gemv kernel when the dot has one
+    row (batch-1 decoding); `Dense` adds its bias as `x - (-bias)` (the same bits as `+`), which
+    keeps the dot plain. The values agree to rounding (the fused kernel starts its sums from
+    the bias)."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(1, 1, 256)).astype(np.float32))
+    layers = {"keras": tf.keras.layers.Dense(512), "encdec": Dense(512)}
+    for layer in layers.values():
+        layer.build(x.shape)
+        layer.set_weights([rng.normal(size=(256, 512)).astype(np.float32),
+                           rng.normal(size=512).astype(np.float32)])
+    layers["encdec"].set_weights(layers["keras"].get_weights())
+    out, hlo = {}, {}
+    for name, layer in layers.items():
+        fn = tf.function(layer.__call__, jit_compile=True, autograph=False)
+        out[name] = fn(x).numpy()
+        hlo[name] = fn.experimental_get_compiler_ir(x)(stage="optimized_hlo")
+    np.testing.assert_allclose(out["encdec"], out["keras"], rtol=1e-5, atol=1e-5)
+    assert "kind=kOutput" in hlo["keras"]  # the pattern this guards against still exists
+    assert "kind=kOutput" not in hlo["encdec"]
