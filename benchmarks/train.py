@@ -28,7 +28,10 @@ A bert-base training state (weights, gradients, two AdamW moments) is ~4 GB, so 
 reference and one other backend are alive at a time: each backend's timed steps alternate with
 the reference's (ref, backend, ref, backend, ...), so that a change in machine load hits both
 alike, and its `vs ref` uses the reference's best step of that same window (the ref row: its
-best step over all windows).
+best step over all windows). Each timed step follows an untimed step of the same backend: the
+first XLA step after a torch step ran ~1.5x slower than the next one (flax, bert-base: 4.8 s
+alone, 6.9-7.4 s right after a torch step), which timing alternate single steps charged to
+the XLA backends.
 
 Usage: python benchmarks/train.py [--tiny] [--backends ref,pt,tf-step,tf-fit,flax]
                                   [--src-len 128,512] [--steps N] [--warmup N]
@@ -321,8 +324,13 @@ def bench(size: Size, backends: list[str], tiny: bool, workdir: Path) -> list[di
                 ref.step()  # the reference's warm-up at this shape
                 ref_best[n] = float("inf")
             mine = theirs = float("inf")
-            for _ in range(size.steps):  # alternating, so that load changes hit both alike
+            for _ in range(size.steps):  # alternating, so that load changes hit both alike;
+                # each timed step follows an untimed one of the same backend: the first XLA
+                # step after a torch step runs slower (flax: 4.8 s alone, 6.9-7.4 s right
+                # after a torch step, measured 2026-12-03)
+                ref.step()
                 theirs = min(theirs, ref.seconds())
+                trainer.step()
                 mine = min(mine, trainer.seconds())
             ref_best[n] = min(ref_best[n], theirs)
             row.update(ms=mine * 1e3, ref_ms=theirs * 1e3, vs=theirs / mine)
