@@ -62,6 +62,8 @@ EXTRA_HELPERS = {
            # so the compiled loop updates it in place (pt's eager loop writes in place)
            "attention.Embedding",  # Keras' Embedding with a dense table gradient, as torch's
            # and JAX's (TF's own is IndexedSlices, which Keras' Adam steps differently)
+           "attention.Dense", "attention.add_bias",  # a bias added as x - (-bias): TF's XLA
+           # fuses `1-row dot + add` into a slower gemv kernel (JAX's keeps the dot plain)
            *_KERAS_NNX_BUILDERS},
     "flax": {"params.variables",  # path -> nnx.Variable
              "params.abstract",  # nnx.eval_shape construction before loading
