@@ -3,6 +3,7 @@ the loss, mask semantics, and beam-grouped cross-attention against repeated K/V.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -104,12 +105,12 @@ def test_dense_bias_is_not_output_fused_into_a_matrix_vector_dot():
     the bias)."""
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(1, 1, 256)).astype(np.float32))
-    layers = {"keras": tf.keras.layers.Dense(512), "encdec": Dense(512)}
+    weights = [rng.normal(size=(256, 512)).astype(np.float32),
+               rng.normal(size=512).astype(np.float32)]
+    layers = {"keras": keras.layers.Dense(512), "encdec": Dense(512)}
     for layer in layers.values():
         layer.build(x.shape)
-        layer.set_weights([rng.normal(size=(256, 512)).astype(np.float32),
-                           rng.normal(size=512).astype(np.float32)])
-    layers["encdec"].set_weights(layers["keras"].get_weights())
+        layer.set_weights(weights)
     out, hlo = {}, {}
     for name, layer in layers.items():
         fn = tf.function(layer.__call__, jit_compile=True, autograph=False)
