@@ -142,7 +142,7 @@ def keras_adamw():
 class TFStepTrainer(TorchTrainer):
     """tf-step: one XLA-compiled tf.function: GradientTape, keras AdamW.apply_gradients.
     (encdec's embeddings give dense gradients, as torch's do, so Keras' Adam steps them as the
-    reference's optimizer does; `encdec.tf.attention.Embedding`.)"""
+    reference's optimizer does; `encdec.tf.layers.Embedding`.)"""
 
     def __init__(self, model):
         import tensorflow as tf

@@ -41,12 +41,12 @@ EXTRA_METHODS = {
 # Keras / NNX layer builders with the reference's init (torch has nn.Linear, nn.Embedding,
 # nn.LayerNorm, F.cross_entropy; a bare nn.Module holds named sublayers): not compared, their
 # arguments follow each framework (Keras layers infer their input size and take a `name`).
-BUILDERS = {"attention.dense", "attention.embed", "attention.layer_norm",
-            "attention.cross_entropy", "bert.Container"}
+BUILDERS = {"layers.dense", "layers.embed", "layers.layer_norm",
+            "layers.cross_entropy", "bert.Container"}
 _KERAS_NNX_BUILDERS = {*BUILDERS,
-                       "attention.LMDecoder"}  # a vocabulary projection: torch's nn.Linear
+                       "layers.LMDecoder"}  # a vocabulary projection: torch's nn.Linear
 EXTRA_HELPERS = {
-    "pt": {"attention.Conv1D",  # GPT-2's (in, out) weight as a module; Keras/NNX kernels are
+    "pt": {"layers.Conv1D",  # GPT-2's (in, out) weight as a module; Keras/NNX kernels are
            # (in, out) already
            "params.constructing", "params.skip_init", "params.skipping_init",  # torch builds
            # modules with a random init; these skip it when weights are loaded
@@ -56,13 +56,13 @@ EXTRA_HELPERS = {
            "params.one_token",  # Keras creates variables on the first call
            "params.constructing", "params.skip_init", "params.skipping_init",  # as torch
            "params.default_dtype",  # variables created in the dtype to load in, as torch
-           "attention.Block",  # a Keras base layer taking our attention `mask` argument
+           "layers.Block",  # a Keras base layer taking our attention `mask` argument
            # without Keras' own mask propagation
-           "attention.attend_cached",  # XLA loops read the static cache before writing it,
+           "layers.attend_cached",  # XLA loops read the static cache before writing it,
            # so the compiled loop updates it in place (pt's eager loop writes in place)
-           "attention.Embedding",  # Keras' Embedding with a dense table gradient, as torch's
+           "layers.Embedding",  # Keras' Embedding with a dense table gradient, as torch's
            # and JAX's (TF's own is IndexedSlices, which Keras' Adam steps differently)
-           "attention.Dense", "attention.add_bias",  # a bias added as x - (-bias): TF's XLA
+           "layers.Dense", "layers.add_bias",  # a bias added as x - (-bias): TF's XLA
            # fuses `1-row dot + add` into a slower gemv kernel (JAX's keeps the dot plain)
            *_KERAS_NNX_BUILDERS},
     "flax": {"params.variables",  # path -> nnx.Variable
@@ -70,8 +70,8 @@ EXTRA_HELPERS = {
              "params.check_assigned",  # ... and the check that loading filled every leaf
              "params.cast", "params.jax_dtype",  # parameters cast after the abstract build
              # (torch and Keras create them in the dtype: `default_dtype`)
-             "attention.default_rngs",  # NNX modules need rngs to construct
-             "attention.attend_cached",  # as tf's (compared with it)
+             "layers.default_rngs",  # NNX modules need rngs to construct
+             "layers.attend_cached",  # as tf's (compared with it)
              *_KERAS_NNX_BUILDERS},
 }
 

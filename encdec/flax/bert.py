@@ -24,7 +24,7 @@ from encdec.core.outputs import BaseModelOutput, CausalLMOutput
 from encdec.core.registry import BERT_ATTENTION, Positions, architecture, check_length
 
 from . import params
-from .attention import (
+from .layers import (
     ACTIVATIONS,
     Attention,
     LMDecoder,

@@ -22,7 +22,7 @@ from encdec.core.outputs import BaseModelOutput
 from encdec.core.registry import DISTILBERT_ATTENTION, architecture, check_length
 
 from . import params
-from .attention import (
+from .layers import (
     ACTIVATIONS,
     Attention,
     Mask,

@@ -40,7 +40,7 @@ from encdec.core.seq2seq import (
 from encdec.core.weights import Dialect, LoadReport
 
 from . import params
-from .attention import cross_entropy, default_rngs, dense
+from .layers import cross_entropy, default_rngs, dense
 from .bart import BartDecoder, BartForCausalLM
 from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel

@@ -24,7 +24,7 @@ from encdec.core.registry import (
 )
 
 from . import params
-from .attention import (
+from .layers import (
     ACTIVATIONS,
     PRECISION,
     Attention,

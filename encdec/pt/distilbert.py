@@ -21,7 +21,7 @@ from encdec.core.outputs import BaseModelOutput
 from encdec.core.registry import DISTILBERT_ATTENTION, architecture, check_length
 
 from . import params
-from .attention import ACTIVATIONS, Attention, Mask, padding_mask
+from .layers import ACTIVATIONS, Attention, Mask, padding_mask
 
 
 class DistilBertEmbeddings(nn.Module):

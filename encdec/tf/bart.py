@@ -31,7 +31,7 @@ from encdec.core.registry import (
 from encdec.core.weights import Table
 
 from . import params
-from .attention import (
+from .layers import (
     ACTIVATIONS,
     Attention,
     Block,

@@ -25,7 +25,7 @@ from encdec.core.registry import BERT_ATTENTION, Positions, architecture, check_
 from encdec.core.weights import Table
 
 from . import params
-from .attention import (
+from .layers import (
     ACTIVATIONS,
     Attention,
     Block,

@@ -21,7 +21,7 @@ from encdec.core.registry import DISTILBERT_ATTENTION, architecture, check_lengt
 from encdec.core.weights import Table
 
 from . import params
-from .attention import (
+from .layers import (
     ACTIVATIONS,
     Attention,
     Block,

@@ -35,7 +35,7 @@ from encdec.core.registry import architecture, check_length, family_class
 from encdec.core.weights import Dialect, LoadReport, leaf
 
 from . import params
-from .attention import cross_entropy, dense
+from .layers import cross_entropy, dense
 from .bart import BartDecoder, BartForCausalLM
 from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from encdec.pt import EncoderDecoderModel
-from encdec.pt.attention import Attention
+from encdec.pt.layers import Attention
 from tests.conftest import make_batch, pair_batch
 
 from .conftest import to_torch

@@ -22,7 +22,7 @@ _SCRIPT = textwrap.dedent(
 
     sys.meta_path.insert(0, Block())
     import encdec.tf
-    import encdec.tf.attention, encdec.tf.bert, encdec.tf.gpt2, encdec.tf.encoder_decoder
+    import encdec.tf.layers, encdec.tf.bert, encdec.tf.gpt2, encdec.tf.encoder_decoder
     import encdec.tf.params
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "jax", "flax"))
     assert not leaked, leaked

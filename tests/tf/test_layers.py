@@ -1,4 +1,4 @@
-"""Layer-level numerics of encdec.tf.attention against transformers / the core: activations,
+"""Layer-level numerics of encdec.tf.layers against transformers / the core: activations,
 the loss, mask semantics, and beam-grouped cross-attention against repeated K/V."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from encdec.core import seq2seq
 from encdec.core.registry import BERT_ATTENTION, GPT2_CROSS_ATTENTION
-from encdec.tf.attention import (
+from encdec.tf.layers import (
     ACTIVATIONS,
     Attention,
     Dense,
@@ -76,7 +76,7 @@ def test_embedding_gradient_is_dense_and_adam_steps_it_as_torch():
     import tensorflow as tf
     import torch
 
-    from encdec.tf.attention import embed
+    from encdec.tf.layers import embed
 
     table = np.arange(15, dtype=np.float32).reshape(5, 3) / 10
     ids, weights = [[0, 0, 0, 0, 2]], np.array([1.0, -2.0, 3.0], np.float32)
