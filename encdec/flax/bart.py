@@ -32,6 +32,7 @@ from encdec.core.registry import (
 )
 
 from . import params
+from .bert import Container, Past
 from .layers import (
     ACTIVATIONS,
     PRECISION,
@@ -45,7 +46,6 @@ from .layers import (
     layer_norm,
     padding_mask,
 )
-from .bert import Container, Past
 
 
 def _layout(config: BartConfig) -> BartLayout:

@@ -40,11 +40,11 @@ from encdec.core.seq2seq import (
 from encdec.core.weights import Dialect, LoadReport
 
 from . import params
-from .layers import cross_entropy, default_rngs, dense
 from .bart import BartDecoder, BartForCausalLM
 from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
+from .layers import cross_entropy, default_rngs, dense
 
 logger = logging.getLogger("encdec")
 

@@ -24,6 +24,7 @@ from encdec.core.registry import (
 )
 
 from . import params
+from .bert import Past, causal_lm_loss
 from .layers import (
     ACTIVATIONS,
     PRECISION,
@@ -36,7 +37,6 @@ from .layers import (
     layer_norm,
     padding_mask,
 )
-from .bert import Past, causal_lm_loss
 
 
 class GPT2MLP(nnx.Module):

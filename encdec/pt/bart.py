@@ -37,6 +37,7 @@ from encdec.core.registry import (
 )
 
 from . import params
+from .bert import Past
 from .layers import (
     ACTIVATIONS,
     Attention,
@@ -46,7 +47,6 @@ from .layers import (
     causal_mask,
     padding_mask,
 )
-from .bert import Past
 
 
 class BartDecoderLayer(nn.Module):

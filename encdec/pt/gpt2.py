@@ -24,6 +24,7 @@ from encdec.core.registry import (
 )
 
 from . import params
+from .bert import Past, causal_lm_loss
 from .layers import (
     ACTIVATIONS,
     Attention,
@@ -34,7 +35,6 @@ from .layers import (
     causal_mask,
     padding_mask,
 )
-from .bert import Past, causal_lm_loss
 
 
 class GPT2MLP(nn.Module):

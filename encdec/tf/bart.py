@@ -31,6 +31,7 @@ from encdec.core.registry import (
 from encdec.core.weights import Table
 
 from . import params
+from .bert import Container, Past
 from .layers import (
     ACTIVATIONS,
     Attention,
@@ -44,7 +45,6 @@ from .layers import (
     layer_norm,
     padding_mask,
 )
-from .bert import Container, Past
 
 
 class BartDecoderLayer(Block):

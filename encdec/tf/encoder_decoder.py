@@ -35,11 +35,11 @@ from encdec.core.registry import architecture, check_length, family_class
 from encdec.core.weights import Dialect, LoadReport, leaf
 
 from . import params
-from .layers import cross_entropy, dense
 from .bart import BartDecoder, BartForCausalLM
 from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
+from .layers import cross_entropy, dense
 
 # the registry's family -> (base model class, causal LM class or None); the only class list
 FAMILIES: dict[str, tuple[type[keras.Model], type[keras.Model] | None]] = {

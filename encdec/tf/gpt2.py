@@ -26,6 +26,7 @@ from encdec.core.registry import (
 from encdec.core.weights import Table
 
 from . import params
+from .bert import Past, causal_lm_loss
 from .layers import (
     ACTIVATIONS,
     Attention,
@@ -38,7 +39,6 @@ from .layers import (
     layer_norm,
     padding_mask,
 )
-from .bert import Past, causal_lm_loss
 
 
 class GPT2MLP(keras.layers.Layer):

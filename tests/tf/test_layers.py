@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from encdec.core import seq2seq
 from encdec.core.registry import BERT_ATTENTION, GPT2_CROSS_ATTENTION
+from encdec.tf.bert import causal_lm_loss
 from encdec.tf.layers import (
     ACTIVATIONS,
     Attention,
@@ -18,7 +19,6 @@ from encdec.tf.layers import (
     cross_entropy,
     padding_mask,
 )
-from encdec.tf.bert import causal_lm_loss
 from tests.conftest import make_batch
 
 from .conftest import max_diff
