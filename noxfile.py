@@ -42,7 +42,7 @@ def flax(session: nox.Session) -> None:
 @nox.session
 def parity(session: nox.Session) -> None:
     _install(session, "all,test")
-    _pytest(session, "tests/parity", "tests/generation", "tests/convert", "tests/docs",
+    _pytest(session, "tests/harness", "tests/generation", "tests/convert", "tests/docs",
             "tests/scale", "tests/test_mirror.py", "tests/test_registry_coverage.py")
 
 

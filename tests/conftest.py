@@ -106,7 +106,7 @@ SLOW_PARAMS = frozenset(PAIRS) - FAST_PAIRS | {"mbart", "marian", "pegasus"}
 SLOW_CASES: dict[str, tuple[str, ...]] = {
     "tests/generation/test_generation.py": (
         # greedy + 4-beam tokens of bert2bert, bert2gpt2, bert2bart in every backend:
-        # tests/parity/test_architectures.py; greedy scores and early eos: bert2bert here
+        # tests/harness/test_architectures.py; greedy scores and early eos: bert2bert here
         "test_greedy_against_hf[[]bert2gpt2-*", "test_beam_search_against_hf[[]*",
         "test_beam_search_without_eos[[]bert2gpt2-*",
         # processors: each one against the reference in test_core_generation.py (and in the
@@ -123,10 +123,10 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
     ),
     # the position limit is checked on the host by the core for every backend
     # (tests/test_bad_inputs.py in pt, tf and flax); generate at the limit: pt here
-    "tests/parity/test_architectures.py": ("test_against_hf_position_limit[[]tf]",
+    "tests/harness/test_architectures.py": ("test_against_hf_position_limit[[]tf]",
                                            "test_against_hf_position_limit[[]flax]"),
     # a GPT-2 decoder object without is_decoder: pt and tf here; flax's adapter is the same
-    "tests/parity/test_migration.py": ("test_gpt2_decoder_object_without_is_decoder[[]flax]",),
+    "tests/harness/test_migration.py": ("test_gpt2_decoder_object_without_is_decoder[[]flax]",),
     "tests/generation/test_core_generation.py": (  # bert2bert, early eos: the same loop
         "test_numpy_loop_matches_reference[[]*-bert2gpt2-1]",
         "test_numpy_loop_matches_reference[[]*-eos3-*",
@@ -149,16 +149,16 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
         "*[[]xlm-roberta2xlm-roberta-*", "*[[]bert2gpt2-*",
         "test_against_reference_fixture_logits[[]bert2bart-flax]",
     ),
-    # every item of the reference's API in every backend: tests/parity/test_migration.py
+    # every item of the reference's API in every backend: tests/harness/test_migration.py
     "tests/pt/test_reference_api.py": ("*",),
     "tests/tf/test_reference_api.py": ("*",),
     # warm start: three cases (BERT, GPT-2, RoBERTa's MLM head dropped) in every backend; the
     # per-backend files keep their checkpoint quirks
-    "tests/parity/test_warm_start.py": (
+    "tests/harness/test_warm_start.py": (
         "*[[]RobertaForCausalLM-*", "*[[]XLMRoberta*", "*[[]Camembert*", "*[[]Electra*",
         "*[[]BertGeneration*", "*[[]DistilBert*",
     ),
-    "tests/parity/test_bart_warm_start.py": ("*[[]bart-model-*", "*[[]bart-causal-lm-*",
+    "tests/harness/test_bart_warm_start.py": ("*[[]bart-model-*", "*[[]bart-causal-lm-*",
                                             "*[[]bart-48-*"),
     "tests/pt/test_warm_start.py": ("test_against_hf_warm_start_tensors_and_missing*",),
     "tests/tf/test_warm_start.py": ("test_against_hf_warm_start_tensors_and_missing*",),
@@ -183,7 +183,7 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
         "test_decode_step_equals_full_forward[[]bert2bert-1]",
     ),
     "tests/tf/test_training.py": ("test_forward_inside_tf_function[[]graph]",),
-    # flax's gradients vs pt's (themselves vs the reference): tests/parity/test_parity.py;
+    # flax's gradients vs pt's (themselves vs the reference): tests/harness/test_parity.py;
     # the position limit in generate: test_architectures.py; sharding: the core's checkpoint
     # writer (tests/core/test_checkpoint.py) and pt/tf's round trips
     "tests/flax/test_training.py": ("test_against_hf_gradients*",),
@@ -195,7 +195,7 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
                            "test_bf16_load_logits_generate[[]tf-*",
                            "test_bf16_load_logits_generate[[]flax-*"),
     # the causal LM's cache, gradients and XLA forms: the composite bert2bart's in
-    # tests/parity (cache, gradients, generate), and in pt here
+    # tests/harness (cache, gradients, generate), and in pt here
     "tests/flax/test_bart.py": (
         "test_training_mode_dropout_and_layerdrop*", "test_incremental_decoding_with_legacy_past*",
         "test_against_hf_gradients*", "test_jit_decode_step_matches_forward*",
@@ -229,7 +229,7 @@ for _path, _patterns in {
     # tf/flax tokens of bert2gpt2 and bert2bart: pt here; bert2bert in every backend stays.
     # Generate at the position limit: the core's rule in tests/test_bad_inputs.py (every
     # backend) and tests/generation/test_generation.py's bart-family limit in pt
-    "tests/parity/test_architectures.py": (
+    "tests/harness/test_architectures.py": (
         "test_against_hf_generate_greedy_and_beam[[]bert2gpt2-tf]",
         "test_against_hf_generate_greedy_and_beam[[]bert2gpt2-flax]",
         "test_against_hf_generate_greedy_and_beam[[]bert2bart-tf]",
@@ -258,7 +258,7 @@ for _path, _patterns in {
         "test_generate_after_loading_other_weights[[]flax-*",
     ),
     # each item of the reference's API: pt and tf here; these flax cases: CI
-    "tests/parity/test_migration.py": (
+    "tests/harness/test_migration.py": (
         "test_from_encoder_decoder_pretrained_with_objects[[]*-flax]",
         "test_config_return_dict[[]flax]", "test_generate_returns_ids_and_sequences[[]tf]",
         "test_generate_returns_ids_and_sequences[[]flax]",
@@ -268,14 +268,14 @@ for _path, _patterns in {
         "test_tie_encoder_decoder_keyword[[]flax]",
         "test_decoder_without_cross_attention_refused[[]flax]",
     ),
-    "tests/parity/test_untied_heads.py": ("test_against_hf_untied_bert_head[[]flax]",),  # pt, tf
-    "tests/parity/test_bart_warm_start.py": ("*[[]bart-flax]",),  # pt and tf
+    "tests/harness/test_untied_heads.py": ("test_against_hf_untied_bert_head[[]flax]",),  # pt, tf
+    "tests/harness/test_bart_warm_start.py": ("*[[]bart-flax]",),  # pt and tf
     "tests/test_bad_inputs.py": (  # every invalid input stays in every backend; valid: pt
         "test_valid_inputs_still_run[[]tf]", "test_valid_inputs_still_run[[]flax]",
     ),
     "tests/test_bf16.py": ("test_converter_bfloat16_loads_back[[]flax]",),  # pt and tf
     # training: tf's gradients against the reference (tests/tf/test_training.py), flax's
-    # against pt's (tests/parity/test_parity.py), pt's AdamW steps
+    # against pt's (tests/harness/test_parity.py), pt's AdamW steps
     "tests/tf/test_training.py": ("test_fit_lowers_the_loss",),
     "tests/flax/test_training.py": ("test_adamw_steps_under_nnx_jit_lower_the_loss",
                                     "test_split_merge_round_trip"),

@@ -14,7 +14,7 @@ import pytest
 
 from encdec.convert.cli import main as convert_main
 from tests.conftest import pair_batch
-from tests.parity.backends import ADAPTERS
+from tests.harness.backends import ADAPTERS
 from tests.tolerances import BF16_LOGITS
 
 BACKENDS = ("pt", "tf", "flax")

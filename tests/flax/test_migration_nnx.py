@@ -1,5 +1,5 @@
 """Issue 14 in what only NNX has (the cross-backend checks against transformers are in
-tests/parity/test_migration.py): forward's routed keyword arguments and the configs' output
+tests/harness/test_migration.py): forward's routed keyword arguments and the configs' output
 switches under `nnx.jit`, and a warm start around a given encoder with `tie_encoder_decoder`."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from encdec.core.registry import architecture, max_positions
 from tests import tolerances as tol
 from tests.conftest import PAIRS
 from tests.generation import oracle
-from tests.parity.backends import ADAPTERS
+from tests.harness.backends import ADAPTERS
 
 BACKENDS = list(ADAPTERS)
 # beam search with processors, per decoder family: BERT, and each BART-family pair (issue 9)

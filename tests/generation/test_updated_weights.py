@@ -12,7 +12,7 @@ import pytest
 
 from tests import tolerances as tol
 from tests.conftest import make_batch
-from tests.parity.backends import ADAPTERS
+from tests.harness.backends import ADAPTERS
 
 BACKENDS = list(ADAPTERS)
 NAME = "bert2bert"

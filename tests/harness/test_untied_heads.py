@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.parity.backends import ADAPTERS
+from tests.harness.backends import ADAPTERS
 
 
 @pytest.fixture(scope="module")

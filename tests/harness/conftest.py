@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.generation import oracle
-from tests.parity.backends import ADAPTERS
+from tests.harness.backends import ADAPTERS
 
 
 class Adapters(dict):

@@ -23,7 +23,7 @@ from safetensors.numpy import load_file
 
 from tests import tolerances as tol
 from tests.conftest import make_batch, tiny_kwargs
-from tests.parity.backends import ADAPTERS
+from tests.harness.backends import ADAPTERS
 
 EMBED = "model.decoder.embed_tokens.weight"
 SHARED = "model.shared.weight"

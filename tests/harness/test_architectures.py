@@ -16,7 +16,7 @@ from encdec.core.registry import max_positions
 from tests import tolerances as tol
 from tests.conftest import PAIRS, pair_batch
 from tests.generation import oracle
-from tests.parity.backends import ADAPTERS, _numpy
+from tests.harness.backends import ADAPTERS, _numpy
 
 NAMES = list(PAIRS)
 BACKENDS = list(ADAPTERS)

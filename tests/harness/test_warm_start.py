@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 from encdec.core.registry import architecture
 from tests import tolerances as tol
 from tests.conftest import make_batch, tiny_kwargs
-from tests.parity.backends import ADAPTERS
+from tests.harness.backends import ADAPTERS
 
 # (encoder checkpoint class, decoder checkpoint class): base models, masked-LM, pre-training and
 # causal-LM saves on either side, so that heads are dropped or newly initialised.

@@ -31,7 +31,7 @@ from encdec.core import EncoderDecoderConfig
 from tests import tolerances as tol
 from tests.conftest import make_batch, pair_batch
 from tests.generation import oracle
-from tests.parity.backends import ADAPTERS, OUTPUTS, _numpy, outputs_to_numpy
+from tests.harness.backends import ADAPTERS, OUTPUTS, _numpy, outputs_to_numpy
 
 BACKENDS = list(ADAPTERS)
 BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

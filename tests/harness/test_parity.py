@@ -17,8 +17,8 @@ from encdec.core.weights import encoder_decoder_table
 from tests import tolerances as tol
 from tests.conftest import PAIRS
 from tests.generation import oracle
-from tests.parity.backends import ADAPTERS
-from tests.parity.test_architectures import batch
+from tests.harness.backends import ADAPTERS
+from tests.harness.test_architectures import batch
 
 NAMES = list(PAIRS)
 BACKEND_PAIRS = list(itertools.combinations(ADAPTERS, 2))
