@@ -35,3 +35,10 @@ def ours(adapters):
         return cache[name, backend]
 
     return get
+
+
+@pytest.fixture(scope="session", params=list(ADAPTERS))
+def backend(request, adapters):
+    """Each backend's adapter in turn (tests/harness/backends.py): a test that takes `backend`
+    runs once per backend, its id ending in `[pt]`, `[tf]` or `[flax]`."""
+    return adapters[request.param]
