@@ -1,9 +1,9 @@
 """encdec's Flax NNX backend: `flax.nnx.Module` models numerically identical to transformers'.
 
-Every architecture of `encdec.core.registry.ARCHITECTURES` is exported under the reference's
-class names (`RobertaModel`, `ElectraForCausalLM`, `BertGenerationDecoder`, …): its family's
-class with `config_class` set to the architecture's, so that `from_pretrained` refuses a
-checkpoint of another model type. Made in one loop; no per-architecture code.
+`EncoderDecoderModel` (alias `FlaxEncoderDecoderModel`, the reference's Flax name) is the
+composite; the backbones follow under the reference's class names (`BertModel`, `RobertaModel`,
+`GPT2LMHeadModel`, `MBartForCausalLM`, ...), each defined in `classes.py`, which
+tools/gen_classes.py writes from `encdec.core.registry.ARCHITECTURES`.
 
 Importing it registers the core's `ModelOutput` classes as JAX pytrees (keys preserved), so
 outputs pass through `jax.jit` / `nnx.jit` and the tree utilities. It imports neither torch nor
@@ -32,11 +32,37 @@ for _cls in (_outputs.BaseModelOutput, _outputs.CausalLMOutput, _outputs.Seq2Seq
              _outputs.GenerateOutput):
     _register(_cls)
 
-from encdec.core.registry import public_classes  # noqa: E402
+from .classes import (  # noqa: E402
+    BartForCausalLM,
+    BertGenerationDecoder,
+    BertGenerationEncoder,
+    BertLMHeadModel,
+    BertModel,
+    CamembertForCausalLM,
+    CamembertModel,
+    DistilBertModel,
+    ElectraForCausalLM,
+    ElectraModel,
+    GPT2LMHeadModel,
+    GPT2Model,
+    MarianForCausalLM,
+    MBartForCausalLM,
+    PegasusForCausalLM,
+    RobertaForCausalLM,
+    RobertaModel,
+    XLMRobertaForCausalLM,
+    XLMRobertaModel,
+)
+from .encoder_decoder import (  # noqa: E402
+    EncoderDecoderModel,
+    FlaxEncoderDecoderModel,  # the reference's Flax class name
+)
 
-from .encoder_decoder import FAMILIES, EncoderDecoderModel, FlaxEncoderDecoderModel  # noqa: E402
-
-_CLASSES = public_classes(FAMILIES, __name__)
-globals().update(_CLASSES)
-
-__all__ = ["EncoderDecoderModel", "FlaxEncoderDecoderModel", *sorted(_CLASSES)]
+__all__ = [
+    "EncoderDecoderModel", "FlaxEncoderDecoderModel", "BertModel", "BertLMHeadModel",
+    "RobertaModel", "RobertaForCausalLM", "XLMRobertaModel", "XLMRobertaForCausalLM",
+    "CamembertModel", "CamembertForCausalLM", "ElectraModel", "ElectraForCausalLM",
+    "BertGenerationEncoder", "BertGenerationDecoder", "DistilBertModel", "GPT2Model",
+    "GPT2LMHeadModel", "BartForCausalLM", "MBartForCausalLM", "MarianForCausalLM",
+    "PegasusForCausalLM",
+]

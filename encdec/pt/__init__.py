@@ -1,16 +1,37 @@
 """encdec's PyTorch backend: `torch.nn.Module` models numerically identical to transformers'.
 
-Every architecture of `encdec.core.registry.ARCHITECTURES` is exported under the reference's
-class names (`RobertaModel`, `ElectraForCausalLM`, `BertGenerationDecoder`, …): its family's
-class with `config_class` set to the architecture's, so that `from_pretrained` refuses a
-checkpoint of another model type. Made in one loop; no per-architecture code.
+`EncoderDecoderModel` is the composite; the backbones follow under the reference's class names
+(`BertModel`, `RobertaModel`, `GPT2LMHeadModel`, `MBartForCausalLM`, ...), each defined in
+`classes.py`, which tools/gen_classes.py writes from `encdec.core.registry.ARCHITECTURES`.
 """
 
-from encdec.core.registry import public_classes
+from .classes import (
+    BartForCausalLM,
+    BertGenerationDecoder,
+    BertGenerationEncoder,
+    BertLMHeadModel,
+    BertModel,
+    CamembertForCausalLM,
+    CamembertModel,
+    DistilBertModel,
+    ElectraForCausalLM,
+    ElectraModel,
+    GPT2LMHeadModel,
+    GPT2Model,
+    MarianForCausalLM,
+    MBartForCausalLM,
+    PegasusForCausalLM,
+    RobertaForCausalLM,
+    RobertaModel,
+    XLMRobertaForCausalLM,
+    XLMRobertaModel,
+)
+from .encoder_decoder import EncoderDecoderModel
 
-from .encoder_decoder import FAMILIES, EncoderDecoderModel
-
-_CLASSES = public_classes(FAMILIES, __name__)
-globals().update(_CLASSES)
-
-__all__ = ["EncoderDecoderModel", *sorted(_CLASSES)]
+__all__ = [
+    "EncoderDecoderModel", "BertModel", "BertLMHeadModel", "RobertaModel", "RobertaForCausalLM",
+    "XLMRobertaModel", "XLMRobertaForCausalLM", "CamembertModel", "CamembertForCausalLM",
+    "ElectraModel", "ElectraForCausalLM", "BertGenerationEncoder", "BertGenerationDecoder",
+    "DistilBertModel", "GPT2Model", "GPT2LMHeadModel", "BartForCausalLM", "MBartForCausalLM",
+    "MarianForCausalLM", "PegasusForCausalLM",
+]

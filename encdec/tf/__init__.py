@@ -1,5 +1,11 @@
 """encdec's TensorFlow backend: Keras 3 models (TensorFlow backend only) numerically identical
-to transformers' PyTorch ones."""
+to transformers' PyTorch ones.
+
+`EncoderDecoderModel` (alias `TFEncoderDecoderModel`, the reference's TF name) is the composite;
+the backbones follow under the reference's class names (`BertModel`, `RobertaModel`,
+`GPT2LMHeadModel`, `MBartForCausalLM`, ...), each defined in `classes.py`, which
+tools/gen_classes.py writes from `encdec.core.registry.ARCHITECTURES`.
+"""
 
 import contextlib as _contextlib
 import os as _os
@@ -36,15 +42,36 @@ if _keras.config.backend() != "tensorflow":
         f"{_keras.config.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras "
         "(or use encdec.pt / encdec.flax).")
 
-from encdec.core.registry import public_classes  # noqa: E402
-
+from .classes import (  # noqa: E402
+    BartForCausalLM,
+    BertGenerationDecoder,
+    BertGenerationEncoder,
+    BertLMHeadModel,
+    BertModel,
+    CamembertForCausalLM,
+    CamembertModel,
+    DistilBertModel,
+    ElectraForCausalLM,
+    ElectraModel,
+    GPT2LMHeadModel,
+    GPT2Model,
+    MarianForCausalLM,
+    MBartForCausalLM,
+    PegasusForCausalLM,
+    RobertaForCausalLM,
+    RobertaModel,
+    XLMRobertaForCausalLM,
+    XLMRobertaModel,
+)
 from .encoder_decoder import (  # noqa: E402
-    FAMILIES,
     EncoderDecoderModel,
-    TFEncoderDecoderModel,  # noqa: F401 - the reference's TF class name
+    TFEncoderDecoderModel,  # the reference's TF class name
 )
 
-_CLASSES = public_classes(FAMILIES, __name__)
-globals().update(_CLASSES)
-
-__all__ = sorted([*_CLASSES, EncoderDecoderModel.__name__, "TFEncoderDecoderModel"])
+__all__ = [
+    "EncoderDecoderModel", "TFEncoderDecoderModel", "BertModel", "BertLMHeadModel", "RobertaModel",
+    "RobertaForCausalLM", "XLMRobertaModel", "XLMRobertaForCausalLM", "CamembertModel",
+    "CamembertForCausalLM", "ElectraModel", "ElectraForCausalLM", "BertGenerationEncoder",
+    "BertGenerationDecoder", "DistilBertModel", "GPT2Model", "GPT2LMHeadModel", "BartForCausalLM",
+    "MBartForCausalLM", "MarianForCausalLM", "PegasusForCausalLM",
+]
