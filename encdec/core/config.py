@@ -166,6 +166,7 @@ class _Config(metaclass=_AcceptsAnyKey):
     model_type: ClassVar[str] = ""
     _checked_elsewhere: ClassVar[tuple[str, ...]] = ()  # fields whose `_RULES` entry is skipped
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Keys of a `config.json` that encdec does not model, written back unchanged."""
 
     def __getattr__(self, name: str) -> Any:  # only called when normal lookup fails
         extra = self.__dict__.get("extra")
@@ -230,12 +231,19 @@ class ModelConfig(_Config):
     """Fields every backbone config has (the reference's `PretrainedConfig` subset we use)."""
 
     is_decoder: bool = False
+    """Causal self-attention (a decoder); set by `from_encoder_decoder_configs`."""
     add_cross_attention: bool = False
+    """Cross-attention layers over the encoder's states (a seq2seq decoder)."""
     tie_word_embeddings: bool = True
+    """The LM head shares the token embedding matrix (stored once)."""
     use_cache: bool = True
+    """Return and reuse past keys and values while decoding."""
     pad_token_id: int | None = None
+    """The padding token's id (None: none)."""
     bos_token_id: int | None = None
+    """The beginning-of-sequence token's id (None: none)."""
     eos_token_id: int | list[int] | None = None
+    """The end-of-sequence token's id, or a list of them (None: none)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()  # each field by type and rule; then what relates fields
@@ -268,19 +276,33 @@ class BertConfig(ModelConfig):
 
     model_type: ClassVar[str] = "bert"
     vocab_size: int = 30522
+    """Number of tokens in the vocabulary (rows of the token embedding)."""
     hidden_size: int = 768
+    """Width of the hidden states."""
     num_hidden_layers: int = 12
+    """Number of Transformer layers."""
     num_attention_heads: int = 12
+    """Attention heads per layer (a divisor of `hidden_size`)."""
     intermediate_size: int = 3072
+    """Width of the feed-forward layer's inner projection."""
     hidden_act: str = "gelu"
+    """Feed-forward activation (`gelu`, `gelu_new`, `relu`, `silu`, ...)."""
     hidden_dropout_prob: float = 0.1
+    """Dropout on embeddings and each sublayer's output."""
     attention_probs_dropout_prob: float = 0.1
+    """Dropout on the attention probabilities."""
     max_position_embeddings: int = 512
+    """Longest sequence the learned position embeddings cover."""
     type_vocab_size: int = 2
+    """Number of token types (segment ids) embedded."""
     initializer_range: float = 0.02
+    """Standard deviation of the normal init of weights."""
     layer_norm_eps: float = 1e-12
+    """Epsilon of the layer norms."""
     classifier_dropout: float | None = None
+    """Dropout of the reference's classification heads (kept for config.json)."""
     pad_token_id: int | None = 0
+    """The padding token's id (None: none)."""
 
     @property
     def activation(self) -> str:
@@ -298,27 +320,49 @@ class GPT2Config(ModelConfig):
 
     model_type: ClassVar[str] = "gpt2"
     vocab_size: int = 50257
+    """Number of tokens in the vocabulary (rows of the token embedding)."""
     n_positions: int = 1024
+    """Longest sequence the learned position embeddings cover."""
     n_embd: int = 768
+    """Width of the hidden states."""
     n_layer: int = 12
+    """Number of Transformer blocks."""
     n_head: int = 12
+    """Attention heads per block (a divisor of `n_embd`)."""
     n_inner: int | None = None
+    """Width of the MLP's inner projection (None: `4 * n_embd`)."""
     activation_function: str = "gelu_new"
+    """Feed-forward activation (`gelu_new`, `gelu`, `relu`, `silu`, ...)."""
     resid_pdrop: float = 0.1
+    """Dropout on each sublayer's output."""
     embd_pdrop: float = 0.1
+    """Dropout on the embeddings."""
     attn_pdrop: float = 0.1
+    """Dropout on the attention probabilities."""
     layer_norm_epsilon: float = 1e-5
+    """Epsilon of the layer norms."""
     initializer_range: float = 0.02
+    """Standard deviation of the normal init of weights."""
     summary_type: str = "cls_index"
+    """The reference's sequence-summary head option (kept for config.json)."""
     summary_use_proj: bool = True
+    """The reference's sequence-summary head option (kept for config.json)."""
     summary_activation: str | None = None
+    """The reference's sequence-summary head option (kept for config.json)."""
     summary_proj_to_labels: bool = True
+    """The reference's sequence-summary head option (kept for config.json)."""
     summary_first_dropout: float = 0.1
+    """The reference's sequence-summary head option (kept for config.json)."""
     scale_attn_weights: bool = True
+    """Divide attention scores by sqrt(head size)."""
     scale_attn_by_inverse_layer_idx: bool = False
+    """Also divide scores by layer index + 1 (not supported: must be False)."""
     reorder_and_upcast_attn: bool = False
+    """The reference's fp32 attention variant (not supported: must be False)."""
     bos_token_id: int | None = 50256
+    """The beginning-of-sequence token's id (None: none)."""
     eos_token_id: int | list[int] | None = 50256
+    """The end-of-sequence token's id, or a list of them (None: none)."""
 
     def check_supported(self) -> None:
         """Refuse the reference's options that encdec's GPT-2 does not implement."""
@@ -327,12 +371,19 @@ class GPT2Config(ModelConfig):
                 raise NotImplementedError(f"GPT2Config.{name}=True is not supported")
 
     hidden_size = property(lambda self: self.n_embd)
+    """Read-only: `n_embd` (the name other configs use)."""
     num_hidden_layers = property(lambda self: self.n_layer)
+    """Read-only: `n_layer` (the name other configs use)."""
     num_attention_heads = property(lambda self: self.n_head)
+    """Read-only: `n_head` (the name other configs use)."""
     max_position_embeddings = property(lambda self: self.n_positions)
+    """Read-only: `n_positions` (the name other configs use)."""
     intermediate_size = property(lambda self: self.n_inner or 4 * self.n_embd)
+    """Read-only: `n_inner`, or `4 * n_embd` when that is None."""
     layer_norm_eps = property(lambda self: self.layer_norm_epsilon)
+    """Read-only: `layer_norm_epsilon` (the name other configs use)."""
     activation = property(lambda self: self.activation_function)
+    """Read-only: `activation_function` (the name other configs use)."""
 
 
 @dataclass
@@ -341,9 +392,13 @@ class RobertaConfig(BertConfig):
 
     model_type: ClassVar[str] = "roberta"
     vocab_size: int = 50265
+    """Number of tokens in the vocabulary (rows of the token embedding)."""
     pad_token_id: int | None = 1
+    """The padding token's id (None: none)."""
     bos_token_id: int | None = 0
+    """The beginning-of-sequence token's id (None: none)."""
     eos_token_id: int | list[int] | None = 2
+    """The end-of-sequence token's id, or a list of them (None: none)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -358,6 +413,7 @@ class XLMRobertaConfig(RobertaConfig):
 
     model_type: ClassVar[str] = "xlm-roberta"
     vocab_size: int = 30522
+    """Number of tokens in the vocabulary (rows of the token embedding)."""
 
 
 @dataclass
@@ -366,6 +422,7 @@ class CamembertConfig(RobertaConfig):
 
     model_type: ClassVar[str] = "camembert"
     vocab_size: int = 30522
+    """Number of tokens in the vocabulary (rows of the token embedding)."""
 
 
 @dataclass
@@ -375,13 +432,21 @@ class ElectraConfig(BertConfig):
 
     model_type: ClassVar[str] = "electra"
     embedding_size: int = 128
+    """Width of the embeddings, projected to `hidden_size` when it differs."""
     hidden_size: int = 256
+    """Width of the hidden states."""
     num_attention_heads: int = 4
+    """Attention heads per layer (a divisor of `hidden_size`)."""
     intermediate_size: int = 1024
+    """Width of the feed-forward layer's inner projection."""
     summary_type: str = "first"
+    """The reference's sequence-summary head option (kept for config.json)."""
     summary_use_proj: bool = True
+    """The reference's sequence-summary head option (kept for config.json)."""
     summary_activation: str = "gelu"
+    """The reference's sequence-summary head option (kept for config.json)."""
     summary_last_dropout: float = 0.1
+    """The reference's sequence-summary head option (kept for config.json)."""
 
 
 @dataclass
@@ -390,19 +455,33 @@ class BertGenerationConfig(ModelConfig):
 
     model_type: ClassVar[str] = "bert-generation"
     vocab_size: int = 50358
+    """Number of tokens in the vocabulary (rows of the token embedding)."""
     hidden_size: int = 1024
+    """Width of the hidden states."""
     num_hidden_layers: int = 24
+    """Number of Transformer layers."""
     num_attention_heads: int = 16
+    """Attention heads per layer (a divisor of `hidden_size`)."""
     intermediate_size: int = 4096
+    """Width of the feed-forward layer's inner projection."""
     hidden_act: str = "gelu"
+    """Feed-forward activation (`gelu`, `gelu_new`, `relu`, `silu`, ...)."""
     hidden_dropout_prob: float = 0.1
+    """Dropout on embeddings and each sublayer's output."""
     attention_probs_dropout_prob: float = 0.1
+    """Dropout on the attention probabilities."""
     max_position_embeddings: int = 512
+    """Longest sequence the learned position embeddings cover."""
     initializer_range: float = 0.02
+    """Standard deviation of the normal init of weights."""
     layer_norm_eps: float = 1e-12
+    """Epsilon of the layer norms."""
     pad_token_id: int | None = 0
+    """The padding token's id (None: none)."""
     bos_token_id: int | None = 2
+    """The beginning-of-sequence token's id (None: none)."""
     eos_token_id: int | list[int] | None = 1
+    """The end-of-sequence token's id, or a list of them (None: none)."""
 
     @property
     def activation(self) -> str:
@@ -415,25 +494,44 @@ class DistilBertConfig(ModelConfig):
 
     model_type: ClassVar[str] = "distilbert"
     vocab_size: int = 30522
+    """Number of tokens in the vocabulary (rows of the token embedding)."""
     max_position_embeddings: int = 512
+    """Longest sequence the learned position embeddings cover."""
     sinusoidal_pos_embds: bool = False
+    """Fixed sinusoidal position embeddings instead of learned ones."""
     n_layers: int = 6
+    """Number of Transformer layers."""
     n_heads: int = 12
+    """Attention heads per layer (a divisor of `dim`)."""
     dim: int = 768
+    """Width of the hidden states."""
     hidden_dim: int = 4 * 768
+    """Width of the feed-forward layer's inner projection."""
     dropout: float = 0.1
+    """Dropout on embeddings and each sublayer's output."""
     attention_dropout: float = 0.1
+    """Dropout on the attention probabilities."""
     activation: str = "gelu"
+    """Feed-forward activation (`gelu`, `relu`, ...)."""
     initializer_range: float = 0.02
+    """Standard deviation of the normal init of weights."""
     qa_dropout: float = 0.1
+    """Dropout of the reference's question-answering head (kept for config.json)."""
     seq_classif_dropout: float = 0.2
+    """Dropout of the reference's classification head (kept for config.json)."""
     pad_token_id: int | None = 0
+    """The padding token's id (None: none)."""
 
     hidden_size = property(lambda self: self.dim)
+    """Read-only: `dim` (the name other configs use)."""
     num_hidden_layers = property(lambda self: self.n_layers)
+    """Read-only: `n_layers` (the name other configs use)."""
     num_attention_heads = property(lambda self: self.n_heads)
+    """Read-only: `n_heads` (the name other configs use)."""
     intermediate_size = property(lambda self: self.hidden_dim)
-    layer_norm_eps = property(lambda self: 1e-12)  # fixed in the reference
+    """Read-only: `hidden_dim` (the name other configs use)."""
+    layer_norm_eps = property(lambda self: 1e-12)
+    """Read-only: 1e-12, fixed in the reference."""
 
 
 @dataclass
@@ -445,37 +543,68 @@ class BartConfig(ModelConfig):
 
     model_type: ClassVar[str] = "bart"
     vocab_size: int = 50265
+    """Number of tokens in the vocabulary (rows of the token embedding)."""
     max_position_embeddings: int = 1024
+    """Longest sequence the learned position embeddings cover."""
     encoder_layers: int = 12
+    """Number of encoder layers of the seq2seq checkpoint (kept for config.json)."""
     encoder_ffn_dim: int = 4096
+    """Width of the encoder's feed-forward inner projection (kept for config.json)."""
     encoder_attention_heads: int = 16
+    """Attention heads per encoder layer (kept for config.json)."""
     decoder_layers: int = 12
+    """Number of decoder layers."""
     decoder_ffn_dim: int = 4096
+    """Width of the decoder's feed-forward inner projection."""
     decoder_attention_heads: int = 16
+    """Attention heads per decoder layer (a divisor of `d_model`)."""
     encoder_layerdrop: float = 0.0
+    """Probability of skipping an encoder layer in training (kept for config.json)."""
     decoder_layerdrop: float = 0.0
+    """Probability of skipping a decoder layer in training (LayerDrop)."""
     activation_function: str = "gelu"
+    """Feed-forward activation (`gelu_new`, `gelu`, `relu`, `silu`, ...)."""
     d_model: int = 1024
+    """Width of the hidden states."""
     dropout: float = 0.1
+    """Dropout on embeddings and each sublayer's output."""
     attention_dropout: float = 0.0
+    """Dropout on the attention probabilities."""
     activation_dropout: float = 0.0
+    """Dropout after the feed-forward activation."""
     init_std: float = 0.02
+    """Standard deviation of the normal init of weights."""
     classifier_dropout: float | None = 0.0
+    """Dropout of the reference's classification heads (kept for config.json)."""
     scale_embedding: bool = False
+    """Multiply token embeddings by sqrt(`d_model`)."""
     is_encoder_decoder: bool = True
+    """The reference's flag for a seq2seq model (written to config.json)."""
     pad_token_id: int | None = 1
+    """The padding token's id (None: none)."""
     bos_token_id: int | None = 0
+    """The beginning-of-sequence token's id (None: none)."""
     eos_token_id: int | list[int] | None = 2
+    """The end-of-sequence token's id, or a list of them (None: none)."""
     decoder_start_token_id: int | None = 2
+    """The first token the decoder is given (None: none)."""
     forced_eos_token_id: int | list[int] | None = 2
+    """Token forced as the last one when `max_length` is reached (None: none)."""
 
     hidden_size = property(lambda self: self.d_model)
+    """Read-only: `d_model` (the name other configs use)."""
     num_hidden_layers = property(lambda self: self.decoder_layers)
+    """Read-only: `decoder_layers` (the name other configs use)."""
     num_attention_heads = property(lambda self: self.decoder_attention_heads)
+    """Read-only: `decoder_attention_heads` (the name other configs use)."""
     intermediate_size = property(lambda self: self.decoder_ffn_dim)
+    """Read-only: `decoder_ffn_dim` (the name other configs use)."""
     activation = property(lambda self: self.activation_function)
+    """Read-only: `activation_function` (the name other configs use)."""
     initializer_range = property(lambda self: self.init_std)
-    layer_norm_eps = property(lambda self: 1e-5)  # torch.nn.LayerNorm's default, as the reference
+    """Read-only: `init_std` (the name other configs use)."""
+    layer_norm_eps = property(lambda self: 1e-5)
+    """Read-only: 1e-5, torch.nn.LayerNorm's default, as the reference."""
 
     @property
     def embed_scale(self) -> float:
@@ -489,6 +618,7 @@ class MBartConfig(BartConfig):
 
     model_type: ClassVar[str] = "mbart"
     decoder_start_token_id: int | None = None
+    """The first token the decoder is given (None: none)."""
 
 
 @dataclass
@@ -498,14 +628,23 @@ class MarianConfig(BartConfig):
 
     model_type: ClassVar[str] = "marian"
     vocab_size: int = 58101
+    """Number of tokens in the vocabulary (rows of the token embedding)."""
     decoder_vocab_size: int | None = None
+    """Size of the decoder's own vocabulary (None: `vocab_size`)."""
     classifier_dropout: float | None = None
+    """Dropout of the reference's classification heads (kept for config.json)."""
     share_encoder_decoder_embeddings: bool = True
+    """Encoder and decoder share one token embedding."""
     pad_token_id: int | None = 58100
+    """The padding token's id (None: none)."""
     bos_token_id: int | None = None
+    """The beginning-of-sequence token's id (None: none)."""
     eos_token_id: int | list[int] | None = 0
+    """The end-of-sequence token's id, or a list of them (None: none)."""
     decoder_start_token_id: int | None = 58100
+    """The first token the decoder is given (None: none)."""
     forced_eos_token_id: int | list[int] | None = 0
+    """Token forced as the last one when `max_length` is reached (None: none)."""
 
     def __post_init__(self) -> None:
         if self.decoder_vocab_size is None:  # as the reference's __init__
@@ -524,11 +663,17 @@ class PegasusConfig(BartConfig):
 
     model_type: ClassVar[str] = "pegasus"
     classifier_dropout: float | None = None
+    """Dropout of the reference's classification heads (kept for config.json)."""
     pad_token_id: int | None = 0
+    """The padding token's id (None: none)."""
     bos_token_id: int | None = None
+    """The beginning-of-sequence token's id (None: none)."""
     eos_token_id: int | list[int] | None = 1
+    """The end-of-sequence token's id, or a list of them (None: none)."""
     decoder_start_token_id: int | None = 0
+    """The first token the decoder is given (None: none)."""
     forced_eos_token_id: int | list[int] | None = 1
+    """Token forced as the last one when `max_length` is reached (None: none)."""
 
 
 def config_from_dict(d: dict[str, Any], *, source: Any = "config", expect: type | None = None,
@@ -557,11 +702,16 @@ class EncoderDecoderConfig(_Config):
     """transformers' `EncoderDecoderConfig`: an encoder and a decoder config plus seq2seq ids."""
 
     model_type: ClassVar[str] = "encoder-decoder"
-    encoder: ModelConfig = None  # type: ignore[assignment]  # required, as in the reference
-    decoder: ModelConfig = None  # type: ignore[assignment]  # required
+    encoder: ModelConfig = None  # type: ignore[assignment]
+    """The encoder's config (required)."""
+    decoder: ModelConfig = None  # type: ignore[assignment]
+    """The decoder's config, with `is_decoder` and `add_cross_attention` (required)."""
     is_encoder_decoder: bool = True
+    """Always True (the reference's flag, written to config.json)."""
     decoder_start_token_id: int | None = None
+    """Starts `decoder_input_ids` made from `labels`, and generation."""
     pad_token_id: int | None = None
+    """Pads `labels` shifted into `decoder_input_ids` (None: none)."""
 
     @property
     def tie_encoder_decoder(self) -> bool:
@@ -631,30 +781,54 @@ class GenerationConfig(_Config):
         "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
         "forced_bos_token_id", "forced_eos_token_id", "bad_words_ids")
 
-    max_length: int | None = None  # None: the reference's default (20 new tokens, with a warning)
+    max_length: int | None = None
+    """Longest output in tokens (None: the reference's default, 20 new tokens, with a warning)."""
     max_new_tokens: int | None = None
+    """Most tokens to generate (wins over `max_length`; None: unset)."""
     min_length: int = 0
+    """Fewest tokens in the output before EOS may end it."""
     min_new_tokens: int | None = None
+    """Fewest new tokens before EOS may end a sequence (None: unset)."""
     early_stopping: bool | str = False
+    """Beam search ends once `num_beams` are done (True), by heuristic, or 'never'."""
     do_sample: bool = False
+    """Sample the next token instead of greedy or beam search."""
     num_beams: int = 1
+    """Beams of beam search (1: greedy or sampling)."""
     temperature: float = 1.0
+    """Divides the logits before sampling."""
     top_k: int = 50
+    """Sample among the k most likely tokens (0: all)."""
     top_p: float = 1.0
+    """Sample among the most likely tokens holding this probability mass."""
     repetition_penalty: float = 1.0
+    """Penalty on the logits of tokens already generated (1.0: none)."""
     length_penalty: float = 1.0
+    """Beam scores are divided by length ** length_penalty."""
     no_repeat_ngram_size: int = 0
+    """No n-gram of this size occurs twice (0: off)."""
     bad_words_ids: list[list[int]] | None = None
+    """Token sequences that are never generated (None: none)."""
     forced_bos_token_id: int | None = None
+    """Token forced as the first generated one (None: none)."""
     forced_eos_token_id: int | list[int] | None = None
+    """Token forced as the last one when `max_length` is reached (None: none)."""
     num_return_sequences: int = 1
+    """Sequences returned per input (at most `num_beams` without sampling)."""
     output_scores: bool = False
+    """Return the processed scores of each step (with `return_dict_in_generate`)."""
     return_dict_in_generate: bool = False
+    """Return a `GenerateOutput` instead of the token ids alone."""
     use_cache: bool = True
+    """Reuse the decoder's past keys and values at each step."""
     pad_token_id: int | None = None
+    """Pads finished sequences (None: the model config's)."""
     bos_token_id: int | None = None
+    """The beginning-of-sequence token's id (None: none)."""
     eos_token_id: int | list[int] | None = None
+    """Ends a sequence; an id or a list of them (None: none)."""
     decoder_start_token_id: int | None = None
+    """The first decoder token (None: the model config's)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
