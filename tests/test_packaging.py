@@ -1,10 +1,13 @@
-"""The wheel installs nothing but `encdec`, with its LICENSE and py.typed; the sdist carries the
-sources, tests and docs; the version is written once (`encdec.__version__`)."""
+"""The wheel installs nothing but `encdec`, with its LICENSE and py.typed, and runs from a fresh
+venv (console scripts, every backend); the sdist carries the sources, tests and docs; twine
+accepts both; the version is written once (`encdec.__version__`). The one packaging check: CI
+runs it as part of the test command."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import zipfile
 from pathlib import Path
@@ -81,3 +84,36 @@ def test_version_is_written_once():
     assert 'dynamic = ["version"]' in pyproject
     assert 'version = { attr = "encdec.__version__" }' in pyproject
     assert "\nversion =" not in pyproject.split("[tool.setuptools.dynamic]")[0]
+
+
+def test_wheel_runs_from_a_fresh_venv(dist, tmp_path):
+    """The wheel alone (no deps, no index) in a fresh venv whose dependencies are this
+    environment's site-packages (a plain .pth line: an editable encdec there stays invisible):
+    both console scripts run and every backend imports from the installed wheel."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; "
+                           "print(sysconfig.get_path('purelib'))"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    before = set(Path(site).iterdir())
+    run = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
+                          "--quiet", "--no-deps", "--no-index", str(_one(dist, "encdec-*.whl"))],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    added = {p.name for p in set(Path(site).iterdir()) - before
+             if not p.name.endswith(".dist-info")}
+    assert added == {"encdec"}, added
+    (Path(site) / "_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    for script in ("encdec", "encdec-convert"):
+        run = subprocess.run([str(venv / "bin" / script), "--help"], capture_output=True,
+                             text=True, cwd=tmp_path)
+        assert run.returncode == 0, run.stdout + run.stderr
+    check = ("import importlib, sys\n"
+             "for name in ('encdec', 'encdec.core', 'encdec.pt', 'encdec.tf', 'encdec.flax',\n"
+             "             'encdec.convert'):\n"
+             "    f = importlib.import_module(name).__file__\n"
+             "    assert f.startswith(sys.argv[1]), (name, f)\n")
+    run = subprocess.run([str(python), "-c", check, site], capture_output=True, text=True,
+                         cwd=tmp_path)  # away from the source tree
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
