@@ -35,14 +35,8 @@ from encdec.core.checkpoint import (
     write_checkpoint,
 )
 from encdec.core.config import ConfigError, EncoderDecoderConfig, GenerationConfig, config_from_dict
-from encdec.core.registry import architecture
-from encdec.core.weights import (
-    Table,
-    decoder_table,
-    encoder_decoder_table,
-    encoder_table,
-    match_keys,
-)
+from encdec.core.registry import architecture, decoder_table, encoder_decoder_table, encoder_table
+from encdec.core.weights import Table, match_keys
 
 from . import backends
 from .files import (

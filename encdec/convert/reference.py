@@ -33,8 +33,8 @@ import numpy as np
 
 from encdec.core.checkpoint import CheckpointError
 from encdec.core.config import EncoderDecoderConfig
-from encdec.core.registry import Architecture, architecture
-from encdec.core.weights import Dialect, Role, encoder_decoder_table, leaf_rule
+from encdec.core.registry import Architecture, architecture, encoder_decoder_table
+from encdec.core.weights import Dialect, Role, leaf_rule
 
 
 class Layout(Enum):

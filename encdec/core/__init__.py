@@ -1,4 +1,18 @@
-"""encdec's framework-free core: configs, the weight-name table, checkpoint I/O, seq2seq rules."""
+"""encdec's framework-free core: configs, the weight-name table, checkpoint I/O, seq2seq rules.
+
+The modules form layers; each imports only modules of the layers below it (a test,
+tests/core/test_import_graph.py, walks the imports and refuses a cycle or an import hidden
+inside a function):
+
+    checkpoint, outputs   files and the reference's output containers (no encdec import)
+    config                config classes; model_type -> config class (`CONFIG_CLASSES`)
+    weights               the weight-table mechanism: Param, Role, Table, matching, load/export
+    registry              every architecture, its weight tables and lookups (positions, init)
+    seq2seq               the composite's rules (labels, start id, keyword routing)
+    validation            input checks at the API boundary (`check_positions` included)
+    generation            the generation plan, processors and beam search as a numpy spec
+    modeling              what every backend's loading and warm start share
+"""
 
 from .checkpoint import CheckpointError
 from .config import (

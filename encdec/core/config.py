@@ -676,16 +676,21 @@ class PegasusConfig(BartConfig):
     """Token forced as the last one when `max_length` is reached (None: none)."""
 
 
+# model_type -> model config class, for config dispatch (`config_from_dict`). The registry says
+# which architecture each class serves (`Architecture.config_class`); a test keeps both in step.
+CONFIG_CLASSES: dict[str, type[ModelConfig]] = {cls.model_type: cls for cls in (
+    BertConfig, RobertaConfig, XLMRobertaConfig, CamembertConfig, ElectraConfig,
+    BertGenerationConfig, DistilBertConfig, GPT2Config, BartConfig, MBartConfig, MarianConfig,
+    PegasusConfig)}
+
+
 def config_from_dict(d: dict[str, Any], *, source: Any = "config", expect: type | None = None,
                      **overrides: Any):
-    """Dispatch on `model_type` (the registry's); errors name the source file and the field."""
-    from .registry import config_classes
-
+    """Dispatch on `model_type` (`CONFIG_CLASSES`); errors name the source file and the field."""
     if not isinstance(d, dict):
         raise ConfigError(f"{source}: expected a config object, got {type(d).__name__}")
     mt = d.get("model_type")
-    classes: dict[str, type[_Config]] = {**config_classes(),
-                                         "encoder-decoder": EncoderDecoderConfig}
+    classes: dict[str, type[_Config]] = {**CONFIG_CLASSES, "encoder-decoder": EncoderDecoderConfig}
     if not isinstance(mt, str) or mt not in classes:
         raise ConfigError(f"{source}: unknown model_type {mt!r}; supported: {sorted(classes)}")
     cls = classes[mt]
@@ -741,14 +746,13 @@ class EncoderDecoderConfig(_Config):
             value = getattr(self, name)
             _check("EncoderDecoderConfig", name, value is None or value < vocab, value,
                    f"a token id below the decoder's vocabulary size {vocab}")
-        from .registry import architecture
-
         for side in ("encoder", "decoder"):
-            architecture(getattr(self, side))  # an unknown model_type names the supported ones
-        if not architecture(self.decoder).can_decode:
-            raise ConfigError(f"EncoderDecoderConfig.decoder: {self.decoder.model_type} cannot "
-                              f"be a decoder: the reference has no {self.decoder.model_type} "
-                              "causal LM (use it as the encoder)")
+            mt = getattr(self, side).model_type
+            if mt not in CONFIG_CLASSES:
+                raise ConfigError(f"EncoderDecoderConfig.{side}: unknown model_type {mt!r}; "
+                                  f"supported: {sorted(CONFIG_CLASSES)}")
+        # an architecture the reference has no causal LM for is refused by the registry
+        # (`Architecture.require_decoder`) when a model is built from this config
         if not (self.decoder.is_decoder and self.decoder.add_cross_attention):
             raise ConfigError("EncoderDecoderConfig.decoder: needs is_decoder=True and "
                               "add_cross_attention=True (use from_encoder_decoder_configs)")

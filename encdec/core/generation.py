@@ -587,21 +587,6 @@ __all__ = ["BadWords", "BeamState", "ForcedBOS", "ForcedEOS", "GenerationPlan", 
 BUCKET = 16  # compiled backends pad source lengths up to a multiple of this
 
 
-def check_positions(decoder_config: Any, p: GenerationPlan) -> None:
-    """Refuse a max_length beyond the decoder's position table: under XLA an out-of-range
-    position would be clamped silently instead of failing as in the reference."""
-    from .registry import max_positions, position_offset  # RoBERTa's offset: pad + 1
-
-    positions, offset = max_positions(decoder_config), position_offset(decoder_config)
-    if p.max_length > positions:
-        raise ValueError(f"max_length={p.max_length} (start token included) exceeds the decoder's "
-                         f"position table: the {decoder_config.model_type} position table serves "
-                         f"{positions} (max_position_embeddings="
-                         f"{decoder_config.max_position_embeddings}"
-                         + (f" minus the offset {offset}" if offset else "")
-                         + "); lower max_new_tokens")
-
-
 def bucket_length(n: int, limit: int | None = None) -> int:
     """The padded source length for n tokens: n rounded up to a multiple of BUCKET, capped at
     the encoder's position limit (never below n)."""

@@ -1,10 +1,13 @@
 """Every architecture encdec supports, declared once.
 
 An `Architecture` names its `model_type`s, config class, family (the model file each backend
-uses for it), the reference's class names, base-model prefix, head keys, position rule, init
-rules and the reference's TF/Flax naming. Config dispatch, weight tables, each backend's class
-lookup, the converter, the docs' support matrix and the test matrix all derive from
-`ARCHITECTURES`; nothing else in encdec lists model types.
+uses for it), the reference's class names, base-model prefix, head keys, weight tables, position
+rule, init rules and the reference's TF/Flax naming. Every family's weight table is declared
+here (from `weights`' building blocks), and so is the composite's (`encoder_decoder_table`).
+Weight tables, each backend's class lookup, the converter, the docs' support matrix and the test
+matrix all derive from `ARCHITECTURES`; besides it, only config dispatch
+(`config.CONFIG_CLASSES`, which sits below the registry) lists model types, and a test keeps the
+two in step.
 
 Members of a family differ only by data: the BERT family's variations are a `BertLayout`
 (token types or none, RoBERTa's position offset, ELECTRA's embedding projection, the LM head's
@@ -16,6 +19,7 @@ sinusoidal positions, post- or pre-norm, the embedding and final layer norms), f
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -34,6 +38,7 @@ from .config import (
     ConfigError,
     DistilBertConfig,
     ElectraConfig,
+    EncoderDecoderConfig,
     GPT2Config,
     MarianConfig,
     MBartConfig,
@@ -248,6 +253,14 @@ def _embedding_width(c: ModelConfig, layout: BertLayout) -> int:
     return c.embedding_size if layout.embedding_size else c.hidden_size
 
 
+def bert_attention(name: str, h: int) -> list[Param]:
+    """A BERT-family `attention` / `crossattention` block: `self.{query,key,value}` + `output`."""
+    return [*weights.linear(f"{name}.self.query", h, h), *weights.linear(f"{name}.self.key", h, h),
+            *weights.linear(f"{name}.self.value", h, h),
+            *weights.linear(f"{name}.output.dense", h, h),
+            *weights.norm(f"{name}.output.LayerNorm", h)]
+
+
 def bert_family_model(c: ModelConfig, arch: Architecture, pooler: bool) -> Table:
     """A BERT-family base model (`BertModel`, `RobertaModel`, `ElectraModel`, …)."""
     layout = arch.bert_layout
@@ -263,9 +276,9 @@ def bert_family_model(c: ModelConfig, arch: Architecture, pooler: bool) -> Table
         ps += weights.linear("embeddings_project", e, h)
     for n in range(c.num_hidden_layers):
         layer = f"encoder.layer.{n}"
-        ps += weights.bert_attention(f"{layer}.attention", h)
+        ps += bert_attention(f"{layer}.attention", h)
         if c.add_cross_attention:
-            ps += weights.bert_attention(f"{layer}.crossattention", h)
+            ps += bert_attention(f"{layer}.crossattention", h)
         ps += [*weights.linear(f"{layer}.intermediate.dense", h, i),
                *weights.linear(f"{layer}.output.dense", i, h),
                *weights.norm(f"{layer}.output.LayerNorm", h)]
@@ -297,6 +310,59 @@ def bert_family_lm(c: ModelConfig, arch: Architecture) -> Table:
                  ignored=(re.escape(p) + r"embeddings\.(position_ids|token_type_ids)",
                           re.escape(p) + r"pooler\..*"), prefix=p,
                  heads=arch.heads)  # other heads of a checkpoint (ELECTRA's discriminator)
+
+
+# --- DistilBERT's table (an encoder) -----------------------------------------------------
+
+def distilbert_model(c: ModelConfig, arch: Architecture, pooler: bool = False) -> Table:
+    """transformers' `DistilBertModel` (encoder only; it has no pooler)."""
+    h, i = c.hidden_size, c.intermediate_size
+    ps = [Param("embeddings.word_embeddings.weight", (c.vocab_size, h), Role.EMBEDDING),
+          Param("embeddings.position_embeddings.weight", (c.max_position_embeddings, h),
+                Role.EMBEDDING),
+          *weights.norm("embeddings.LayerNorm", h)]
+    for n in range(c.num_hidden_layers):
+        layer = f"transformer.layer.{n}"
+        for proj in ("q_lin", "k_lin", "v_lin", "out_lin"):
+            ps += weights.linear(f"{layer}.attention.{proj}", h, h)
+        ps += [*weights.norm(f"{layer}.sa_layer_norm", h),
+               *weights.linear(f"{layer}.ffn.lin1", h, i),
+               *weights.linear(f"{layer}.ffn.lin2", i, h),
+               *weights.norm(f"{layer}.output_layer_norm", h)]
+    return Table(tuple(ps), ignored=(r"embeddings\.position_ids",),
+                 base_prefixes=(arch.prefix + ".",), heads=arch.heads)
+
+
+# --- GPT-2's tables -------------------------------------------------------------------------
+
+def gpt2_model(c: ModelConfig, arch: Architecture, pooler: bool = False) -> Table:
+    """transformers' `GPT2Model` (cross-attention when `c.add_cross_attention`; no pooler)."""
+    h, i = c.hidden_size, c.intermediate_size
+    conv = functools.partial(weights.linear, role=Role.CONV1D)
+    ps = [Param("wte.weight", (c.vocab_size, h), Role.EMBEDDING),
+          Param("wpe.weight", (c.max_position_embeddings, h), Role.EMBEDDING)]
+    for n in range(c.num_hidden_layers):
+        blk = f"h.{n}"
+        ps += [*weights.norm(f"{blk}.ln_1", h), *conv(f"{blk}.attn.c_attn", h, 3 * h),
+               *conv(f"{blk}.attn.c_proj", h, h), *weights.norm(f"{blk}.ln_2", h)]
+        if c.add_cross_attention:
+            ps += [*conv(f"{blk}.crossattention.c_attn", h, 2 * h),
+                   *conv(f"{blk}.crossattention.q_attn", h, h),
+                   *conv(f"{blk}.crossattention.c_proj", h, h),
+                   *weights.norm(f"{blk}.ln_cross_attn", h)]
+        ps += [*conv(f"{blk}.mlp.c_fc", h, i), *conv(f"{blk}.mlp.c_proj", i, h)]
+    ps += weights.norm("ln_f", h)
+    return Table(tuple(ps), ignored=(r"h\.\d+\.(attn|crossattention)\.(bias|masked_bias)",),
+                 base_prefixes=(arch.prefix + ".",), heads=arch.heads)
+
+
+def gpt2_lm_head_model(c: ModelConfig, arch: Architecture) -> Table:
+    """transformers' `GPT2LMHeadModel`: `transformer.` + `lm_head` (tied to `wte`)."""
+    p = arch.prefix + "."
+    base = gpt2_model(c, arch).with_prefix(p)
+    tied = p + "wte.weight" if c.tie_word_embeddings else None
+    head = Param("lm_head.weight", (c.vocab_size, c.hidden_size), Role.LINEAR, tied_to=tied)
+    return Table(base.params + (head,), ignored=base.ignored, prefix=p)
 
 
 # --- BART-family tables (decoders) ----------------------------------------------------------
@@ -427,8 +493,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         name="distilbert", model_types=("distilbert",), config_class=DistilBertConfig,
         family="distilbert", base_class="DistilBertModel", lm_class=None, prefix="distilbert",
-        base_table=lambda c, arch, pooler: weights.distilbert_model(c, arch.prefix, arch.heads),
-        lm_table=None,
+        base_table=distilbert_model, lm_table=None,
         heads=(r"vocab_transform\..*", r"vocab_layer_norm\..*", r"vocab_projector\..*",
                r"pre_classifier\..*", r"classifier\..*", r"qa_outputs\..*"),
         init=InitRules(padding_rows=(r"embeddings\.word_embeddings\.weight",),
@@ -438,8 +503,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         name="gpt2", model_types=("gpt2",), config_class=GPT2Config, family="gpt2",
         base_class="GPT2Model", lm_class="GPT2LMHeadModel", prefix="transformer",
-        base_table=lambda c, arch, pooler: weights.gpt2_model(c),
-        lm_table=lambda c, arch: weights.gpt2_lm_head_model(c), heads=(r"lm_head\..*",),
+        base_table=gpt2_model, lm_table=gpt2_lm_head_model, heads=(r"lm_head\..*",),
         init=InitRules(scaled=(r"c_proj\.weight",)), tf=RefNaming("transformer"), flax=True,
         doc="transformers' `GPT2Model` / `GPT2LMHeadModel`"),
     _bart_like("bart", BartConfig, "Bart", BartLayout(), flax=True),
@@ -473,16 +537,42 @@ def architecture(config_or_type: ModelConfig | str) -> Architecture:
 
 
 def encoder_table(c: ModelConfig, pooler: bool | None = None) -> Table:
+    """The encoder's table (a clear error for a decoder-only architecture)."""
     return architecture(c).encoder_table(c, pooler)
 
 
 def decoder_table(c: ModelConfig) -> Table:
+    """The decoder's table (a clear error for an encoder-only architecture)."""
     arch = architecture(c)
     arch.require_decoder()
     if not (c.is_decoder and c.add_cross_attention):
         raise CheckpointError(f"decoder config ({c.model_type}): needs is_decoder=True and "
                               "add_cross_attention=True to serve as a decoder")
     return arch.decoder_table(c)
+
+
+def encoder_decoder_table(c: EncoderDecoderConfig) -> Table:
+    """transformers' `EncoderDecoderModel`: `encoder.` + `decoder.` (+ `enc_to_dec_proj`)."""
+    enc, dec = encoder_table(c.encoder).with_prefix("encoder."), \
+        decoder_table(c.decoder).with_prefix("decoder.")
+    ps = list(enc.params + dec.params)
+    if weights.has_enc_to_dec_proj(c):
+        ps += weights.linear("enc_to_dec_proj", c.encoder.hidden_size, c.decoder.hidden_size)
+    if c.tie_encoder_decoder:
+        ps = _tie_encoder_decoder(ps, decoder_table(c.decoder).prefix)
+    return Table(tuple(ps), ignored=enc.ignored + dec.ignored)
+
+
+def _tie_encoder_decoder(ps: list[Param], dec_prefix: str) -> list[Param]:
+    """As the reference's `tie_encoder_decoder`: decoder base weights share the encoder's."""
+    names = {p.name for p in ps}
+    out = []
+    for p in ps:
+        src = "encoder." + p.name.removeprefix("decoder." + dec_prefix)
+        shared = p.name.startswith("decoder." + dec_prefix) and src in names
+        out.append(Param(p.name, p.shape, p.role, src, stored=True)
+                   if shared and p.tied_to is None else p)
+    return out
 
 
 # --- positions --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .config import EncoderDecoderConfig, GenerationConfig
+from .registry import architecture
 
 IGNORE_INDEX = -100
 
@@ -99,8 +100,6 @@ def extra_forward_args(forward: Callable[..., Any]) -> frozenset[str]:
 def check_decoder(name: str, config: Any, has_cross_attention: bool) -> None:
     """Refuse a decoder object without cross-attention layers (`is_decoder` is set by the
     composite config, as the reference does), or of an encoder-only architecture."""
-    from .registry import architecture
-
     arch = architecture(config)
     arch.require_decoder()
     if not (has_cross_attention or arch.always_cross_attention):

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import EncoderDecoderConfig, GenerationConfig
-from .registry import check_length, embedding_width
+from .config import EncoderDecoderConfig, GenerationConfig, ModelConfig
+from .registry import check_length, embedding_width, max_positions, position_offset
 
 IGNORE_INDEX = -100  # the label the loss ignores (seq2seq.IGNORE_INDEX)
 
@@ -296,13 +296,25 @@ def check_generation_config(config: EncoderDecoderConfig, gc: GenerationConfig) 
             _in_vocab(name, v, vocab)
 
 
+def check_positions(decoder_config: ModelConfig, p: Any) -> None:
+    """Refuse a generation plan `p` (a `GenerationPlan`) whose max_length is beyond the decoder's
+    position table: under XLA an out-of-range position would be clamped silently instead of
+    failing as in the reference."""
+    positions, offset = max_positions(decoder_config), position_offset(decoder_config)
+    if p.max_length > positions:
+        raise ValueError(f"max_length={p.max_length} (start token included) exceeds the decoder's "
+                         f"position table: the {decoder_config.model_type} position table serves "
+                         f"{positions} (max_position_embeddings="
+                         f"{decoder_config.max_position_embeddings}"
+                         + (f" minus the offset {offset}" if offset else "")
+                         + "); lower max_new_tokens")
+
+
 def check_generate(config: EncoderDecoderConfig, plan: Any, input_ids: Any,
                    attention_mask: Any = None, *, host: Host = _numpy_host) -> None:
     """Refuse a `generate` call's inputs (once per call, before any compiled code): `input_ids`
     as in `check_forward`, the resolved start id and the length against the decoder's position
     table (`plan`: the call's `GenerationPlan`)."""
-    from .generation import check_positions
-
     shape = check_ids("input_ids", input_ids, config.encoder.vocab_size, side="encoder",
                       host=host)
     if shape[1] is not None:
@@ -315,4 +327,4 @@ def check_generate(config: EncoderDecoderConfig, plan: Any, input_ids: Any,
 
 
 __all__ = ["check_forward", "check_generate", "check_generation_config",
-           "check_ids"]
+           "check_ids", "check_positions"]

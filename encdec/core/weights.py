@@ -4,7 +4,9 @@ Canonical names are the reference's PyTorch state-dict names (`encoder.encoder.l
 attention.self.query.weight`, `decoder.transformer.h.0.crossattention.q_attn.weight`, …) and
 canonical layouts are PyTorch's. Each backend derives its own leaf name and layout from a
 parameter's `Role` (`leaf`, `to_dialect`, `from_dialect`); the same table drives loading,
-saving, missing/unexpected/shape reports, tied and ignored keys, and the converter.
+saving, missing/unexpected/shape reports, tied and ignored keys, and the converter. Each
+family's table (which parameters a model of that family has) is declared in the registry, from
+the building blocks here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from enum import Enum
 import numpy as np
 
 from .checkpoint import CheckpointError
-from .config import EncoderDecoderConfig, ModelConfig
+from .config import EncoderDecoderConfig
 
 
 class Role(Enum):
@@ -128,7 +130,7 @@ def _prefixed(prefix: str, regex: str) -> str:
     return re.escape(prefix) + regex
 
 
-# --- architectures ------------------------------------------------------------------------
+# --- building blocks of the tables (each family's table is in the registry) ----------------
 
 def norm(name: str, h: int) -> list[Param]:
     """A LayerNorm's weight and bias."""
@@ -141,116 +143,8 @@ def linear(name: str, n_in: int, n_out: int, role: Role = Role.LINEAR) -> list[P
     return [Param(f"{name}.weight", shape, role), Param(f"{name}.bias", (n_out,), Role.BIAS)]
 
 
-def bert_attention(name: str, h: int) -> list[Param]:
-    """A BERT-family `attention` / `crossattention` block: `self.{query,key,value}` + `output`."""
-    return [*linear(f"{name}.self.query", h, h), *linear(f"{name}.self.key", h, h),
-            *linear(f"{name}.self.value", h, h), *linear(f"{name}.output.dense", h, h),
-            *norm(f"{name}.output.LayerNorm", h)]
-
-
-def bert_model(c: ModelConfig, *, pooler: bool = True) -> Table:
-    """A BERT-family base model's table (the registry's `bert_family_model`)."""
-    from .registry import architecture
-
-    return architecture(c).encoder_table(c, pooler)
-
-
-def bert_lm_head_model(c: ModelConfig) -> Table:
-    """A BERT-family causal LM's table (the registry's `bert_family_lm`)."""
-    from .registry import architecture
-
-    return architecture(c).decoder_table(c)
-
-
-def distilbert_model(c: ModelConfig, prefix: str = "distilbert",
-                     heads: tuple[str, ...] = ()) -> Table:
-    """transformers' `DistilBertModel` (encoder only)."""
-    h, i = c.hidden_size, c.intermediate_size
-    ps = [Param("embeddings.word_embeddings.weight", (c.vocab_size, h), Role.EMBEDDING),
-          Param("embeddings.position_embeddings.weight", (c.max_position_embeddings, h),
-                Role.EMBEDDING),
-          *norm("embeddings.LayerNorm", h)]
-    for n in range(c.num_hidden_layers):
-        layer = f"transformer.layer.{n}"
-        for proj in ("q_lin", "k_lin", "v_lin", "out_lin"):
-            ps += linear(f"{layer}.attention.{proj}", h, h)
-        ps += [*norm(f"{layer}.sa_layer_norm", h), *linear(f"{layer}.ffn.lin1", h, i),
-               *linear(f"{layer}.ffn.lin2", i, h), *norm(f"{layer}.output_layer_norm", h)]
-    return Table(tuple(ps), ignored=(r"embeddings\.position_ids",),
-                 base_prefixes=(prefix + ".",), heads=heads)
-
-
-def gpt2_model(c: ModelConfig) -> Table:
-    """transformers' `GPT2Model` (cross-attention when `c.add_cross_attention`)."""
-    h, i = c.hidden_size, c.intermediate_size
-    ps = [Param("wte.weight", (c.vocab_size, h), Role.EMBEDDING),
-          Param("wpe.weight", (c.max_position_embeddings, h), Role.EMBEDDING)]
-    for n in range(c.num_hidden_layers):
-        blk = f"h.{n}"
-        ps += [*norm(f"{blk}.ln_1", h), *linear(f"{blk}.attn.c_attn", h, 3 * h, Role.CONV1D),
-               *linear(f"{blk}.attn.c_proj", h, h, Role.CONV1D), *norm(f"{blk}.ln_2", h)]
-        if c.add_cross_attention:
-            ps += [*linear(f"{blk}.crossattention.c_attn", h, 2 * h, Role.CONV1D),
-                   *linear(f"{blk}.crossattention.q_attn", h, h, Role.CONV1D),
-                   *linear(f"{blk}.crossattention.c_proj", h, h, Role.CONV1D),
-                   *norm(f"{blk}.ln_cross_attn", h)]
-        ps += [*linear(f"{blk}.mlp.c_fc", h, i, Role.CONV1D),
-               *linear(f"{blk}.mlp.c_proj", i, h, Role.CONV1D)]
-    ps += norm("ln_f", h)
-    return Table(tuple(ps),
-                 ignored=(r"h\.\d+\.(attn|crossattention)\.(bias|masked_bias)",),
-                 base_prefixes=("transformer.",), heads=(r"lm_head\..*",))
-
-
-def gpt2_lm_head_model(c: ModelConfig) -> Table:
-    """transformers' `GPT2LMHeadModel`: `transformer.` + `lm_head` (tied to `wte`)."""
-    base = gpt2_model(c)
-    tied = "transformer.wte.weight" if c.tie_word_embeddings else None
-    head = Param("lm_head.weight", (c.vocab_size, c.hidden_size), Role.LINEAR, tied_to=tied)
-    return Table(base.with_prefix("transformer.").params + (head,),
-                 ignored=tuple(_prefixed("transformer.", r) for r in base.ignored),
-                 prefix="transformer.")
-
-
-def encoder_table(c: ModelConfig) -> Table:
-    """The encoder's table, from the registry."""
-    from .registry import encoder_table as table
-
-    return table(c)
-
-
-def decoder_table(c: ModelConfig) -> Table:
-    """The decoder's table, from the registry (a clear error for encoder-only architectures)."""
-    from .registry import decoder_table as table
-
-    return table(c)
-
-
-def encoder_decoder_table(c: EncoderDecoderConfig) -> Table:
-    """transformers' `EncoderDecoderModel`: `encoder.` + `decoder.` (+ `enc_to_dec_proj`)."""
-    enc, dec = encoder_table(c.encoder).with_prefix("encoder."), \
-        decoder_table(c.decoder).with_prefix("decoder.")
-    ps = list(enc.params + dec.params)
-    if c.encoder.hidden_size != c.decoder.hidden_size:
-        ps += linear("enc_to_dec_proj", c.encoder.hidden_size, c.decoder.hidden_size)
-    if c.tie_encoder_decoder:
-        ps = _tie_encoder_decoder(ps, decoder_table(c.decoder).prefix)
-    return Table(tuple(ps), ignored=enc.ignored + dec.ignored)
-
-
-def _tie_encoder_decoder(ps: list[Param], dec_prefix: str) -> list[Param]:
-    """As the reference's `tie_encoder_decoder`: decoder base weights share the encoder's."""
-    names = {p.name for p in ps}
-    out = []
-    for p in ps:
-        src = "encoder." + p.name.removeprefix("decoder." + dec_prefix)
-        shared = p.name.startswith("decoder." + dec_prefix) and src in names
-        out.append(Param(p.name, p.shape, p.role, src, stored=True)
-                   if shared and p.tied_to is None else p)
-    return out
-
-
 def has_enc_to_dec_proj(c: EncoderDecoderConfig) -> bool:
+    """The composite projects encoder states to the decoder's width (sizes differ)."""
     return c.encoder.hidden_size != c.decoder.hidden_size
 
 

@@ -40,7 +40,8 @@ from flax import nnx
 
 from encdec.core import generation as gen
 from encdec.core.registry import max_positions
-from encdec.export import runner_script
+from encdec.core.validation import check_positions
+from encdec.export import run_script, runner_script, write_manifest
 
 from . import generation as flax_generation
 
@@ -55,7 +56,7 @@ def settings_of(model: Any, generation_kwargs: dict[str, Any]) -> tuple[dict[str
     (a bad value fails here, at export time, naming the argument), and the plan."""
     gc = model.generation_config.merged(**generation_kwargs)
     p = gen.plan(model.config, gc)
-    gen.check_positions(model.config.decoder, p)
+    check_positions(model.config.decoder, p)
     if p.do_sample:
         raise ValueError("do_sample=True: a JAX export fixes one deterministic strategy; "
                          "export greedy search (num_beams=1) or beam search (num_beams > 1)")
@@ -88,8 +89,6 @@ def export(model: Any, directory: str | os.PathLike, *, example_inputs: Any = No
     `generation_kwargs` fixed, plus `params.npz`, `run.py` and `export.json`. `example_inputs`
     is unused (the batch is run example by example; the source length limit is the encoder's
     position limit)."""
-    from encdec.export import write_manifest
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     settings, p = settings_of(model, generation_kwargs)
@@ -122,8 +121,6 @@ def run_exported(directory: str | os.PathLike, input_ids: np.ndarray,
                  attention_mask: np.ndarray) -> np.ndarray:
     """Tokens of the export in `directory`, run by its `run.py` in a fresh Python process
     (which imports jax and numpy, never encdec or flax)."""
-    from encdec.export import run_script
-
     return run_script(Path(directory), input_ids, attention_mask)
 
 

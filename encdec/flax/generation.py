@@ -37,6 +37,8 @@ from encdec.core.config import GenerationConfig
 from encdec.core.registry import max_positions
 from encdec.core.validation import check_generate
 
+from .params import host_array
+
 TRACES: collections.Counter[str] = collections.Counter()  # strategy name -> times traced
 _PROGRAMS: dict[Any, Any] = {}  # (plan, shapes, model pytree structure) -> jax.jit function
 # XLA options of the generation programs, per backend (the library's own programs only)
@@ -52,8 +54,6 @@ def generate(model: nnx.Module, input_ids: Any, attention_mask: Any = None, *,
     `return_dict_in_generate`. `seed` makes sampling reproducible (random when None);
     `rngs` gives the key from its `sample` stream instead."""
     p = gen.plan(model.config, generation_config or model.generation_config, **kwargs)
-    from .encoder_decoder import host_array
-
     check_generate(model.config, p, input_ids, attention_mask, host=host_array)  # before jit
     ids = np.asarray(input_ids)
     # no mask: every position is attended (the reference infers none for encoder-decoders)

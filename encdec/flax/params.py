@@ -118,6 +118,14 @@ def get(module: nnx.Module, path: str) -> np.ndarray:
     return np.asarray(_variable(module, path)[...])
 
 
+def host_array(x: Any) -> np.ndarray | None:
+    """The values of an input on the host, for `encdec.core.validation`; None for a tracer
+    (inside `nnx.jit` / `jax.jit`): shapes and dtypes are still checked there."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
 def jax_dtype(name: str) -> jnp.dtype:
     """The jax dtype of a canonical dtype name (`encdec.core.modeling.dtype_name`); float64
     only where jax runs it (`jax_enable_x64`), else an error naming the backend."""

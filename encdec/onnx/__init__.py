@@ -20,6 +20,7 @@ import numpy as np
 
 from encdec.core import generation as G
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig
+from encdec.core.validation import check_positions
 from encdec.export import ExportError, read_manifest
 
 
@@ -90,7 +91,7 @@ class OnnxModel:
         """Token ids (batch * num_return_sequences, length) as encdec's `generate`, with the
         settings fixed at export (`kwargs` override them: generation-config field names)."""
         p = G.plan(self.config, self.generation_config, **kwargs)
-        G.check_positions(self.config.decoder, p)
+        check_positions(self.config.decoder, p)
         ids = np.asarray(input_ids, np.int64)
         if ids.ndim != 2:
             raise ValueError(f"input_ids: expected a (batch, length) array, got shape "

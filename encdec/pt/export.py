@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from encdec.core import generation as G
+from encdec.core.validation import check_positions
+from encdec.export import run_script, write_manifest
 
 OPSET = 17
 EXPORT_ID = "encdec_export_id"  # graph metadata: both graphs and export.json carry the same id
@@ -150,8 +152,6 @@ def export(model, directory: str | os.PathLike, *, example_inputs=None,
     """Write the ONNX artefact of `model` into `directory`: the two graphs, `run.py` and
     `export.json` (the generation settings `generation_kwargs` fixed, file hashes).
     `example_inputs` is unused (every axis is dynamic)."""
-    from encdec.export import write_manifest
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     settings = settings_of(model, generation_kwargs)
@@ -168,13 +168,11 @@ def settings_of(model, generation_kwargs: dict[str, Any]) -> dict[str, Any]:
     (a bad value fails here, at export time, naming the argument)."""
     gc = model.generation_config.merged(**generation_kwargs)
     p = G.plan(model.config, gc)
-    G.check_positions(model.config.decoder, p)
+    check_positions(model.config.decoder, p)
     return gc.to_dict()
 
 
 def run_exported(directory: str | os.PathLike, input_ids: np.ndarray,
                  attention_mask: np.ndarray) -> np.ndarray:
     """Tokens of the export in `directory`, run by its `run.py` in a fresh Python process."""
-    from encdec.export import run_script
-
     return run_script(Path(directory), input_ids, attention_mask)

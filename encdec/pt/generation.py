@@ -21,6 +21,8 @@ from encdec.core import generation as G
 from encdec.core.config import GenerationConfig
 from encdec.core.validation import check_generate
 
+from .params import host_array
+
 # --- logits processors (same rules as encdec.core.generation's numpy versions) ------------------
 
 
@@ -125,8 +127,6 @@ def generate(model, input_ids: Tensor, attention_mask: Tensor | None = None, *,
     global generator, as the reference).
     """
     p = G.plan(model.config, generation_config or model.generation_config, **kwargs)
-    from .encoder_decoder import host_array
-
     check_generate(model.config, p, input_ids, attention_mask, host=host_array)  # once per call
     device = next(model.parameters()).device
     input_ids = torch.as_tensor(input_ids, device=device)

@@ -13,6 +13,7 @@ import functools
 import logging
 import threading
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,16 @@ def get(module: nn.Module, path: str) -> np.ndarray:
 
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
+
+
+def host_array(x: Any) -> np.ndarray | None:
+    """The values of an input on the host, for `encdec.core.validation`; None inside a
+    `torch.compile` trace (shapes and dtypes are still checked there)."""
+    if torch.compiler.is_compiling():
+        return None
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -28,6 +28,8 @@ from encdec.core.config import GenerationConfig
 from encdec.core.registry import max_positions
 from encdec.core.validation import check_generate
 
+from .params import host_array
+
 TRACES: collections.Counter[str] = collections.Counter()  # strategy name -> times traced
 _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: tf.function}
 
@@ -40,8 +42,6 @@ def generate(model: Any, input_ids: Any, attention_mask: Any = None, *,
     `return_dict_in_generate`. `seed` makes sampling reproducible (random when None)."""
     p = gen.plan(model.config, generation_config or getattr(model, "generation_config", None),
                  **kwargs)
-    from .encoder_decoder import host_array
-
     check_generate(model.config, p, input_ids, attention_mask, host=host_array)  # before XLA
     ids = np.asarray(input_ids)
     # no mask: every position is attended (the reference infers none for encoder-decoders)

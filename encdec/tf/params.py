@@ -98,6 +98,15 @@ def get(module: keras.layers.Layer, path: str) -> np.ndarray:
     return _lookup(module, path).numpy()
 
 
+def host_array(x: Any) -> np.ndarray | None:
+    """The values of an input on the host, for `encdec.core.validation`; None for a symbolic
+    tensor (inside a `tf.function`, Keras' compiled `fit`): shapes and dtypes are still
+    checked there."""
+    if isinstance(x, keras.KerasTensor) or (tf.is_tensor(x) and not tf.executing_eagerly()):
+        return None
+    return np.asarray(x)
+
+
 def dtype_of(module: keras.layers.Layer) -> str:
     """The canonical name of the dtype `module`'s variables are held in."""
     for var in variables(module).values():

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from encdec.core import ConfigError
+from encdec.core.config import CONFIG_CLASSES
 from encdec.core.registry import (
     ARCHITECTURES,
     architecture,
+    config_classes,
     decoder_table,
     encoder_table,
     initializers,
@@ -79,6 +81,8 @@ def test_lookups_and_errors():
         for mt in arch.model_types:
             assert architecture(mt) is arch
         assert architecture(core_config(arch.name)) is arch
+    # config dispatch (below the registry) knows the same model types with the same classes
+    assert config_classes() == CONFIG_CLASSES
     matrix = support_matrix()
     assert len(matrix) == len(ARCHITECTURES) ** 2
     assert all(ok == (architecture(enc).can_encode and architecture(dec).can_decode)

@@ -5,14 +5,11 @@ import pytest
 from safetensors.numpy import load_file
 
 from encdec.core import BertConfig, CheckpointError, EncoderDecoderConfig, GPT2Config
+from encdec.core.registry import decoder_table, encoder_decoder_table, encoder_table
 from encdec.core.weights import (
     Dialect,
-    bert_lm_head_model,
-    bert_model,
-    encoder_decoder_table,
     export_state,
     from_dialect,
-    gpt2_lm_head_model,
     leaf,
     load_state,
     match_keys,
@@ -49,13 +46,13 @@ def test_against_hf_backbone_tables():
     small = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=20, max_position_embeddings=32)
     cases = [
-        (tr.BertModel(tr.BertConfig(**small)), bert_model(BertConfig(**small))),
+        (tr.BertModel(tr.BertConfig(**small)), encoder_table(BertConfig(**small))),
         (tr.BertLMHeadModel(tr.BertConfig(**small, is_decoder=True, add_cross_attention=True)),
-         bert_lm_head_model(BertConfig(**small, is_decoder=True, add_cross_attention=True))),
+         decoder_table(BertConfig(**small, is_decoder=True, add_cross_attention=True))),
         (tr.GPT2LMHeadModel(tr.GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2,
                                           add_cross_attention=True)),
-         gpt2_lm_head_model(GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2,
-                                       add_cross_attention=True))),
+         decoder_table(GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2,
+                                  add_cross_attention=True, is_decoder=True))),
     ]
     for model, table in cases:
         sd = model.state_dict()
@@ -68,7 +65,7 @@ def test_against_hf_backbone_tables():
 def test_quirks_prefixes_legacy_names_buffers_heads():
     c = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                    intermediate_size=20, is_decoder=True, add_cross_attention=True)
-    head = bert_lm_head_model(c)
+    head = decoder_table(c)
     base_keys = ["embeddings.word_embeddings.weight", "embeddings.LayerNorm.gamma",
                  "embeddings.LayerNorm.beta", "embeddings.position_ids", "pooler.dense.weight"]
     m = match_keys(head, base_keys)  # base checkpoint into a head model: prefix added
@@ -78,15 +75,15 @@ def test_quirks_prefixes_legacy_names_buffers_heads():
     assert "cls.predictions.bias" in m.missing and not m.unexpected
     assert "bert.encoder.layer.0.crossattention.self.query.weight" in m.missing
     # a head checkpoint into a base model: prefix stripped, heads dropped and reported
-    base = bert_model(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
-                                 num_attention_heads=2, intermediate_size=20))
+    base = encoder_table(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=20))
     m = match_keys(base, ["bert.embeddings.word_embeddings.weight", "cls.predictions.bias",
                           "cls.seq_relationship.weight", "something.else"])
     assert m.keys == {"embeddings.word_embeddings.weight": "bert.embeddings.word_embeddings.weight"}
     assert m.dropped == ["cls.predictions.bias", "cls.seq_relationship.weight"]
     assert m.unexpected == ["something.else"]
-    g = gpt2_lm_head_model(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2,
-                                      add_cross_attention=True, is_decoder=True))
+    g = decoder_table(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2,
+                                 add_cross_attention=True, is_decoder=True))
     m = match_keys(g, ["h.0.attn.bias", "h.0.attn.masked_bias", "wte.weight", "lm_head.weight"])
     assert m.keys == {"transformer.wte.weight": "wte.weight"}
     assert sorted(m.ignored) == ["h.0.attn.bias", "h.0.attn.masked_bias", "lm_head.weight"]
