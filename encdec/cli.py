@@ -19,6 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from encdec import demo
+from encdec.convert import backends
+from encdec.convert.converter import ConvertError, canonical_checkpoint, read_configs
+from encdec.core.seq2seq import shift_tokens_right
+from encdec.demo import add_arguments
+from encdec.export import FORMATS, ExportError, export_checkpoint
+
 PARITY_BOUND = 1e-5  # DESIGN.md: logits and loss, any backend vs the reference, fp32
 DEMO_TEXTS = (
     "The quick brown fox jumps over the lazy dog near the river bank.",
@@ -42,8 +49,6 @@ class Row:
 
 
 def _frameworks(requested: str | None) -> list[str]:
-    from encdec.convert import backends
-
     names = ["transformers", *backends.FRAMEWORKS]
     if requested:
         names = [n.strip() for n in requested.split(",") if n.strip()]
@@ -56,8 +61,6 @@ def _frameworks(requested: str | None) -> list[str]:
 def run_backends(checkpoints: Mapping[str, Path], batch: Mapping[str, np.ndarray],
                  max_new_tokens: int) -> list[Row]:
     """Load each checkpoint in its backend, run a forward and a greedy generation."""
-    from encdec.convert import backends
-
     rows = []
     for name, directory in checkpoints.items():
         row = Row(name)
@@ -120,9 +123,6 @@ def parity_report(rows: Sequence[Row], bound: float = PARITY_BOUND) -> tuple[str
 
 
 def _parity_batch(config, seed: int) -> dict[str, np.ndarray]:
-    from encdec.convert import backends
-    from encdec.core.seq2seq import shift_tokens_right
-
     batch = backends.random_batch(config, seed=seed, labels=True)
     start = next((v for v in (config.decoder_start_token_id, config.decoder.bos_token_id)
                   if v is not None), 0)
@@ -132,9 +132,6 @@ def _parity_batch(config, seed: int) -> dict[str, np.ndarray]:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from encdec.convert import backends
-    from encdec.convert.converter import ConvertError, canonical_checkpoint, read_configs
-
     backends.quiet()
     frameworks = _frameworks(args.backends)
     if not frameworks:
@@ -160,8 +157,6 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from encdec import demo
-
     return demo.main(args)
 
 
@@ -169,9 +164,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from encdec.convert import backends
-    from encdec.export import FORMATS, ExportError, export_checkpoint
-
     backends.quiet()
     if not backends.available(FORMATS[args.format]):
         print(f"encdec export: --format {args.format} needs encdec's {FORMATS[args.format]} "
@@ -224,8 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
         "match stays below --min-accuracy or the backends disagree, 2 for a bad option value, 4 "
         "for a non-empty --out without --force, 5 when something it needs is not installed.",
         epilog="example: encdec demo --backend flax --out demo-ckpt/")
-    from encdec.demo import add_arguments
-
     add_arguments(demo)
     demo.set_defaults(func=cmd_demo)
     exp = sub.add_parser(

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 import encdec
+from encdec.core.checkpoint import _recover, _SaveLock, _swap
 
 MANIFEST = "export.json"
 FORMATS: dict[str, str] = {"onnx": "pt", "saved_model": "tf", "jax": "flax"}  # format -> backend
@@ -167,8 +168,6 @@ def export_model(model: Any, directory: str | os.PathLike, format: str | None = 
     generation settings `generation_kwargs` fixed, verify it in a fresh process (unless
     `verify_output=False`), and move it into place atomically. On any failure `directory` is
     left as it was."""
-    from encdec.core.checkpoint import _recover, _SaveLock, _swap
-
     backend = backend_of(model)
     format = format or DEFAULT_FORMAT[backend]
     if format not in FORMATS:
