@@ -8,7 +8,6 @@ import gc
 import os
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,84 +19,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from encdec.core.registry import architecture  # noqa: E402
 
-# Tiny sizes, as the reference's testers: hidden 32, 2 layers, 4 heads, vocab 99.
-TINY = dict(vocab_size=99, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, hidden_act="gelu")
-FAMILY_SIZES = {  # the registry's family -> its config's names for the tiny sizes
-    "bert": lambda h: dict(TINY, hidden_size=h),
-    "distilbert": lambda h: dict(vocab_size=99, dim=h, n_layers=2, n_heads=4, hidden_dim=37,
-                                 max_position_embeddings=64, activation="gelu"),
-    "gpt2": lambda h: dict(vocab_size=99, n_embd=h, n_layer=2, n_head=4, n_positions=64),
-    "bart": lambda h: dict(vocab_size=99, d_model=h, encoder_layers=2, decoder_layers=2,
-                           encoder_attention_heads=4, decoder_attention_heads=4,
-                           encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64,
-                           activation_function="gelu"),
-}
-EXTRA = {  # ELECTRA's embeddings narrower than hidden; each BART member's own activation
-    "electra": dict(embedding_size=16),
-    "marian": dict(activation_function="swish", scale_embedding=True, decoder_start_token_id=2),
-    "pegasus": dict(activation_function="relu", scale_embedding=True),
-    "mbart": dict(scale_embedding=True),
-}
-DECODER_START, PAD, EOS = 2, 0, 3
+# The test matrix (tiny configs, pairs, the fast tier) is data in tests/tiny.py.
+from tests.tiny import (  # noqa: E402
+    DECODER_START,
+    EOS,
+    EXTRA,
+    FAMILY_SIZES,
+    FAST_PAIRS,
+    PAD,
+    PAIRS,
+    SLOW_PARAMS,
+    TINY,
+    Pair,
+    tiny_kwargs,
+)
 
-
-def tiny_kwargs(model_type: str, hidden: int = 32) -> dict:
-    """transformers config kwargs of a tiny model of `model_type` (a registry name)."""
-    return dict(FAMILY_SIZES[architecture(model_type).family](hidden), **EXTRA.get(model_type, {}))
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One composite of the test matrix: encoder and decoder model types (registry names)."""
-
-    encoder: str
-    decoder: str
-    decoder_hidden: int = 32  # != 32: an `enc_to_dec_proj`
-    tie: bool = False  # tie_encoder_decoder
-
-    def kwargs(self, side: str) -> dict:
-        """The transformers config kwargs of one side ("encoder" / "decoder")."""
-        return tiny_kwargs(getattr(self, side), 32 if side == "encoder" else self.decoder_hidden)
-
-    def pad(self, side: str) -> int:
-        """The side's padding id: transformers' config default (RoBERTa's 1), else PAD (also
-        for a default outside the tiny vocabulary, Marian's 58100)."""
-        import transformers as tr
-
-        kwargs = self.kwargs(side)
-        pad = tr.AutoConfig.for_model(getattr(self, side), **kwargs).pad_token_id
-        return PAD if pad is None or pad >= kwargs["vocab_size"] else pad
-
-
-PAIRS: dict[str, Pair] = {
-    "bert2bert": Pair("bert", "bert"),
-    "bert2gpt2": Pair("bert", "gpt2"),
-    "bert2bert_proj": Pair("bert", "bert", decoder_hidden=24),
-    "bert2gpt2_proj": Pair("bert", "gpt2", decoder_hidden=24),
-    "roberta2roberta": Pair("roberta", "roberta"),
-    "roberta2roberta_tied": Pair("roberta", "roberta", tie=True),
-    "xlm-roberta2xlm-roberta": Pair("xlm-roberta", "xlm-roberta"),
-    "camembert2camembert": Pair("camembert", "camembert"),
-    "electra2electra": Pair("electra", "electra"),
-    "bertgeneration2bertgeneration": Pair("bert-generation", "bert-generation"),
-    "distilbert2bert": Pair("distilbert", "bert"),
-    "distilbert2gpt2": Pair("distilbert", "gpt2"),
-    "roberta2gpt2": Pair("roberta", "gpt2"),
-    "bert2roberta": Pair("bert", "roberta"),
-    "electra2bert": Pair("electra", "bert"),
-    # BART-family decoders (issue 9)
-    "bert2bart": Pair("bert", "bart"),
-    "bert2bart_proj": Pair("bert", "bart", decoder_hidden=48),
-    "roberta2mbart": Pair("roberta", "mbart"),
-    "bert2marian": Pair("bert", "marian"),
-    "bert2pegasus": Pair("bert", "pegasus"),
-}
-# The fast subset (`pytest -m "not slow"`) runs every pair-parametrised test on these pairs only:
-# one per decoder family (BERT, GPT-2, BART) plus projection and tying. CI runs every pair.
-FAST_PAIRS = frozenset({"bert2bert", "bert2gpt2", "bert2bart"})
-# ... and tests parametrised over the BART family's members run on `bart` alone.
-SLOW_PARAMS = frozenset(PAIRS) - FAST_PAIRS | {"mbart", "marian", "pegasus"}
+__all__ = ["DECODER_START", "EOS", "EXTRA", "FAMILY_SIZES", "FAST_PAIRS", "PAD", "PAIRS",
+           "SLOW_PARAMS", "TINY", "Pair", "tiny_kwargs"]
 
 
 # Cases the fast subset leaves to CI because another fast test already makes the same check
