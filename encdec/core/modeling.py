@@ -1,15 +1,21 @@
 """Backend-independent steps of `from_pretrained`, `from_encoder_decoder_pretrained` and
 `save_pretrained` (the reference's `EncoderDecoderModel` class methods).
 
-A backend supplies only a `Dialect` and two callables: `assign(path, array)` writes a
-parameter given its dialect path and layout, `get(path)` reads one back as numpy.
+A backend supplies a `Backend` (its dialect and a few hooks: build, assign, initialise, cast,
+tie, evaluate); the steps are written once here: the keyword arguments checked before any file
+is read (`check_kwargs`), the composite load (`load_pretrained`) and the last steps of every
+load (`finish`: tied weights tied, every parameter assigned, inference mode, as the reference
+returns a model). Warm start is `encdec.core.warm_start`.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import difflib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,15 +38,11 @@ from .config import (
     ModelConfig,
     config_from_dict,
 )
-from .registry import architecture
-from .seq2seq import split_kwargs
+from .registry import architecture, config_classes, encoder_decoder_table
 from .weights import (
     Dialect,
     LoadReport,
     Table,
-    decoder_table,
-    encoder_decoder_table,
-    encoder_table,
     export_state,
     load_state,
 )
@@ -49,6 +51,50 @@ logger = logging.getLogger("encdec")
 
 Assign = Callable[[str, np.ndarray], None]
 Get = Callable[[str], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What a framework supplies to the shared loading steps; `model` is its composite (or a
+    backbone, for `init`), `path` a parameter's path in `dialect`, arrays in its layout."""
+
+    dialect: Dialect
+    # (config, dtype, encoder, decoder) -> the composite around the given backbones (None:
+    # built from its config), its other weights allocated in `dtype`, left uninitialised
+    build: Callable[[EncoderDecoderConfig, str, Any, Any], Any]
+    assign: Callable[[Any, str, np.ndarray], None]
+    # (module, table, config, canonical names): the reference's init of those parameters
+    init: Callable[[Any, Table, ModelConfig, list[str]], None]
+    dtype_of: Callable[[Any], str]  # the canonical name of the dtype a model holds
+    cast: Callable[[Any, str], None]  # hold a (given) backbone's weights in that dtype
+    eval: Callable[[Any], None]  # inference mode: dropout off
+    check_assigned: Callable[[Any], None]  # raise naming any parameter never written
+    check_decoder: Callable[[Any], None]  # refuse a decoder object without cross-attention
+
+
+def finish(backend: Backend, model: Any) -> Any:
+    """The last steps of every load, as the reference returns a model: tied weights tied
+    (`model.tie_weights()`), every parameter assigned, inference mode (dropout off)."""
+    model.tie_weights()
+    backend.check_assigned(model)
+    backend.eval(model)
+    return model
+
+
+def load_pretrained(backend: Backend, path_or_id: str | os.PathLike, *,
+                    config: EncoderDecoderConfig | None = None,
+                    caller: str = "EncoderDecoderModel.from_pretrained",
+                    **config_overrides: Any) -> tuple[Any, LoadReport]:
+    """`EncoderDecoderModel.from_pretrained` in every backend: the checkpoint's config (or
+    `config`) with `config_overrides` (EncoderDecoderConfig fields, `dtype=`; anything else a
+    TypeError before any file is read), the model built without init in the dtype to load in,
+    every weight loaded (strict), then `finish`. Returns the model and its load report."""
+    pre = read_pretrained(path_or_id, config, caller=caller, **config_overrides)
+    model = backend.build(pre.config, pre.dtype, None, None)
+    model.generation_config = pre.generation_config
+    report = load_weights(model.table(), pre.directory, backend.dialect,
+                          lambda path, a: backend.assign(model, path, a), strict=True)
+    return finish(backend, model), report
 
 
 @dataclass
@@ -159,33 +205,75 @@ def warm_start_dtype(config: EncoderDecoderConfig, requested: str | None) -> str
     return name
 
 
-# loader arguments of the reference that have no meaning here: refused, never stored in config
+# --- keyword arguments: config fields and loader options; anything else is a TypeError --------
+
+# loader arguments of the reference that have no meaning here: refused with the reason
 _LOADER_ONLY = {
     "from_pt": "every backend reads every checkpoint directly",
     "from_tf": "convert the reference's tf_model.h5 once with encdec-convert",
     "from_flax": "convert the reference's flax_model.msgpack once with encdec-convert",
 }
+# the reference's `PretrainedConfig` switches that encdec reads from any config (`extra`)
+CONFIG_SWITCHES = ("output_attentions", "output_hidden_states", "return_dict")
+DTYPE_OPTIONS = ("dtype", "torch_dtype")  # `take_dtype`
+# the loader options every backend takes besides config fields (Flax adds `rngs`, the keys of
+# the random init of what a checkpoint lacks)
+LOAD_OPTIONS = ("config", "output_loading_info", *DTYPE_OPTIONS)  # from_pretrained
+WARM_START_OPTIONS = ("encoder_model", "decoder_model", "output_loading_info", *DTYPE_OPTIONS,
+                      *(f"{side}_{o}" for side in ("encoder", "decoder") for o in DTYPE_OPTIONS))
 
 
-def refuse_loader_kwargs(kwargs: dict[str, Any]) -> None:
-    """A TypeError naming the reference's loader-only arguments (they would otherwise land in
-    the config as unknown keys and do nothing)."""
+def config_keys(cls: type) -> frozenset[str]:
+    """The keyword arguments a config class takes from a loader: its fields, its settable
+    properties (`EncoderDecoderConfig.tie_encoder_decoder`) and `CONFIG_SWITCHES`."""
+    fields = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    settable = {name for k in cls.__mro__ for name, v in vars(k).items()
+                if isinstance(v, property) and v.fset is not None}
+    return frozenset(fields | settable | set(CONFIG_SWITCHES))
+
+
+def side_config_keys(expect: type = ModelConfig) -> frozenset[str]:
+    """The config keys of any registered config class that is an `expect` (known before the
+    checkpoint's own config.json says which class it is)."""
+    return frozenset().union(*(config_keys(c) for c in config_classes().values()
+                               if issubclass(c, expect)))
+
+
+def unexpected_kwarg(caller: str, key: str, allowed: Collection[str]) -> TypeError:
+    """The reference's TypeError for a keyword argument nobody takes, with the closest name."""
+    name = key.removeprefix("encoder_").removeprefix("decoder_")
+    if name in _LOADER_ONLY:
+        return TypeError(f"{key}= is not an encdec argument: {_LOADER_ONLY[name]}")
+    close = difflib.get_close_matches(key, sorted(allowed), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else \
+        " (neither a config field nor a loader option)"
+    return TypeError(f"{caller}() got an unexpected keyword argument {key!r}{hint}")
+
+
+def check_kwargs(caller: str, kwargs: Iterable[str], allowed: Collection[str]) -> None:
+    """Raise `unexpected_kwarg` for the first key of `kwargs` not in `allowed` (run before any
+    file is read, so a typo costs nothing and never reaches a config's `extra`)."""
     for key in kwargs:
-        name = key.removeprefix("encoder_").removeprefix("decoder_")
-        if name in _LOADER_ONLY:
-            raise TypeError(f"{key}= is not an encdec argument: {_LOADER_ONLY[name]}")
+        if key not in allowed:
+            raise unexpected_kwarg(caller, key, allowed)
 
 
 def read_pretrained(path_or_id: str | os.PathLike, config: EncoderDecoderConfig | None = None,
+                    *, caller: str = "EncoderDecoderModel.from_pretrained",
                     **config_overrides: Any) -> Pretrained:
     """Resolve a composite checkpoint and read its config, generation config and dtype
-    (`dtype=` / `torch_dtype=` among the overrides, default "auto", see `resolve_dtype`)."""
+    (`dtype=` / `torch_dtype=` among the overrides, default "auto", see `resolve_dtype`).
+    `config_overrides` are EncoderDecoderConfig fields (applied to `config` when one is given);
+    any other key is a TypeError naming it, raised before anything is read."""
+    check_kwargs(caller, config_overrides, config_keys(EncoderDecoderConfig) | set(LOAD_OPTIONS))
     requested = take_dtype(config_overrides)
-    refuse_loader_kwargs(config_overrides)
     directory = resolve_checkpoint(path_or_id)
     if config is None:
         config = config_from_dict(read_config_dict(directory), source=directory / CONFIG_NAME,
                                   expect=EncoderDecoderConfig, **config_overrides)
+    else:
+        config = copy.deepcopy(config)
+        config.update(**config_overrides)
     gen_path = directory / GENERATION_CONFIG_NAME
     generation = (GenerationConfig.from_pretrained(directory) if gen_path.exists()
                   else GenerationConfig.from_model_config(config))
@@ -200,15 +288,26 @@ def load_weights(table: Table, directory: Path, dialect: Dialect, assign: Assign
 
 
 def read_backbone_config(path_or_id: str | os.PathLike, expect: type[ModelConfig] = ModelConfig,
+                         *, config: ModelConfig | None = None, caller: str = "from_pretrained",
                          **overrides: Any) -> tuple[Path, ModelConfig]:
-    """A single-model checkpoint's directory and config (`overrides` applied, the dtype to load
-    in recorded in it: `config_dtype`); an error naming the file when its model_type is not an
-    `expect`."""
+    """A single-model checkpoint's directory and config (`config` when given, else its
+    config.json; `overrides` applied, the dtype to load in recorded in it: `config_dtype`); an
+    error naming the file when its model_type is not an `expect`. An override that is no field
+    of any `expect` class is a TypeError raised before anything is read; one that is no field
+    of the checkpoint's own config class, a TypeError before any weight is read."""
+    check_kwargs(caller, overrides, side_config_keys(expect) | set(DTYPE_OPTIONS))
     requested = take_dtype(overrides)
-    refuse_loader_kwargs(overrides)
     directory = resolve_checkpoint(path_or_id)
-    config = config_from_dict(read_config_dict(directory), source=directory / CONFIG_NAME,
-                              expect=expect, **overrides)
+    if config is None:
+        d = read_config_dict(directory)
+        cls = config_classes().get(str(d.get("model_type"))) if isinstance(d, dict) else None
+        if cls is not None and issubclass(cls, expect):
+            check_kwargs(caller, overrides, config_keys(cls))
+        config = config_from_dict(d, source=directory / CONFIG_NAME, expect=expect, **overrides)
+    else:
+        check_kwargs(caller, overrides, config_keys(type(config)))
+        config = copy.deepcopy(config)
+        config.update(**overrides)
     if expect.model_type and config.model_type != expect.model_type:
         # a config subclass (RoBERTa's of BERT's) is another model: name the classes to use
         arch = architecture(config)
@@ -238,43 +337,6 @@ def save_backbone(directory: str | os.PathLike, architecture: str, config: Model
     config_dict.pop("torch_dtype", None)
     return write_checkpoint(directory, export_state(table, get, dialect), config=config_dict,
                             max_shard_size=max_shard_size)
-
-
-def prepare_warm_start(encoder_path: str | os.PathLike, decoder_path: str | os.PathLike,
-                       **kwargs: Any) -> tuple[EncoderDecoderConfig, Path, Path]:
-    """Configs for `from_encoder_decoder_pretrained`: `encoder_*` / `decoder_*` kwargs go to that
-    side's config, the rest to the composite; the decoder becomes a cross-attending decoder."""
-    requested = take_dtype(kwargs)
-    refuse_loader_kwargs(kwargs)
-    enc_kwargs, dec_kwargs, rest = split_kwargs(kwargs)
-    enc_dir, enc_config = read_backbone_config(encoder_path, **enc_kwargs)
-    if enc_config.is_decoder or enc_config.add_cross_attention:
-        logger.info("encoder config had is_decoder/add_cross_attention set: turning them off")
-        enc_config.is_decoder = enc_config.add_cross_attention = False
-    dec_kwargs = {"is_decoder": True, "add_cross_attention": True, **dec_kwargs}
-    dec_dir, dec_config = read_backbone_config(decoder_path, **dec_kwargs)
-    config = EncoderDecoderConfig.from_encoder_decoder_configs(enc_config, dec_config, **rest)
-    warm_start_dtype(config, requested)  # recorded in config (`config_dtype`)
-    return config, enc_dir, dec_dir
-
-
-def warm_start_weights(config: EncoderDecoderConfig, encoder_dir: Path, decoder_dir: Path,
-                       dialect: Dialect, assign: Assign) -> dict[str, LoadReport]:
-    """Load the two backbones into a composite; log what was newly initialised or dropped."""
-    reports = {}
-    sides = [("encoder", encoder_table(config.encoder), encoder_dir),
-             ("decoder", decoder_table(config.decoder), decoder_dir)]
-    if config.tie_encoder_decoder:  # shared storage: the encoder's values win, as the reference
-        sides.reverse()
-    for side, table, directory in sides:
-        def assign_side(path: str, a: np.ndarray, side: str = side) -> None:
-            assign(f"{side}.{path}", a)
-
-        reports[side] = load_weights(table, directory, dialect, assign_side, strict=False)
-        text = reports[side].summary(f"the {side} ({directory})")
-        if text:
-            logger.warning("%s\nYou should probably fine-tune this model before using it.", text)
-    return {"encoder": reports["encoder"], "decoder": reports["decoder"]}
 
 
 def save_pretrained(directory: str | os.PathLike, config: EncoderDecoderConfig,

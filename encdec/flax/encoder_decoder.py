@@ -14,20 +14,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from encdec.core import seq2seq, validation, weights
+from encdec.core import registry, seq2seq, validation, weights
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
-from encdec.core.modeling import (
-    config_dtype,
-    load_weights,
-    read_backbone_config,
-    read_pretrained,
-    save_pretrained,
-    take_dtype,
-    warm_start_dtype,
-)
+from encdec.core.modeling import Backend, load_pretrained, save_pretrained
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec.core.registry import check_length, family_class
 from encdec.core.seq2seq import (
@@ -35,16 +26,18 @@ from encdec.core.seq2seq import (
     resolve_outputs,
     route_forward_kwargs,
     shift_token_ids,
-    split_kwargs,
 )
-from encdec.core.weights import Dialect, LoadReport
+from encdec.core.warm_start import warm_start
+from encdec.core.weights import Dialect
+from encdec.export import export_model
 
-from . import params
+from . import generation, params
 from .bart import BartDecoder, BartForCausalLM
 from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
 from .layers import cross_entropy, default_rngs, dense
+from .params import host_array
 
 logger = logging.getLogger("encdec")
 
@@ -72,14 +65,6 @@ def check_decoder(decoder: nnx.Module) -> None:
     """Refuse a decoder object without cross-attention layers (core's `check_decoder`)."""
     seq2seq.check_decoder(type(decoder).__name__, decoder.config,
                           decoder.config.add_cross_attention)
-
-
-def host_array(x: Any) -> np.ndarray | None:
-    """The values of an input on the host, for `encdec.core.validation`; None for a tracer
-    (inside `nnx.jit` / `jax.jit`): shapes and dtypes are still checked there."""
-    if isinstance(x, jax.core.Tracer):
-        return None
-    return np.asarray(x)
 
 
 def extra_forward_args(module: nnx.Module) -> frozenset[str]:
@@ -130,7 +115,7 @@ class EncoderDecoderModel(nnx.Module):
         self.eval()
 
     def table(self) -> weights.Table:
-        return weights.encoder_decoder_table(self.config)
+        return registry.encoder_decoder_table(self.config)
 
     def tie_weights(self) -> None:
         """Tie the decoder's head biases and, with `tie_encoder_decoder`, the decoder's base
@@ -247,9 +232,7 @@ class EncoderDecoderModel(nnx.Module):
     def generate(self, input_ids: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
         """Token ids starting with the decoder start id (see `encdec.flax.generation.generate`:
         one jitted `lax.while_loop` program per strategy and input bucket)."""
-        from .generation import generate  # generation lives apart from the model
-
-        return generate(self, input_ids, attention_mask, **kwargs)
+        return generation.generate(self, input_ids, attention_mask, **kwargs)
 
     def export(self, directory: str | os.PathLike, format: str | None = None,
                **kwargs: Any) -> os.PathLike:
@@ -257,8 +240,6 @@ class EncoderDecoderModel(nnx.Module):
         `generate` in a fresh process and written atomically (see
         `encdec.export.export_model`; `kwargs`: generation settings fixed in the artefact,
         `verify_output=False`)."""
-        from encdec.export import export_model
-
         return export_model(self, directory, format, **kwargs)
 
     # --- loading and saving -------------------------------------------------------------------
@@ -268,43 +249,35 @@ class EncoderDecoderModel(nnx.Module):
             cls, encoder_pretrained_model_name_or_path: str | os.PathLike | None = None,
             decoder_pretrained_model_name_or_path: str | os.PathLike | None = None, *,
             encoder_model: nnx.Module | None = None, decoder_model: nnx.Module | None = None,
-            rngs: nnx.Rngs | None = None, output_loading_info: bool = False, **kwargs: Any):
+            output_loading_info: bool = False, rngs: nnx.Rngs | None = None, **kwargs: Any):
         """Warm-start from two single-model checkpoints (`encoder_*` / `decoder_*` kwargs go to
-        that side's config), or use a given backbone (`encoder_model` / `decoder_model`) as that
-        side, as the reference. Weights a checkpoint lacks keep their random init and are
-        reported; the model is returned in eval mode (with `{"encoder": report, "decoder":
-        report}`, empty for a given side)."""
-        rngs = default_rngs(rngs)
-        requested = take_dtype(kwargs)  # one dtype for both sides: core's `warm_start_dtype`
-        enc_kwargs, dec_kwargs, rest = split_kwargs(kwargs)
-        encoder, enc_report = _warm_side("encoder", encoder_pretrained_model_name_or_path,
-                                         encoder_model, enc_kwargs, rngs)
-        decoder, dec_report = _warm_side("decoder", decoder_pretrained_model_name_or_path,
-                                         decoder_model, dec_kwargs, rngs)
-        config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, decoder.config,
-                                                                   **rest)
-        # built around the two backbones; with `tie_encoder_decoder` the encoder's values win
-        model = cls(config=config, encoder=encoder, decoder=decoder, rngs=rngs)
-        params.cast(model, warm_start_dtype(config, requested))
-        model.eval()
-        reports = {"encoder": enc_report, "decoder": dec_report}
+        that side's config, the others to the composite's), or use a model object given as
+        `encoder_model` / `decoder_model` for that side (as the reference). Weights a checkpoint
+        lacks are initialised (from `rngs`, Flax's own argument) and reported (a given side's
+        report is empty); the model is returned in eval mode (with `{"encoder": report,
+        "decoder": report}`). `dtype=` loads both sides in that dtype (default: the sides' own,
+        `encoder_dtype=` / `decoder_dtype=` or their checkpoints', which must agree). Any other
+        keyword is a TypeError naming it, before any file is read
+        (`encdec.core.warm_start`)."""
+        model, reports = warm_start(_backend(cls, rngs), encoder_pretrained_model_name_or_path,
+                                    decoder_pretrained_model_name_or_path,
+                                    encoder_model=encoder_model, decoder_model=decoder_model,
+                                    **kwargs)
         return (model, reports) if output_loading_info else model
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
-                        rngs: nnx.Rngs | None = None,
-                        **config_overrides: Any) -> EncoderDecoderModel:
-        """Load a composite checkpoint (strict: every weight must be there), in eval mode.
-        Weights are allocated once, from the checkpoint: there is no random init to discard."""
-        pre = read_pretrained(pretrained_model_name_or_path, **config_overrides)
-        model = params.abstract(lambda: cls(config=pre.config), rngs)  # no random init
-        params.cast(model, pre.dtype)  # before loading: weights allocated once, in their dtype
-        model.generation_config = pre.generation_config
-        load_weights(model.table(), pre.directory, Dialect.NNX,
-                     functools.partial(params.assign, model), strict=True)
-        params.check_assigned(model)
-        model.eval()
-        return model
+                        output_loading_info: bool = False, rngs: nnx.Rngs | None = None,
+                        **kwargs: Any):
+        """Load a composite checkpoint (strict: every weight must be there), in eval mode, in
+        `dtype=` (or `torch_dtype=`; default "auto": the checkpoint's dtype, as the reference);
+        other keywords are EncoderDecoderConfig fields (or `config=`), anything else a
+        TypeError naming it (`encdec.core.modeling.load_pretrained`). Weights are allocated
+        once, from the checkpoint: there is no random init to discard (`rngs`: the dropout
+        streams). With `output_loading_info`, also the load report."""
+        model, report = load_pretrained(_backend(cls, rngs), pretrained_model_name_or_path,
+                                        **kwargs)
+        return (model, report) if output_loading_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike,
                         max_shard_size: int | str = "5GB") -> os.PathLike:
@@ -314,38 +287,35 @@ class EncoderDecoderModel(nnx.Module):
                                dtype=params.dtype_of(self))
 
 
-def _warm_side(side: str, path: str | os.PathLike | None, model: nnx.Module | None,
-               overrides: dict[str, Any], rngs: nnx.Rngs) -> tuple[nnx.Module, LoadReport]:
-    """One side of `from_encoder_decoder_pretrained`: the given backbone (an empty report), or
-    the backbone built from the checkpoint at `path` with its config `overrides` (the decoder
-    made a cross-attending decoder, the encoder not)."""
-    if model is not None:
-        if path is not None:
-            raise ValueError(f"{side}_model and {side}_pretrained_model_name_or_path={path!r} "
-                             "both given: pass one of them")
-        if overrides:
-            raise ValueError(f"{sorted(f'{side}_{k}' for k in overrides)} given with "
-                             f"{side}_model: set them on {side}_model.config")
-        if side == "decoder":
-            check_decoder(model)
-        return model, LoadReport([], [], [])
-    if path is None:
-        raise ValueError(f"no {side}: pass {side}_pretrained_model_name_or_path (a checkpoint "
-                         f"path or id) or {side}_model (a model object)")
-    if side == "decoder":
-        overrides = {"is_decoder": True, "add_cross_attention": True, **overrides}
-    directory, config = read_backbone_config(path, **overrides)
-    if side == "encoder" and (config.is_decoder or config.add_cross_attention):
-        logger.info("encoder config had is_decoder/add_cross_attention set: turning them off")
-        config.is_decoder = config.add_cross_attention = False
-    module = (encoder_class if side == "encoder" else decoder_class)(config)(config, rngs=rngs)
-    params.cast(module, config_dtype(config))
-    report = load_weights(module.table(), directory, Dialect.NNX,
-                          functools.partial(params.assign, module), strict=False)
-    text = report.summary(f"the {side} ({directory})")
-    if text:
-        logger.warning("%s\nYou should probably fine-tune this model before using it.", text)
-    return module, report
+def _build(cls: type[EncoderDecoderModel], rngs: nnx.Rngs | None,
+           config: EncoderDecoderConfig, dtype: str, encoder: nnx.Module | None,
+           decoder: nnx.Module | None) -> EncoderDecoderModel:
+    """The composite for a load, around the given backbones: what is loaded is abstract
+    (`params.abstract`: shapes only, no random init) until assigned, held in `dtype`."""
+    if encoder is None and decoder is None:
+        model = params.abstract(lambda: cls(config=config), rngs)
+    else:  # a backbone not given is built abstract, then the composite around the two
+        sides = {}
+        for side, given, klass in (("encoder", encoder, encoder_class),
+                                   ("decoder", decoder, decoder_class)):
+            c = getattr(config, side)
+            sides[side] = given if given is not None else \
+                params.abstract(lambda c=c, klass=klass: klass(c)(c), rngs)
+        model = cls(config=config, encoder=sides["encoder"], decoder=sides["decoder"],
+                    rngs=default_rngs(rngs))
+    params.cast(model, dtype)
+    return model
+
+
+def _backend(cls: type[EncoderDecoderModel], rngs: nnx.Rngs | None) -> Backend:
+    """The hooks of `encdec.core.modeling.load_pretrained` and `encdec.core.warm_start`; the
+    random init of what a checkpoint lacks draws from `rngs` (default `nnx.Rngs(0)`)."""
+    init_rngs = default_rngs(rngs)
+    return Backend(
+        dialect=Dialect.NNX, build=functools.partial(_build, cls, rngs), assign=params.assign,
+        init=functools.partial(params.init_params, rngs=init_rngs), dtype_of=params.dtype_of,
+        cast=params.cast, eval=lambda model: model.eval(), check_assigned=params.check_assigned,
+        check_decoder=check_decoder)
 
 
 FlaxEncoderDecoderModel = EncoderDecoderModel

@@ -13,21 +13,14 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from encdec.core import seq2seq, validation, weights
+from encdec.core import registry, seq2seq, validation, weights
+from encdec.core.checkpoint import CheckpointError
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
-from encdec.core.modeling import (
-    load_weights,
-    read_backbone_config,
-    read_pretrained,
-    save_pretrained,
-    take_dtype,
-    warm_start_dtype,
-)
+from encdec.core.modeling import Backend, load_pretrained, save_pretrained
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec.core.registry import check_length, family_class
 from encdec.core.seq2seq import (
@@ -35,15 +28,17 @@ from encdec.core.seq2seq import (
     resolve_outputs,
     route_forward_kwargs,
     shift_token_ids,
-    split_kwargs,
 )
-from encdec.core.weights import Dialect, LoadReport
+from encdec.core.warm_start import warm_start
+from encdec.core.weights import Dialect
+from encdec.export import export_model
 
-from . import params
+from . import generation, params
 from .bart import BartDecoder, BartForCausalLM
 from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
+from .params import host_array
 
 logger = logging.getLogger("encdec")
 
@@ -71,16 +66,6 @@ def check_decoder(decoder: nn.Module) -> None:
     """Refuse a decoder object without cross-attention layers (core's `check_decoder`)."""
     seq2seq.check_decoder(type(decoder).__name__, decoder.config,
                           decoder.config.add_cross_attention)
-
-
-def host_array(x: Any) -> np.ndarray | None:
-    """The values of an input on the host, for `encdec.core.validation`; None inside a
-    `torch.compile` trace (shapes and dtypes are still checked there)."""
-    if torch.compiler.is_compiling():
-        return None
-    if isinstance(x, Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def extra_forward_args(module: nn.Module) -> frozenset[str]:
@@ -153,7 +138,7 @@ class EncoderDecoderModel(nn.Module):
             self.enc_to_dec_proj.bias.zero_()
 
     def table(self) -> weights.Table:
-        return weights.encoder_decoder_table(self.config)
+        return registry.encoder_decoder_table(self.config)
 
     def tie_weights(self) -> None:
         """Tie word embeddings inside the decoder and, with `tie_encoder_decoder`, the decoder's
@@ -281,17 +266,13 @@ class EncoderDecoderModel(nn.Module):
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                  **kwargs: Any) -> Any:
         """Token ids starting with the decoder start id (see `encdec.pt.generation.generate`)."""
-        from .generation import generate  # generation lives apart from the model
-
-        return generate(self, input_ids, attention_mask, **kwargs)
+        return generation.generate(self, input_ids, attention_mask, **kwargs)
 
     def export(self, directory: str | os.PathLike, format: str | None = None,
                **kwargs: Any) -> os.PathLike:
         """Export for deployment (default format "onnx"), verified token for token against
         `generate` in a fresh process and written atomically (see `encdec.export.export_model`;
         `kwargs`: generation settings fixed in the artefact, `verify_output=False`)."""
-        from encdec.export import export_model
-
         return export_model(self, directory, format, **kwargs)
 
     # --- loading and saving -------------------------------------------------------------------
@@ -303,91 +284,29 @@ class EncoderDecoderModel(nn.Module):
             encoder_model: nn.Module | None = None, decoder_model: nn.Module | None = None,
             output_loading_info: bool = False, **kwargs: Any):
         """Warm-start from two single-model checkpoints (`encoder_*` / `decoder_*` kwargs go to
-        that side's config), or use a model object given as `encoder_model` / `decoder_model`
-        for that side (as the reference). Weights a checkpoint lacks are initialised and
-        reported (a given side's report is empty); the model is returned in eval mode (with
-        `{"encoder": report, "decoder": report}`). `dtype=` loads both sides in that dtype (default:
-        the sides' own, `encoder_dtype=` / `decoder_dtype=` or their checkpoints', which must
-        agree; see `encdec.core.modeling.warm_start_dtype`)."""
-        requested = take_dtype(kwargs)
-        enc_kwargs, dec_kwargs, rest = split_kwargs(kwargs)
-        overrides = {"encoder": enc_kwargs, "decoder": dec_kwargs}
-        paths = {"encoder": encoder_pretrained_model_name_or_path,
-                 "decoder": decoder_pretrained_model_name_or_path}
-        given = {"encoder": encoder_model, "decoder": decoder_model}
-        flags = {"encoder": {}, "decoder": {"is_decoder": True, "add_cross_attention": True}}
-        configs: dict[str, ModelConfig] = {}
-        dirs: dict[str, os.PathLike | None] = {}
-        for side in ("encoder", "decoder"):
-            if given[side] is not None:
-                if paths[side] is not None:
-                    raise ValueError(f"{side}_model and {side}_pretrained_model_name_or_path="
-                                     f"{paths[side]!r} both given: pass one of them")
-                if overrides[side]:
-                    raise ValueError(f"{sorted(f'{side}_{k}' for k in overrides[side])} given "
-                                     f"with {side}_model: set them on {side}_model.config")
-                if side == "decoder":
-                    check_decoder(given[side])
-                dirs[side], configs[side] = None, given[side].config
-            elif paths[side] is None:
-                raise ValueError(f"no {side}: pass {side}_pretrained_model_name_or_path (a "
-                                 f"checkpoint path or id) or {side}_model (a model object)")
-            else:
-                dirs[side], configs[side] = read_backbone_config(
-                    paths[side], **{**flags[side], **overrides[side]})
-        enc = configs["encoder"]
-        if dirs["encoder"] is not None and (enc.is_decoder or enc.add_cross_attention):
-            logger.info("encoder config had is_decoder/add_cross_attention set: turning them off")
-            enc.is_decoder = enc.add_cross_attention = False
-        config = EncoderDecoderConfig.from_encoder_decoder_configs(enc, configs["decoder"], **rest)
-        dtype = warm_start_dtype(config, requested)
-        with params.skip_init(), params.default_dtype(dtype):
-            model = cls(config=config, encoder=encoder_model, decoder=decoder_model)
-        model.to(params.torch_dtype(dtype))  # a given side too: one dtype in the model
-        reports = {side: LoadReport([], [], []) for side in ("encoder", "decoder")}
-        # with tie_encoder_decoder the decoder's base shares the encoder's storage: the encoder's
-        # values win (as the reference), whether loaded or given, so shared ones are not written
-        shared = {p.name for p in model.table().params
-                  if p.tied_to is not None and p.tied_to.startswith("encoder.")}
-
-        def assign(path: str, array, side: str) -> None:
-            if f"{side}.{path}" not in shared:
-                params.assign(model, f"{side}.{path}", array)
-
-        for side in ("encoder", "decoder"):
-            if dirs[side] is None:
-                continue
-            sub = getattr(model, side)
-            table = (weights.encoder_table if side == "encoder" else weights.decoder_table)(
-                getattr(config, side))
-            reports[side] = load_weights(table, dirs[side], Dialect.PT,
-                                         functools.partial(assign, side=side), strict=False)
-            text = reports[side].summary(f"the {side} ({dirs[side]})")
-            if text:
-                logger.warning("%s\nYou should probably fine-tune this model before using it.",
-                               text)
-            params.init_params(sub, sub.table(), sub.config,
-                               [n for n in reports[side].missing if f"{side}.{n}" not in shared])
-        if model.enc_to_dec_proj is not None:
-            model._init_proj()
-        model.tie_weights()
-        model.eval()
+        that side's config, the others to the composite's), or use a model object given as
+        `encoder_model` / `decoder_model` for that side (as the reference). Weights a checkpoint
+        lacks are initialised and reported (a given side's report is empty); the model is
+        returned in eval mode (with `{"encoder": report, "decoder": report}`). `dtype=` loads
+        both sides in that dtype (default: the sides' own, `encoder_dtype=` / `decoder_dtype=`
+        or their checkpoints', which must agree). Any other keyword is a TypeError naming it,
+        before any file is read (`encdec.core.warm_start`)."""
+        model, reports = warm_start(_backend(cls), encoder_pretrained_model_name_or_path,
+                                    decoder_pretrained_model_name_or_path,
+                                    encoder_model=encoder_model, decoder_model=decoder_model,
+                                    **kwargs)
         return (model, reports) if output_loading_info else model
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
-                        **config_overrides: Any) -> EncoderDecoderModel:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
+                        output_loading_info: bool = False, **kwargs: Any):
         """Load a composite checkpoint (strict: every weight must be there), in eval mode, in
-        `dtype=` (or `torch_dtype=`; default "auto": the checkpoint's dtype, as the reference)."""
-        pre = read_pretrained(pretrained_model_name_or_path, **config_overrides)
-        with params.skip_init(), params.default_dtype(pre.dtype):
-            model = cls(config=pre.config)
-        model.generation_config = pre.generation_config
-        load_weights(model.table(), pre.directory, Dialect.PT,
-                     functools.partial(params.assign, model), strict=True)
-        model.tie_weights()
-        model.eval()
-        return model
+        `dtype=` (or `torch_dtype=`; default "auto": the checkpoint's dtype, as the reference);
+        other keywords are EncoderDecoderConfig fields (or `config=`), anything else a
+        TypeError naming it (`encdec.core.modeling.load_pretrained`). With
+        `output_loading_info`, also the load report."""
+        model, report = load_pretrained(_backend(cls), pretrained_model_name_or_path, **kwargs)
+        return (model, report) if output_loading_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike,
                         max_shard_size: int | str = "5GB") -> os.PathLike:
@@ -396,3 +315,25 @@ class EncoderDecoderModel(nn.Module):
                                functools.partial(params.get, self), max_shard_size=max_shard_size,
                                dtype=params.dtype_of(self))
 
+
+def _build(cls: type[EncoderDecoderModel], config: EncoderDecoderConfig, dtype: str,
+           encoder: nn.Module | None, decoder: nn.Module | None) -> EncoderDecoderModel:
+    """The composite for a load: weights allocated in `dtype`, not initialised."""
+    with params.skip_init(), params.default_dtype(dtype):
+        return cls(config=config, encoder=encoder, decoder=decoder)
+
+
+def _check_assigned(model: nn.Module) -> None:
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise CheckpointError(f"{type(model).__name__}: parameters never allocated: {left[:20]}")
+
+
+def _backend(cls: type[EncoderDecoderModel]) -> Backend:
+    """The hooks of `encdec.core.modeling.load_pretrained` and `encdec.core.warm_start`."""
+    return Backend(
+        dialect=Dialect.PT, build=functools.partial(_build, cls), assign=params.assign,
+        init=params.init_params, dtype_of=params.dtype_of,
+        cast=lambda model, dtype: model.to(params.torch_dtype(dtype)),
+        eval=lambda model: model.eval(), check_assigned=_check_assigned,
+        check_decoder=check_decoder)

@@ -14,32 +14,24 @@ from collections.abc import Mapping
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from encdec.core import seq2seq, validation, weights
+from encdec.core import registry, seq2seq, validation, weights
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
-from encdec.core.modeling import (
-    config_dtype,
-    load_weights,
-    prepare_warm_start,
-    read_backbone_config,
-    read_pretrained,
-    save_pretrained,
-    take_dtype,
-    warm_start_dtype,
-    warm_start_weights,
-)
+from encdec.core.modeling import Backend, load_pretrained, save_pretrained
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec.core.registry import architecture, check_length, family_class
-from encdec.core.weights import Dialect, LoadReport, leaf
+from encdec.core.warm_start import warm_start
+from encdec.core.weights import Dialect, leaf
+from encdec.export import export_model
 
-from . import params
+from . import generation, params
 from .bart import BartDecoder, BartForCausalLM
 from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
 from .layers import cross_entropy, dense
+from .params import host_array
 
 # the registry's family -> (base model class, causal LM class or None); the only class list
 FAMILIES: dict[str, tuple[type[keras.Model], type[keras.Model] | None]] = {
@@ -72,15 +64,6 @@ def check_decoder(decoder: keras.Model) -> None:
     cross -= {leaf(p, Dialect.KERAS) for p in arch.decoder_table(
         dataclasses.replace(c, is_decoder=True, add_cross_attention=False)).params}
     seq2seq.check_decoder(type(decoder).__name__, c, cross <= set(params.variables(decoder)))
-
-
-def host_array(x: Any) -> np.ndarray | None:
-    """The values of an input on the host, for `encdec.core.validation`; None for a symbolic
-    tensor (inside a `tf.function`, Keras' compiled `fit`): shapes and dtypes are still
-    checked there."""
-    if isinstance(x, keras.KerasTensor) or (tf.is_tensor(x) and not tf.executing_eagerly()):
-        return None
-    return np.asarray(x)
 
 
 def extra_forward_args(module: keras.Model) -> frozenset[str]:
@@ -147,7 +130,7 @@ class EncoderDecoderModel(keras.Model):
         params.tie_params(self, self.table())
 
     def table(self) -> weights.Table:
-        return weights.encoder_decoder_table(self.config)
+        return registry.encoder_decoder_table(self.config)
 
     def get_encoder(self) -> keras.Model:
         return self.encoder
@@ -271,9 +254,7 @@ class EncoderDecoderModel(keras.Model):
     def generate(self, input_ids: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
         """Token ids starting with the decoder start id (see `encdec.tf.generation.generate`:
         one XLA program per strategy and input bucket)."""
-        from .generation import generate  # generation lives apart from the model
-
-        return generate(self, input_ids, attention_mask, **kwargs)
+        return generation.generate(self, input_ids, attention_mask, **kwargs)
 
     def export(self, directory: str | os.PathLike, format: str | None = None,
                **kwargs: Any) -> os.PathLike:
@@ -281,8 +262,6 @@ class EncoderDecoderModel(keras.Model):
         against `generate` in a fresh process and written atomically (see
         `encdec.export.export_model`; `kwargs`: generation settings fixed in the artefact,
         `verify_output=False`)."""
-        from encdec.export import export_model
-
         return export_model(self, directory, format, **kwargs)
 
     # --- loading and saving -------------------------------------------------------------------
@@ -294,92 +273,31 @@ class EncoderDecoderModel(keras.Model):
             encoder_model: keras.Model | None = None, decoder_model: keras.Model | None = None,
             output_loading_info: bool = False, **kwargs: Any):
         """Warm-start from two single-model checkpoints (`encoder_*` / `decoder_*` kwargs go to
-        that side's config). A side given as a built model (`encoder_model=` / `decoder_model=`,
-        as the reference) is used instead of loading a checkpoint; its report is empty. Weights
-        a checkpoint lacks keep their random init and are reported (with
-        `output_loading_info`, also returned as {"encoder": …, "decoder": …})."""
-        paths = {"encoder": encoder_pretrained_model_name_or_path,
-                 "decoder": decoder_pretrained_model_name_or_path}
-        given = {"encoder": encoder_model, "decoder": decoder_model}
-        enc_kwargs, dec_kwargs, _ = seq2seq.split_kwargs(kwargs)
-        overrides = {"encoder": enc_kwargs, "decoder": dec_kwargs}
-        for side in ("encoder", "decoder"):
-            if given[side] is not None and paths[side] is not None:
-                raise ValueError(f"{side}_model and {side}_pretrained_model_name_or_path="
-                                 f"{paths[side]!r} both given: pass one of them")
-            if given[side] is not None and overrides[side]:
-                raise ValueError(f"{sorted(f'{side}_{k}' for k in overrides[side])} given "
-                                 f"with {side}_model: set them on {side}_model.config")
-            if given[side] is None and paths[side] is None:
-                raise ValueError(f"no {side}: pass {side}_pretrained_model_name_or_path (a "
-                                 f"checkpoint path or id) or {side}_model (a model object)")
-        if encoder_model is None and decoder_model is None:
-            model, reports = cls._warm_start(paths["encoder"], paths["decoder"], **kwargs)
-        else:
-            model, reports = cls._warm_start_with_models(paths, given, **kwargs)
+        that side's config, the others to the composite's), or use a model object given as
+        `encoder_model` / `decoder_model` for that side (as the reference). Weights a checkpoint
+        lacks are initialised and reported (a given side's report is empty); the model is
+        returned in inference mode (with `{"encoder": report, "decoder": report}`). `dtype=`
+        loads both sides in that dtype (default: the sides' own, `encoder_dtype=` /
+        `decoder_dtype=` or their checkpoints', which must agree; a given Keras model keeps the
+        dtype it was built in). Any other keyword is a TypeError naming it, before any file is
+        read (`encdec.core.warm_start`)."""
+        model, reports = warm_start(_backend(cls), encoder_pretrained_model_name_or_path,
+                                    decoder_pretrained_model_name_or_path,
+                                    encoder_model=encoder_model, decoder_model=decoder_model,
+                                    **kwargs)
         return (model, reports) if output_loading_info else model
 
     @classmethod
-    def _warm_start(cls, encoder_path: str | os.PathLike, decoder_path: str | os.PathLike,
-                    **kwargs: Any) -> tuple[EncoderDecoderModel, dict[str, LoadReport]]:
-        """Both sides from checkpoints, loaded into the composite."""
-        config, enc_dir, dec_dir = prepare_warm_start(encoder_path, decoder_path, **kwargs)
-        with params.skip_init(), params.default_dtype(config_dtype(config)):
-            model = cls(config=config)
-        reports = warm_start_weights(config, enc_dir, dec_dir, Dialect.KERAS,
-                                     functools.partial(params.assign, model))
-        for side in ("encoder", "decoder"):
-            sub = getattr(model, side)
-            params.init_params(sub, sub.table(), sub.config, reports[side].missing)
-        model._init_proj()
-        model.tie_weights()
-        return model, reports
-
-    @classmethod
-    def _warm_start_with_models(cls, paths: dict[str, Any], given: dict[str, keras.Model | None],
-                                **kwargs: Any) -> tuple[EncoderDecoderModel, dict[str, LoadReport]]:
-        """As the reference: a side not given is loaded as a backbone (the encoder without,
-        the decoder with causal masking and cross-attention), then the composite is built
-        around the two models."""
-        requested = take_dtype(kwargs)
-        enc_kwargs, dec_kwargs, rest = seq2seq.split_kwargs(kwargs)
-        if requested is not None:  # `dtype=` loads both sides in it
-            enc_kwargs, dec_kwargs = {**enc_kwargs, "dtype": requested}, \
-                {**dec_kwargs, "dtype": requested}
-        side_kwargs = {"encoder": {**enc_kwargs, "is_decoder": False, "add_cross_attention": False},
-                       "decoder": {"is_decoder": True, "add_cross_attention": True, **dec_kwargs}}
-        models, reports = {}, {}
-        for side in ("encoder", "decoder"):
-            if given[side] is not None:
-                models[side], reports[side] = given[side], LoadReport([], [], [])
-                continue
-            _, config = read_backbone_config(paths[side], **side_kwargs[side])
-            klass = encoder_class(config) if side == "encoder" else decoder_class(config)
-            models[side], reports[side] = params.load_backbone(
-                klass, paths[side], output_loading_info=True, **side_kwargs[side])
-        check_decoder(models["decoder"])
-        config = EncoderDecoderConfig.from_encoder_decoder_configs(
-            models["encoder"].config, models["decoder"].config, **rest)
-        for side in ("encoder", "decoder"):  # a given model's dtype is the one it holds
-            if given[side] is not None:
-                getattr(config, side).extra["dtype"] = params.dtype_of(given[side])
-        with params.default_dtype(warm_start_dtype(config, None)):
-            model = cls(config=config, encoder=models["encoder"], decoder=models["decoder"])
-        return model, reports
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
-                        **config_overrides: Any) -> EncoderDecoderModel:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
+                        output_loading_info: bool = False, **kwargs: Any):
         """Load a composite checkpoint in the one encdec format (the reference's PyTorch names;
-        strict: every weight must be there)."""
-        pre = read_pretrained(pretrained_model_name_or_path, **config_overrides)
-        # strict: every weight is overwritten below; built in the dtype to load in
-        with params.skip_init(), params.default_dtype(pre.dtype):
-            model = cls(config=pre.config)
-        model.generation_config = pre.generation_config
-        load_weights(model.table(), pre.directory, Dialect.KERAS,
-                     functools.partial(params.assign, model), strict=True)
-        return model
+        strict: every weight must be there), in `dtype=` (or `torch_dtype=`; default "auto":
+        the checkpoint's dtype, as the reference); other keywords are EncoderDecoderConfig
+        fields (or `config=`), anything else a TypeError naming it
+        (`encdec.core.modeling.load_pretrained`). With `output_loading_info`, also the load
+        report."""
+        model, report = load_pretrained(_backend(cls), pretrained_model_name_or_path, **kwargs)
+        return (model, report) if output_loading_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike,
                         max_shard_size: int | str = "5GB") -> os.PathLike:
@@ -387,6 +305,33 @@ class EncoderDecoderModel(keras.Model):
         return save_pretrained(save_directory, self.config, self.generation_config,
                                Dialect.KERAS, functools.partial(params.get, self),
                                max_shard_size=max_shard_size, dtype=params.dtype_of(self))
+
+
+def _build(cls: type[EncoderDecoderModel], config: EncoderDecoderConfig, dtype: str,
+           encoder: keras.Model | None, decoder: keras.Model | None) -> EncoderDecoderModel:
+    """The composite for a load: variables created in `dtype` (zeros, not initialised)."""
+    with params.skip_init(), params.default_dtype(dtype):
+        return cls(config=config, encoder=encoder, decoder=decoder)
+
+
+def _cast(model: keras.Model, dtype: str) -> None:
+    """Keras fixes a variable's dtype when it is created: a given backbone built in another
+    dtype is an error naming both (build it in `dtype`, e.g. `from_pretrained(..., dtype=)`)."""
+    held = {keras.backend.standardize_dtype(v.dtype) for v in params.variables(model).values()}
+    if held - {dtype}:
+        raise ValueError(f"the model holds {sorted(held)} weights and is loaded in {dtype}: a "
+                         "Keras model keeps the dtype it was built in; build the given "
+                         f"encoder_model / decoder_model in {dtype}")
+
+
+def _backend(cls: type[EncoderDecoderModel]) -> Backend:
+    """The hooks of `encdec.core.modeling.load_pretrained` and `encdec.core.warm_start`.
+    Inference mode needs no step: Keras runs dropout only in a call with `training=True`
+    (`fit` passes it); every variable exists once the model is built."""
+    return Backend(
+        dialect=Dialect.KERAS, build=functools.partial(_build, cls), assign=params.assign,
+        init=params.init_params, dtype_of=params.dtype_of, cast=_cast,
+        eval=lambda model: None, check_assigned=lambda model: None, check_decoder=check_decoder)
 
 
 TFEncoderDecoderModel = EncoderDecoderModel  # the reference's TF class name
