@@ -1,17 +1,27 @@
 """The documentation site: `mkdocs build --strict` passes, its API reference lists every public
-name of encdec.core, encdec.pt, encdec.tf and encdec.flax, and the strict build does fail on a
-broken link or an unresolvable API reference (the configuration's checks are live)."""
+name of encdec.core, encdec.pt, encdec.tf and encdec.flax, each backend's page opens on the
+composite `EncoderDecoderModel`, every config field shows its one-line meaning, no page carries a
+builtin type's docstring (int's, float's, ... as inspecting live objects gave config fields), and
+the strict build does fail on a broken link or an unresolvable API reference (the configuration's
+checks are live). The site is built once per test session."""
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
+import html
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+import encdec.core
+from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # mkdocs in a subprocess; the full site imports every backend
@@ -25,14 +35,75 @@ def _mkdocs(config: Path, site: Path) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=ENV)
 
 
-def test_site_builds_and_lists_every_public_class(tmp_path):
-    run = _mkdocs(ROOT / "mkdocs.yml", tmp_path / "site")
+@pytest.fixture(scope="session")
+def site(tmp_path_factory) -> Path:
+    """The project's site, built once."""
+    site = tmp_path_factory.mktemp("docs") / "site"
+    run = _mkdocs(ROOT / "mkdocs.yml", site)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return site
+
+
+def _api_page(site: Path, name: str) -> str:
+    return (site / "api" / name / "index.html").read_text()
+
+
+def test_site_builds_and_lists_every_public_class(site):
     for name in ("core", "pt", "tf", "flax", "convert"):
         module = importlib.import_module(f"encdec.{name}")
-        page = (tmp_path / "site" / "api" / name / "index.html").read_text()
+        page = _api_page(site, name)
         missing = [n for n in module.__all__ if f'id="encdec.{name}.{n}"' not in page]
         assert not missing, f"docs/api/{name}.md does not render {missing}"
+
+
+def _text(page: str) -> str:
+    """A page's words: tags dropped, entities decoded, whitespace runs as one space."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+
+
+# The first line of every builtin type's docstring ("int([x]) -> integer", "Convert a string or
+# number to a floating point number, if possible.", "str(object='') -> str", ...)
+BUILTIN_DOCS = {" ".join(obj.__doc__.strip().splitlines()[0].split()): name
+                for name, obj in vars(builtins).items()
+                if isinstance(obj, type) and obj.__doc__ and len(obj.__doc__.strip()) >= 15}
+
+
+def test_no_page_shows_a_builtin_docstring(site):
+    assert "int([x]) -> integer" in BUILTIN_DOCS and len(BUILTIN_DOCS) > 50
+    found = [f"{page.relative_to(site)}: {name}'s {doc!r} x{text.count(doc)}"
+             for page in sorted(site.rglob("*.html")) for text in [_text(page.read_text())]
+             for doc, name in BUILTIN_DOCS.items() if doc in text]
+    assert not found, "builtin docstrings on the site:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("backend", ["pt", "tf", "flax"])
+def test_backend_page_opens_on_the_composite(site, backend):
+    """EncoderDecoderModel is the first object documented, before any backbone (or alias)."""
+    ids = re.findall(rf'<h\d id="encdec\.{backend}\.(\w+)"', _api_page(site, backend))
+    assert ids and ids[0] == "EncoderDecoderModel", (
+        f"docs/api/{backend}.md: the first class shown is {ids[:1]}, not EncoderDecoderModel "
+        f"(order: {ids[:5]})")
+
+
+CONFIGS = (ModelConfig, EncoderDecoderConfig, GenerationConfig)
+
+
+def test_every_config_field_shows_its_meaning(site):
+    """Each field a config class declares has a heading followed by its one-line docstring."""
+    page = _api_page(site, "core")
+    configs = [getattr(encdec.core, n) for n in encdec.core.__all__]
+    configs = [c for c in configs if isinstance(c, type) and issubclass(c, CONFIGS)]
+    assert ModelConfig in configs and len(configs) > 10
+    bare = []
+    for cls in configs:
+        own = [f.name for f in dataclasses.fields(cls) if f.name in vars(cls)["__annotations__"]]
+        for name in own:
+            anchor = f'id="encdec.core.{cls.__name__}.{name}"'
+            start = page.find(anchor)
+            after = page[start:page.find("</div>", page.find("doc-contents", start))]
+            if start < 0 or "<p>" not in after:
+                bare.append(f"{cls.__name__}.{name}")
+    assert not bare, f"config fields without a docstring on the core page: {bare}"
 
 
 def _broken_site(tmp_path: Path, page: str) -> subprocess.CompletedProcess:
