@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from encdec.convert.cli import main as convert_main
+from tests.tiny import tiny_kwargs
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
 
@@ -36,26 +37,15 @@ def fixture_inputs(name: str) -> dict[str, np.ndarray]:
     return dict(np.load(FIXTURES / name / "inputs_logits.npz"))
 
 
-# tiny configs; pad 1 so that RoBERTa's positions start at 2 (pad + 1), as in its checkpoints
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=37, max_position_embeddings=64, bos_token_id=0, pad_token_id=1,
-            eos_token_id=3)
-# where the config has them (DistilBERT, GPT-2, ELECTRA; the BART family's per-stack sizes)
-TINY_EXTRA = dict(hidden_dim=37, n_inner=37, embedding_size=16, encoder_layers=2,
-                  decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-                  encoder_ffn_dim=37, decoder_ffn_dim=37)
-
-
 def reference_pair(encoder: str, decoder: str, directory: Path, **composite: Any) -> Path:
     """A transformers EncoderDecoderModel of the pair (model types), random weights (biases and
     LayerNorms too), saved with save_pretrained; `composite` is set on the composite config."""
     import torch
     import transformers as tr
 
-    def config(model_type: str, **kw):
-        known = tr.AutoConfig.for_model(model_type).to_dict()
-        extra = {k: v for k, v in TINY_EXTRA.items() if k in known}
-        return tr.AutoConfig.for_model(model_type, **TINY, **extra, **kw)
+    def config(model_type: str, **kw):  # pad 1: RoBERTa's positions start at 2, as in its
+        return tr.AutoConfig.for_model(model_type, **tiny_kwargs(model_type),  # checkpoints
+                                       bos_token_id=0, pad_token_id=1, eos_token_id=3, **kw)
 
     cfg = tr.EncoderDecoderConfig.from_encoder_decoder_configs(
         config(encoder), config(decoder, is_decoder=True, add_cross_attention=True))
