@@ -38,6 +38,9 @@ def test_backend_exports_the_composite_then_every_generated_class(backend):
     tree = ast.parse(init.read_text())
     generated = _all(ast.parse(gen_classes.path(backend).read_text()))
     assert generated == [name for name, *_ in gen_classes.exports()]
+    assert gen_classes.sync_init(init.read_text()) == init.read_text(), (
+        f"{init.relative_to(gen_classes.ROOT)} does not import or export every generated class: "
+        f"run `{gen_classes.COMMAND}`")
     imported = [a.name for node in tree.body if isinstance(node, ast.ImportFrom)
                 and node.module == "classes" and node.level == 1 for a in node.names]
     assert sorted(imported) == sorted(generated), (

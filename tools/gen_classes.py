@@ -2,8 +2,12 @@
 `encdec.core.registry.ARCHITECTURES` as an explicit class in the source, so that grep, IDEs,
 type checkers and the API reference see `RobertaModel`, `BartForCausalLM`, ...
 
-    python tools/gen_classes.py          # rewrite the three files from the registry
+    python tools/gen_classes.py          # rewrite the files from the registry
     python tools/gen_classes.py --check  # exit 1, naming the stale files, when one differs
+
+It also keeps each backend's `__init__.py` in step: its `from .classes import (...)` statement
+and its `__all__` (the names before the generated ones, the composite and its alias, stay as
+written; the generated classes follow in registry order).
 
 A family's classes are its namesake architecture's (the `bert` family: `BertModel`,
 `BertLMHeadModel`), defined in the backend's module of that name (`encdec/pt/bert.py`); they
@@ -15,6 +19,7 @@ files are data-derived, never edited by hand: tests/test_classes_current.py comp
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -97,17 +102,46 @@ def render(backend: str) -> str:
             continue
         lines += ["", "", f"class {name}({family_name}):", *_docstring(name, family_name, arch),
                   "", f"    config_class = {arch.config_class.__name__}"]
-    names = [name for name, *_ in items]
-    lines += ["", "", "__all__ = ["]
-    row = "   "
+    lines += ["", "", _render_all([name for name, *_ in items]).rstrip("\n"), ""]
+    return "\n".join(lines)
+
+
+def init_path(backend: str) -> Path:
+    """The backend package's `__init__.py`, which imports and exports the generated classes."""
+    return ROOT / "encdec" / backend / "__init__.py"
+
+
+_IMPORT = re.compile(r"^from \.classes import \((?P<noqa>[^\n]*)\n(?:    \w+,\n)*\)\n", re.M)
+_ALL = re.compile(r"^__all__ = \[\n(?P<body>(?:    [^\n]*\n)*)\]\n", re.M)
+
+
+def sync_init(text: str) -> str:
+    """`text` (a backend's `__init__.py`) with its import of `.classes` and its `__all__` made
+    to list exactly the generated classes; names of `__all__` that are not generated (the
+    composite, its alias) keep their place in front."""
+    names = [name for name, *_ in exports()]
+    imp, old_all = _IMPORT.search(text), _ALL.search(text)
+    if imp is None or old_all is None:
+        raise SystemExit("expected a `from .classes import (` statement, one name a line, and a "
+                         "multi-line `__all__ = [` in each backend's __init__.py")
+    block = "".join(f"    {n},\n" for n in sorted(names, key=str.lower))
+    text = text[:imp.start()] + f"from .classes import ({imp['noqa']}\n{block})\n" + \
+        text[imp.end():]
+    old_all = _ALL.search(text)
+    assert old_all is not None
+    leading = [n for n in re.findall(r'"(\w+)"', old_all["body"]) if n not in names]
+    return text[:old_all.start()] + _render_all([*leading, *names]) + text[old_all.end():]
+
+
+def _render_all(names: list[str]) -> str:
+    lines, row = ["__all__ = ["], "   "
     for n in names:
         item = f' "{n}",'
         if len(row) + len(item) > WIDTH:
             lines.append(row)
             row = "   "
         row += item
-    lines += [row, "]", ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, row, "]"]) + "\n"
 
 
 def main(argv: list[str]) -> int:
@@ -117,12 +151,14 @@ def main(argv: list[str]) -> int:
         return 2
     stale = []
     for backend in BACKENDS:
-        text, target = render(backend), path(backend)
-        if target.exists() and target.read_text() == text:
-            continue
-        stale.append(str(target.relative_to(ROOT)))
-        if not check:
-            target.write_text(text)
+        init = init_path(backend)
+        for target, text in ((path(backend), render(backend)),
+                             (init, sync_init(init.read_text()))):
+            if target.exists() and target.read_text() == text:
+                continue
+            stale.append(str(target.relative_to(ROOT)))
+            if not check:
+                target.write_text(text)
     if check and stale:
         print(f"out of date: {', '.join(stale)}; run `{COMMAND}`")
         return 1

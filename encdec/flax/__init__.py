@@ -3,7 +3,8 @@
 `EncoderDecoderModel` (alias `FlaxEncoderDecoderModel`, the reference's Flax name) is the
 composite; the backbones follow under the reference's class names (`BertModel`, `RobertaModel`,
 `GPT2LMHeadModel`, `MBartForCausalLM`, ...), each defined in `classes.py`, which
-tools/gen_classes.py writes from `encdec.core.registry.ARCHITECTURES`.
+tools/gen_classes.py writes from `encdec.core.registry.ARCHITECTURES` (it keeps the import of
+them below and `__all__` in step too).
 
 Importing it registers the core's `ModelOutput` classes as JAX pytrees (keys preserved), so
 outputs pass through `jax.jit` / `nnx.jit` and the tree utilities. It imports neither torch nor

@@ -2,7 +2,8 @@
 
 `EncoderDecoderModel` is the composite; the backbones follow under the reference's class names
 (`BertModel`, `RobertaModel`, `GPT2LMHeadModel`, `MBartForCausalLM`, ...), each defined in
-`classes.py`, which tools/gen_classes.py writes from `encdec.core.registry.ARCHITECTURES`.
+`classes.py`, which tools/gen_classes.py writes from `encdec.core.registry.ARCHITECTURES` (it
+keeps the import of them below and `__all__` in step too).
 """
 
 from .classes import (

@@ -4,7 +4,8 @@ to transformers' PyTorch ones.
 `EncoderDecoderModel` (alias `TFEncoderDecoderModel`, the reference's TF name) is the composite;
 the backbones follow under the reference's class names (`BertModel`, `RobertaModel`,
 `GPT2LMHeadModel`, `MBartForCausalLM`, ...), each defined in `classes.py`, which
-tools/gen_classes.py writes from `encdec.core.registry.ARCHITECTURES`.
+tools/gen_classes.py writes from `encdec.core.registry.ARCHITECTURES` (it keeps the import of
+them below and `__all__` in step too).
 """
 
 import contextlib as _contextlib
