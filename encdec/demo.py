@@ -332,7 +332,7 @@ def warm_start(framework: str, minilm: Path, vocab: Vocab, seed: int):
     mod = backends.module(framework)
     kwargs: dict[str, Any] = dict(
         output_loading_info=True, decoder_start_token_id=vocab.cls, pad_token_id=vocab.pad,
-        eos_token_id=vocab.sep, **{f"{side}_{name}": 0.0 for side in ("encoder", "decoder")
+        **{f"{side}_{name}": 0.0 for side in ("encoder", "decoder")
                                    for name in ("hidden_dropout_prob",
                                                 "attention_probs_dropout_prob")})
     if framework == "pt":
@@ -366,9 +366,11 @@ def n_parameters(framework: str, model) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def generate(framework: str, model, data: dict[str, np.ndarray]) -> np.ndarray:
-    """Greedy token ids for `data`'s sentences (TARGET_LEN new tokens at most)."""
-    ids = backends.greedy(framework, model, data, TARGET_LEN)
+def generate(framework: str, model, data: dict[str, np.ndarray], vocab: Vocab) -> np.ndarray:
+    """Greedy token ids for `data`'s sentences (TARGET_LEN new tokens at most), from `[CLS]`
+    to `[SEP]`."""
+    ids = backends.greedy(framework, model, data, TARGET_LEN, decoder_start_token_id=vocab.cls,
+                          pad_token_id=vocab.pad, eos_token_id=vocab.sep)
     if ids is None:
         raise RuntimeError(f"{LABELS[framework]} has no generate()")
     return ids
@@ -422,7 +424,7 @@ def run(framework: str, recipe: Recipe, *, seed: int = 0, n_eval: int = 64, out:
     model, n_new = warm_start(framework, minilm, vocab, seed)
     log(f"   {n_parameters(framework, model) / 1e6:.1f}M parameters; {n_new} decoder tensors "
         "newly initialised (cross-attention)")
-    before_texts = vocab.decode(generate(framework, model, gen_data))
+    before_texts = vocab.decode(generate(framework, model, gen_data, vocab))
     before = exact_match(before_texts, held_out)
     log(f"2. before fine-tuning: exact match {before:.0%} on the held-out sentences")
     _show(held_out, before_texts, show)
@@ -438,7 +440,7 @@ def run(framework: str, recipe: Recipe, *, seed: int = 0, n_eval: int = 64, out:
     log(f"   {len(losses)} steps in {seconds:.0f} s ({len(losses) / seconds:.2f} steps/s, "
         f"{bar.cpu:.0f} s of CPU); "
         f"loss {np.mean(losses[:5]):.2f} (first 5) -> {np.mean(losses[-5:]):.3f} (last 5)")
-    ids = generate(framework, model, gen_data)
+    ids = generate(framework, model, gen_data, vocab)
     after_texts = vocab.decode(ids)
     after = exact_match(after_texts, held_out)
     log(f"4. after fine-tuning: exact match {after:.0%} on the held-out sentences "
@@ -461,7 +463,8 @@ def run(framework: str, recipe: Recipe, *, seed: int = 0, n_eval: int = 64, out:
         log(f"   {LABELS[framework]:<{width}}exact match {after:.0%}  (fine-tuned here)")
         for other in (f for f in FRAMEWORKS if f != framework):
             try:
-                other_ids = generate(other, backends.load(other, directory), gen_data)
+                other_ids = generate(other, backends.load(other, directory), gen_data,
+                                     vocab)
             except Exception as e:  # reported; the exit status says the demo failed
                 agree[other] = False
                 log(f"   {LABELS[other]:<{width}}ERROR {type(e).__name__}: {e}")
