@@ -292,7 +292,7 @@ class BertConfig(ModelConfig):
     attention_probs_dropout_prob: float = 0.1
     """Dropout on the attention probabilities."""
     max_position_embeddings: int = 512
-    """Longest sequence the learned position embeddings cover."""
+    """Longest sequence the position embeddings cover."""
     type_vocab_size: int = 2
     """Number of token types (segment ids) embedded."""
     initializer_range: float = 0.02
@@ -471,7 +471,7 @@ class BertGenerationConfig(ModelConfig):
     attention_probs_dropout_prob: float = 0.1
     """Dropout on the attention probabilities."""
     max_position_embeddings: int = 512
-    """Longest sequence the learned position embeddings cover."""
+    """Longest sequence the position embeddings cover."""
     initializer_range: float = 0.02
     """Standard deviation of the normal init of weights."""
     layer_norm_eps: float = 1e-12
@@ -496,7 +496,7 @@ class DistilBertConfig(ModelConfig):
     vocab_size: int = 30522
     """Number of tokens in the vocabulary (rows of the token embedding)."""
     max_position_embeddings: int = 512
-    """Longest sequence the learned position embeddings cover."""
+    """Longest sequence the position embeddings cover."""
     sinusoidal_pos_embds: bool = False
     """Fixed sinusoidal position embeddings instead of learned ones."""
     n_layers: int = 6
@@ -545,7 +545,7 @@ class BartConfig(ModelConfig):
     vocab_size: int = 50265
     """Number of tokens in the vocabulary (rows of the token embedding)."""
     max_position_embeddings: int = 1024
-    """Longest sequence the learned position embeddings cover."""
+    """Longest sequence the position embeddings cover."""
     encoder_layers: int = 12
     """Number of encoder layers of the seq2seq checkpoint (kept for config.json)."""
     encoder_ffn_dim: int = 4096
