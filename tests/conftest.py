@@ -81,12 +81,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
         "test_generate_after_an_optimizer_step[[]flax]",
         "test_generate_after_loading_other_weights[[]tf-copy]",
     ),
-    "tests/convert/test_convert.py": (  # every format of bert2bert and bert2bart stays fast
-        "test_against_reference_fixture_logits[[]camembert*", "*[[]distilbert2bert-*",
-        "*[[]electra2electra-*", "*[[]electra2roberta-*", "*[[]roberta2roberta-*",
-        "*[[]xlm-roberta2xlm-roberta-*", "*[[]bert2gpt2-*",
-        "test_against_reference_fixture_logits[[]bert2bart-flax]",
-    ),
     # every item of the reference's API in every backend: tests/harness/test_migration.py
     "tests/pt/test_reference_api.py": ("*",),
     "tests/tf/test_reference_api.py": ("*",),
@@ -128,10 +122,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
     "tests/flax/test_registry.py": ("test_position_limit_in_decode_step_and_generate",),
     "tests/flax/test_model_api.py": ("test_sharded_save_round_trip_and_config_overrides",),
     "tests/pt/test_training.py": ("test_gradient_checkpointing_same_gradients[[]bert2gpt2]",),
-    # bf16 logits + generate: pt here; every backend's bf16 dtypes, save/load, errors stay
-    "tests/test_bf16.py": ("test_bf16_load_logits_generate[[]*-bert2gpt2]",
-                           "test_bf16_load_logits_generate[[]tf-*",
-                           "test_bf16_load_logits_generate[[]flax-*"),
     # the causal LM's cache, gradients and XLA forms: the composite bert2bart's in
     # tests/harness (cache, gradients, generate), and in pt here
     "tests/flax/test_bart.py": (
@@ -143,18 +133,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
         "test_against_hf_gradients*", "test_forward_under_xla*", "test_fit_lowers_the_loss*",
         "test_generate_shapes_for_marian_own_decoder_vocab",  # pt's; bart's generate: parity
     ),
-    # fresh-process runs: `run_exported` (the public entry point) on greedy bert2bert stays
-    "tests/export/test_saved_model.py": (  # the manifest: test_onnx.py's, the same writer
-        "test_tokens_equal_pt_generate*", "test_manifest",
-        "test_corrupt_artefact_names_the_file[[]missing]",
-        "test_corrupt_artefact_names_the_file[[]swapped]",
-    ),
-    "tests/export/test_jax.py": (
-        "test_tokens_equal_pt_generate*", "test_corrupt_artefact_names_the_file[[]missing]",
-        "test_corrupt_artefact_names_the_file[[]swapped]",
-        "test_corrupt_artefact_names_the_file[[]other_model]",
-    ),
-    "tests/export/test_onnx.py": ("test_tokens_in_fresh_process_equal_pt_generate[[]*-beam4]",),
 }
 
 
@@ -208,10 +186,6 @@ for _path, _patterns in {
     ),
     "tests/harness/test_untied_heads.py": ("test_against_hf_untied_bert_head[[]flax]",),  # pt, tf
     "tests/harness/test_bart_warm_start.py": ("*[[]bart-flax]",),  # pt and tf
-    "tests/test_bad_inputs.py": (  # every invalid input stays in every backend; valid: pt
-        "test_valid_inputs_still_run[[]tf]", "test_valid_inputs_still_run[[]flax]",
-    ),
-    "tests/test_bf16.py": ("test_converter_bfloat16_loads_back[[]flax]",),  # pt and tf
     # training: tf's gradients against the reference (tests/tf/test_training.py), flax's
     # against pt's (tests/harness/test_parity.py), pt's AdamW steps
     "tests/tf/test_training.py": ("test_fit_lowers_the_loss",),
@@ -230,7 +204,6 @@ for _path, _patterns in {
     # fresh-process imports: CI (tests/flax|pt/test_imports.py keep theirs)
     "tests/tf/test_imports.py": ("test_non_tensorflow_keras_backend_is_a_clear_error",
                                  "test_import_needs_neither_torch_nor_jax"),
-    "tests/docs/test_reliability_page.py": ("*",),  # CI: the page against its cases
     # pt's generate against the reference: greedy, sampling and the other beam settings stay;
     # these controls: the numpy loop against the reference (test_core_generation.py)
     "tests/generation/test_pt_generation.py": (
@@ -240,18 +213,6 @@ for _path, _patterns in {
         "test_tokens_match_reference[[]*min_new_tokens=5,length_penalty=0.5*",
         "test_sampling_matches_reference_under_the_same_seed[[]*num_beams=2,num_return_sequences=2*",
         "test_sampling_matches_reference_under_the_same_seed[[]*top_k=10,top_p=0.9*",
-    ),
-    # the fused fast path: bert2bert's steps, weights after an optimizer step and load; every
-    # fast pair's generate against the reference (test_architectures.py, pt)
-    "tests/pt/test_fast_path.py": (
-        "test_fused_weights_follow_optimizer_step_and_load_state_dict[[]bert2gpt2]",
-        "test_fused_weights_follow_optimizer_step_and_load_state_dict[[]bert2bart]",
-        "test_generate_equals_reference[[]bert2gpt2]",
-        "test_int_and_tensor_index_steps_equal_full_forward[[]bert2gpt2]",
-    ),
-    "tests/convert/test_convert.py": (  # bert2bart's fixtures in tf and flax; bf16 into pt
-        "test_against_reference_fixture_logits[[]bert2bart-pt]",
-        "test_dtype[[]flax-bfloat16-bfloat16]",
     ),
 }.items():
     SLOW_CASES[_path] = SLOW_CASES.get(_path, ()) + _patterns

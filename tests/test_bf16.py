@@ -18,7 +18,6 @@ from tests.harness.backends import ADAPTERS
 from tests.tolerances import BF16_LOGITS
 
 BACKENDS = ("pt", "tf", "flax")
-PAIRS = ("bert2bert", "bert2gpt2")
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +59,11 @@ def safetensors_dtypes(directory: Path) -> set[str]:
     return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
 
 
-@pytest.mark.parametrize("pair", PAIRS)
-@pytest.mark.parametrize("backend", BACKENDS)
+# bf16 logits + generate: bert2bert in pt in the fast subset; every backend's bf16 dtypes,
+# save/load and errors stay fast below
+@pytest.mark.parametrize("pair", ["bert2bert", pytest.param("bert2gpt2", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("backend", ["pt", *(pytest.param(b, marks=pytest.mark.slow)
+                                            for b in ("tf", "flax"))])
 def test_bf16_load_logits_generate(adapters, reference_dir, backend, pair):
     ad = adapter(adapters, backend)
     d = reference_dir(pair)
@@ -150,7 +152,7 @@ def converted_bf16(reference_dir, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["pt", "tf", pytest.param("flax", marks=pytest.mark.slow)])
 def test_converter_bfloat16_loads_back(adapters, reference_dir, converted_bf16, backend):
     ad = adapter(adapters, backend)
     assert safetensors_dtypes(converted_bf16) == {"BF16"}

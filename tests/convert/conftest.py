@@ -27,6 +27,12 @@ FIXTURE_FILES = tuple((n, f) for n in COMPOSITES for f in FORMATS[n])
 REFERENCE_FILES = tuple((n, f) for n, f in FIXTURE_FILES if f != "pt")
 
 
+def tiered(files, fast: frozenset[str] = frozenset({"bert2bert"})) -> list:
+    """pytest params of (composite, format): the composites in `fast` in the fast subset, every
+    other one marked slow (the same converter code, another architecture's names: CI)."""
+    return [pytest.param(n, f, marks=() if n in fast else pytest.mark.slow) for n, f in files]
+
+
 def fixture_dir(name: str, fmt: str) -> Path:
     """tests/fixtures/reference/<name>/<fmt>: files written by transformers 4.57."""
     return FIXTURES / name / fmt

@@ -3,8 +3,11 @@ runs each case in every backend)."""
 
 from pathlib import Path
 
+import pytest
+
 from tests.docs.reliability import render
 
+pytestmark = pytest.mark.slow  # runs every bad input in every backend (CI)
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 
 

@@ -22,10 +22,10 @@ BATCH_SIZES = (1, 3)
 FAST = {("bert2bert", "greedy"), ("bert2bert", "beam4")}
 
 
-def cases() -> list:
-    """pytest params (pair, setting name), the heavy ones marked slow."""
+def cases(fast=FAST) -> list:
+    """pytest params (pair, setting name), those outside `fast` marked slow."""
     return [pytest.param(n, s, id=f"{n}-{s}",
-                         marks=() if (n, s) in FAST else pytest.mark.slow)
+                         marks=() if (n, s) in fast else pytest.mark.slow)
             for n in EXPORT_PAIRS for s in SETTINGS]
 
 

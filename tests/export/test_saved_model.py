@@ -71,7 +71,9 @@ def _fresh_run(directory: Path, batches) -> list[np.ndarray]:
         return result
 
 
-@pytest.mark.parametrize(("name", "setting"), cases())
+# in-process tokens: CI (the fresh-process run of `run_exported` on greedy bert2bert and
+# the ONNX tokens stay fast)
+@pytest.mark.parametrize(("name", "setting"), cases(fast=()))
 def test_tokens_equal_pt_generate(exports, name, setting):
     batches = [inputs(name, size) for size in BATCH_SIZES]
     if (name, setting) == ("bert2bert", "greedy"):  # a longer source: another length bucket
@@ -83,6 +85,7 @@ def test_tokens_equal_pt_generate(exports, name, setting):
         assert tokens.shape[1] > 2  # something was generated
 
 
+@pytest.mark.slow  # the same manifest writer as test_onnx.py's (fast)
 def test_manifest(exports):
     import encdec
 
@@ -111,7 +114,8 @@ def _copy(directory: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(directory, tmp_path / "copy"))
 
 
-@pytest.mark.parametrize("damage", ["garbled", "missing", "swapped"])
+@pytest.mark.parametrize("damage", ["garbled", *(pytest.param(d, marks=pytest.mark.slow)
+                                                  for d in ("missing", "swapped"))])
 def test_corrupt_artefact_names_the_file(exports, tmp_path, damage):
     from encdec.export import ExportError
     from encdec.tf.export import run_exported

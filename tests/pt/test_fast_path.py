@@ -19,7 +19,8 @@ from tests.conftest import pair_batch
 
 from .conftest import max_diff, to_torch
 
-NAMES = ["bert2bert", "bert2gpt2", "bert2bart"]
+SLOW = pytest.mark.slow  # the fast subset: bert2bert and bert2bart (the BERT and BART step code)
+NAMES = ["bert2bert", pytest.param("bert2gpt2", marks=SLOW), "bert2bart"]
 NEW = 6
 
 
@@ -67,7 +68,8 @@ def test_generate_equals_reference(name, reference_dir, hf_model):
             assert torch.equal(model.generate(ids, mask, num_beams=beams, **kw), theirs), beams
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ["bert2bert", *(pytest.param(n, marks=SLOW)
+                                                for n in ("bert2gpt2", "bert2bart"))])
 def test_fused_weights_follow_optimizer_step_and_load_state_dict(name, reference_dir):
     """generate after an AdamW step, and after load_state_dict of other weights, equals a
     fresh model holding the same weights (the fused q|k|v copies are rebuilt)."""
