@@ -215,6 +215,9 @@ _LOADER_ONLY = {
 }
 # the reference's `PretrainedConfig` switches that encdec reads from any config (`extra`)
 CONFIG_SWITCHES = ("output_attentions", "output_hidden_states", "return_dict")
+# other keys encdec reads from a config's `extra`: the composite's eos id (the generation
+# config's default, `GenerationConfig.from_model_config`)
+READ_FROM_EXTRA: dict[type, tuple[str, ...]] = {EncoderDecoderConfig: ("eos_token_id",)}
 DTYPE_OPTIONS = ("dtype", "torch_dtype")  # `take_dtype`
 # the loader options every backend takes besides config fields (Flax adds `rngs`, the keys of
 # the random init of what a checkpoint lacks)
@@ -225,11 +228,13 @@ WARM_START_OPTIONS = ("encoder_model", "decoder_model", "output_loading_info", *
 
 def config_keys(cls: type) -> frozenset[str]:
     """The keyword arguments a config class takes from a loader: its fields, its settable
-    properties (`EncoderDecoderConfig.tie_encoder_decoder`) and `CONFIG_SWITCHES`."""
+    properties (`EncoderDecoderConfig.tie_encoder_decoder`), `CONFIG_SWITCHES` and the keys
+    encdec reads from its `extra` (`READ_FROM_EXTRA`)."""
     fields = {f.name for f in dataclasses.fields(cls)} - {"extra"}
     settable = {name for k in cls.__mro__ for name, v in vars(k).items()
                 if isinstance(v, property) and v.fset is not None}
-    return frozenset(fields | settable | set(CONFIG_SWITCHES))
+    read = {key for k in cls.__mro__ for key in READ_FROM_EXTRA.get(k, ())}
+    return frozenset(fields | settable | read | set(CONFIG_SWITCHES))
 
 
 def side_config_keys(expect: type = ModelConfig) -> frozenset[str]:

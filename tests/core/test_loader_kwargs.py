@@ -65,7 +65,7 @@ def test_known_fields_applied(dirs):
 def test_accepted_sets():
     keys = warm_start_keys()
     for key in ("encoder_hidden_dropout_prob", "decoder_n_embd", "decoder_start_token_id",
-                "pad_token_id", "tie_encoder_decoder", "dtype", "encoder_dtype",
+                "pad_token_id", "tie_encoder_decoder", "eos_token_id", "dtype", "encoder_dtype",
                 "decoder_torch_dtype", "output_loading_info", "encoder_model"):
         assert key in keys, key
     for key in ("encoder", "decoder", "num_beams", "encoder_num_beams", "extra"):
