@@ -7,9 +7,11 @@ parameter names (canonical layout), and saves.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
-from encdec.core.weights import Dialect, Param, from_dialect, leaf
+from encdec.core.weights import Dialect, Param, export_state, from_dialect, leaf
 
 OUTPUTS = ("logits", "loss", "encoder_last_hidden_state", "encoder_hidden_states",
            "decoder_hidden_states", "encoder_attentions", "decoder_attentions", "cross_attentions")
@@ -57,6 +59,26 @@ class Adapter:
     def save(self, model, directory):
         model.save_pretrained(directory)
 
+    def state(self, model) -> dict[str, np.ndarray]:
+        """Every saved weight of `model` (a composite or a backbone) under its canonical name,
+        in canonical layout: what its checkpoint holds."""
+        return dict(export_state(model.table(), lambda path: self.module.params.get(model, path),
+                                 self.dialect))
+
+    def variable(self, model, name: str):
+        """The backend's variable object holding canonical parameter `name` (`is` tells which
+        are tied), or None where the backend holds none (a tied LM head in Keras and NNX reads
+        the word embeddings)."""
+        return self.variables(model).get(leaf(model.table().by_name[name], self.dialect))
+
+    @contextlib.contextmanager
+    def training(self, model):
+        """The model in training mode inside the block, inference mode again after it (Keras
+        has no mode: `training=True` is a call argument, `train_kwargs`)."""
+        yield model
+
+    train_kwargs: dict = {}
+
 
 class PT(Adapter):
     name, dialect = "pt", Dialect.PT
@@ -71,6 +93,9 @@ class PT(Adapter):
     def inputs(self, batch):
         return {k: self.torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
 
+    def variables(self, model):
+        return dict(model.named_parameters(remove_duplicate=False))
+
     def forward(self, model, batch, **kw):
         with self.torch.no_grad():
             return outputs_to_numpy(model(**self.inputs(batch), **kw))
@@ -80,6 +105,14 @@ class PT(Adapter):
         model(**self.inputs(batch)).loss.backward()
         return {p.name: from_dialect(p, model.get_parameter(leaf(p, self.dialect)).grad.numpy(),
                                      self.dialect) for p in params}
+
+    @contextlib.contextmanager
+    def training(self, model):
+        model.train()
+        try:
+            yield model
+        finally:
+            model.eval()
 
 
 class TF(Adapter):
@@ -93,8 +126,13 @@ class TF(Adapter):
 
         self.tf, self.module, self.params = tf, encdec.tf, params
 
+    train_kwargs = {"training": True}
+
     def inputs(self, batch):
         return {k: self.tf.constant(np.asarray(v)) for k, v in batch.items()}
+
+    def variables(self, model):
+        return self.params.variables(model)
 
     def grads(self, model, batch, params: list[Param]):
         variables = self.params.variables(model)
@@ -120,6 +158,12 @@ class Flax(Adapter):
     def inputs(self, batch):
         return {k: self.jnp.asarray(np.asarray(v)) for k, v in batch.items()}
 
+    def variable(self, model, name: str):
+        node = model  # by attributes: a Variable shared by two paths is in the state once
+        for part in leaf(model.table().by_name[name], self.dialect).split("."):
+            node = node[int(part)] if part.isdigit() else getattr(node, part, None)
+        return node
+
     def grads(self, model, batch, params: list[Param]):
         from encdec.flax.params import variables
 
@@ -137,5 +181,13 @@ class Flax(Adapter):
                 node = node[int(part)] if part.isdigit() else getattr(node, part)
             out[p.name] = from_dialect(p, flat[path_of[id(node)]], self.dialect)
         return out
+
+    @contextlib.contextmanager
+    def training(self, model):
+        model.train()
+        try:
+            yield model
+        finally:
+            model.eval()
 
 ADAPTERS = {"pt": PT, "tf": TF, "flax": Flax}

@@ -1,7 +1,12 @@
 """The harness over (architecture pair x backend) against transformers' PyTorch
-`EncoderDecoderModel` (issue 8): every pair of `tests.conftest.PAIRS` in every backend —
-logits and loss, cached decoding, saving (bit-identical tensors, transformers loads it),
-greedy and 4-beam generation, and RoBERTa's position limit. Written once, parametrised."""
+`EncoderDecoderModel` (issue 8), written once, parametrised. Every pair of
+`tests.conftest.PAIRS` in every backend: every output (logits, loss, hidden states and
+attentions of both sides, with a padded decoder mask; the tuple of `return_dict=False`), saving
+(bit-identical tensors, transformers loads it), greedy and 4-beam generation. Cached decoding
+with legacy `past_key_values` runs on `CACHE_NAMES`: one pair per decoder model type and
+projection (the cache is the decoder's: the other pairs differ by their encoder only, or by
+tying, which the forward checks cover). Two batches on the fast pairs: rows with no visible
+key, and `inputs_embeds` / `encoder_outputs` in place of ids; and RoBERTa's position limit."""
 
 from __future__ import annotations
 
@@ -21,6 +26,12 @@ from tests.harness.backends import ADAPTERS, _numpy
 NAMES = list(PAIRS)
 BACKENDS = list(ADAPTERS)
 REFERENCE_OUTPUTS = ("logits", "loss", "encoder_last_hidden_state")
+ALL_OUTPUTS = ("logits", "loss", "decoder_hidden_states", "decoder_attentions",
+               "cross_attentions", "encoder_last_hidden_state", "encoder_hidden_states",
+               "encoder_attentions")
+CACHE_NAMES = ["bert2bert", "bert2bert_proj", "bert2gpt2", "bert2gpt2_proj", "roberta2roberta",
+               "electra2electra", "bertgeneration2bertgeneration", "bert2bart", "bert2bart_proj",
+               "roberta2mbart", "bert2marian", "bert2pegasus"]
 
 
 def batch(name: str) -> dict[str, np.ndarray]:
@@ -31,18 +42,39 @@ def batch(name: str) -> dict[str, np.ndarray]:
     return b
 
 
-def torch_forward(model, inputs: dict[str, np.ndarray], **kw) -> dict[str, np.ndarray]:
-    """A transformers model's forward on numpy inputs -> numpy `REFERENCE_OUTPUTS`."""
+def torch_forward(model, inputs: dict[str, np.ndarray], keys=REFERENCE_OUTPUTS, **kw) -> dict:
+    """A transformers model's forward on numpy inputs -> numpy outputs named in `keys`."""
     import torch
 
     with torch.no_grad():
         out = model(**{k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}, **kw)
-    return {k: _numpy(out[k]) for k in REFERENCE_OUTPUTS if out.get(k) is not None}
+    return {k: _numpy(out[k]) for k in keys if out.get(k) is not None}
 
 
 @functools.cache
 def reference_outputs(name: str) -> dict[str, np.ndarray]:
     return torch_forward(oracle.reference(name), batch(name))
+
+
+@functools.cache
+def reference_eager(name: str):
+    """The oracle's checkpoint in transformers with eager attention (the implementation that
+    returns attentions)."""
+    import transformers as tr
+
+    return tr.EncoderDecoderModel.from_pretrained(oracle.checkpoint(name),
+                                                  attn_implementation="eager").eval()
+
+
+_OURS: dict[tuple[str, str], dict] = {}
+
+
+def our_outputs(adapters, ours, name: str, backend: str) -> dict:
+    """Our forward of `batch(name)` with hidden states and attentions (once per session)."""
+    if (name, backend) not in _OURS:
+        _OURS[name, backend] = adapters[backend].forward(
+            ours(name, backend), batch(name), output_hidden_states=True, output_attentions=True)
+    return _OURS[name, backend]
 
 
 @functools.cache
@@ -57,31 +89,89 @@ def reference_tokens(name: str, beams: int) -> tuple[int, np.ndarray]:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", NAMES)
-def test_against_hf_logits_and_loss(ours, adapters, name, backend):
-    got = adapters[backend].forward(ours(name, backend), batch(name))
-    want = reference_outputs(name)
-    assert want.keys() <= got.keys()
+def test_against_hf_outputs(ours, adapters, name, backend):
+    """Every output with a padded decoder mask, and `return_dict=False`'s tuple (the
+    reference's order; its cache object and our legacy cache left out)."""
+    import torch
+
+    got = our_outputs(adapters, ours, name, backend)
+    kw = dict(output_hidden_states=True, output_attentions=True)
+    want = torch_forward(reference_eager(name), batch(name), ALL_OUTPUTS, **kw)
+    assert got.keys() == want.keys() == set(ALL_OUTPUTS)
     for key in want:
         tol.assert_close(got[key], want[key], tol.FORWARD, f"{name} {backend} {key}")
+    ad, ref = adapters[backend], reference_eager(name)
+    with torch.no_grad():
+        rt = ref(**{k: torch.from_numpy(v) for k, v in batch(name).items()}, **kw,
+                 return_dict=False)
+    ot = ours(name, backend)(**ad.inputs(batch(name)), **kw, return_dict=False)
+    assert len(rt) == len(ot)
+    for i, (r, o) in enumerate(zip(rt, ot, strict=True)):
+        if hasattr(r, "shape") or isinstance(r, tuple) and hasattr(r[0], "shape"):
+            tol.assert_close(_numpy(o), _numpy(r), tol.FORWARD, f"{name} {backend} tuple[{i}]")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ["bert2bert", "bert2gpt2"])
+def test_against_hf_fully_masked_rows(ours, adapters, name, backend):
+    """Left padding at decoder position 0 and an all-padding source row: a query with no
+    visible key gives what the reference's default (SDPA) attention gives."""
+    b = batch(name)
+    b["attention_mask"][1] = 0
+    b["decoder_attention_mask"][0, :2] = 0
+    got = adapters[backend].forward(ours(name, backend), b)["logits"]
+    tol.assert_close(got, torch_forward(oracle.reference(name), b)["logits"], tol.FORWARD,
+                     f"{name} {backend} fully masked rows")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["bert2bert", "bert2gpt2_proj"])
+def test_against_hf_embeds_and_encoder_outputs(ours, adapters, name, backend):
+    """`inputs_embeds` + `decoder_inputs_embeds` in place of ids, and `encoder_outputs` (a
+    tuple) in place of the encoder."""
+    import torch
+
+    ad, model, ref, b = adapters[backend], ours(name, backend), oracle.reference(name), batch(name)
+    del b["labels"], b["decoder_attention_mask"]
+    with torch.no_grad():
+        embeds = dict(
+            inputs_embeds=ref.encoder.get_input_embeddings()(torch.from_numpy(b["input_ids"])),
+            decoder_inputs_embeds=ref.decoder.get_input_embeddings()(
+                torch.from_numpy(b["decoder_input_ids"])))
+    embeds = dict({k: v.numpy() for k, v in embeds.items()}, attention_mask=b["attention_mask"])
+    want = torch_forward(ref, embeds)
+    tol.assert_close(ad.forward(model, embeds)["logits"], want["logits"], tol.FORWARD,
+                     f"{name} {backend} embeds")
+    states = want["encoder_last_hidden_state"]
+    del b["input_ids"]
+    got = ad.forward(model, b, encoder_outputs=(ad.inputs({"s": states})["s"],))["logits"]
+    tol.assert_close(got, torch_forward(ref, b, encoder_outputs=(torch.from_numpy(states),))[
+        "logits"], tol.FORWARD, f"{name} {backend} encoder_outputs")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", CACHE_NAMES)
 def test_cached_decoding_matches_full_forward(ours, adapters, name, backend):
+    """Legacy `past_key_values`: a 3-token prefix (the encoder's output object given), then one
+    token at a time (its states as a tuple), equal our full forward and the reference's."""
     ad, model = adapters[backend], ours(name, backend)
     b = pair_batch(name, seed=2)
     del b["labels"]
     full = ad.forward(model, b)["logits"]
     ids, n = b["decoder_input_ids"], b["decoder_input_ids"].shape[1]
-    inputs = ad.inputs({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]})
-    past, encoder_outputs, steps = None, None, []
-    for t in range(n):
-        step = ad.inputs({"decoder_input_ids": ids[:, t:t + 1]})
-        out = model(**inputs, **step, encoder_outputs=encoder_outputs, past_key_values=past,
-                    use_cache=True)
+    mask = ad.inputs({"attention_mask": b["attention_mask"]})
+    encoder_outputs = model.encoder(**ad.inputs({"input_ids": b["input_ids"]}), **mask)
+    past, steps, layers = None, [], model.config.decoder.num_hidden_layers
+    for a, z in [(0, 3), *((t, t + 1) for t in range(3, n))]:
+        out = model(**mask, **ad.inputs({"decoder_input_ids": ids[:, a:z]}), use_cache=True,
+                    encoder_outputs=encoder_outputs, past_key_values=past)
         past, encoder_outputs = out.past_key_values, (out.encoder_last_hidden_state,)
+        assert len(past) == layers and all(len(p) == 4 and p[0].shape[2] == z for p in past)
         steps.append(_numpy(out.logits))
-    tol.assert_close(np.concatenate(steps, axis=1), full, tol.CACHE, f"{name} {backend} cache")
+    steps = np.concatenate(steps, axis=1)
+    tol.assert_close(steps, full, tol.CACHE, f"{name} {backend} cache")
+    tol.assert_close(steps, torch_forward(oracle.reference(name), b)["logits"], tol.FORWARD,
+                     f"{name} {backend} cache vs transformers")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -18,7 +18,7 @@ from tests import tolerances as tol
 from tests.conftest import PAIRS
 from tests.generation import oracle
 from tests.harness.backends import ADAPTERS
-from tests.harness.test_architectures import batch
+from tests.harness.test_architectures import batch, our_outputs
 
 NAMES = list(PAIRS)
 BACKEND_PAIRS = list(itertools.combinations(ADAPTERS, 2))
@@ -38,9 +38,8 @@ SAVE_NAMES = ["bert2gpt2_proj", "roberta2roberta_tied", "electra2electra",
 @pytest.mark.parametrize("a, b", BACKEND_PAIRS)
 @pytest.mark.parametrize("name", NAMES)
 def test_forward_parity(ours, adapters, name, a, b):
-    kw = dict(output_hidden_states=True, output_attentions=True)
-    out_a = adapters[a].forward(ours(name, a), batch(name), **kw)
-    out_b = adapters[b].forward(ours(name, b), batch(name), **kw)
+    out_a = our_outputs(adapters, ours, name, a)
+    out_b = our_outputs(adapters, ours, name, b)
     assert out_a.keys() == out_b.keys()
     assert {"logits", "loss", "decoder_hidden_states", "cross_attentions",
             "encoder_attentions"} <= out_a.keys()
