@@ -95,25 +95,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
     "tests/pt/test_warm_start.py": ("test_against_hf_warm_start_tensors_and_missing*",),
     "tests/tf/test_warm_start.py": ("test_against_hf_warm_start_tensors_and_missing*",),
     "tests/flax/test_warm_start.py": ("test_against_hf_warm_start_tensors_and_missing*",),
-    # cached decoding of every fast pair in every backend: test_architectures.py
-    "tests/tf/test_decoding.py": (
-        "test_past_key_values_equals_full_forward[[]bert2gpt2]",
-        "test_decode_step_equals_full_forward[[]*-2-*",
-        "test_decode_step_equals_full_forward[[]*-bert2gpt2]",
-        # generate after `fit` / an optax update: tests/generation/test_updated_weights.py
-        # (pt's optimizer step; tf and flax after loading other weights); `fit` itself and
-        # nnx.jit training: tests/tf|flax/test_training.py
-        "test_generate_after_fit_uses_the_new_weights[[]*",
-        "test_past_key_values_equals_full_forward[[]bert2bert]",
-    ),
-    "tests/flax/test_decoding.py": (
-        "test_decode_step_equals_full_forward[[]bert2bert-2]",
-        "test_decode_step_under_jit_fori_loop*",  # the compiled loop: generate's tests
-        "test_generate_follows_an_optax_update",
-        # cached decoding vs a full forward: test_architectures.py's cached-decoding test
-        "test_past_key_values_equals_full_forward[[]bert2bert]",
-        "test_decode_step_equals_full_forward[[]bert2bert-1]",
-    ),
     "tests/tf/test_training.py": ("test_forward_inside_tf_function[[]graph]",),
     # flax's gradients vs pt's (themselves vs the reference): tests/harness/test_parity.py;
     # the position limit in generate: test_architectures.py; sharding: the core's checkpoint
@@ -191,10 +172,6 @@ for _path, _patterns in {
     "tests/tf/test_training.py": ("test_fit_lowers_the_loss",),
     "tests/flax/test_training.py": ("test_adamw_steps_under_nnx_jit_lower_the_loss",
                                     "test_split_merge_round_trip"),
-    # the decode step and its loop: tokens against the reference in tf and flax stay
-    "tests/tf/test_decoding.py": ("test_decode_step_equals_full_forward[[]xla-1-bert2bert]",
-                                  "test_decode_loop_in_one_xla_program"),
-    "tests/flax/test_decoding.py": ("test_decode_step_with_decoder_padding_mask",),
     "tests/tf/test_registry.py": ("test_position_limit_in_decode_step_and_generate",),
     # flax's train()/eval() and NNX paths: CI (the paths also through every flax load here)
     "tests/flax/test_parity.py": ("test_model_api_and_modes",),
