@@ -1,8 +1,7 @@
 """encdec's framework-free core: configs, the weight-name table, checkpoint I/O, seq2seq rules.
 
-The modules form layers; each imports only modules of the layers below it (a test,
-tests/core/test_import_graph.py, walks the imports and refuses a cycle or an import hidden
-inside a function):
+The modules form layers, lowest first; each imports only modules of the layers below it, never
+one inside a function (tests/core/test_import_graph.py reads this list and checks it):
 
     checkpoint, outputs   files and the reference's output containers (no encdec import)
     config                config classes; model_type -> config class (`CONFIG_CLASSES`)
@@ -11,7 +10,8 @@ inside a function):
     seq2seq               the composite's rules (labels, start id, keyword routing)
     validation            input checks at the API boundary (`check_positions` included)
     generation            the generation plan, processors and beam search as a numpy spec
-    modeling              what every backend's loading and warm start share
+    modeling              loading and saving shared by every backend (its `Backend` hooks)
+    warm_start            `from_encoder_decoder_pretrained`, written once for every backend
 """
 
 from .checkpoint import CheckpointError

@@ -218,10 +218,25 @@ def test_encdec_imports_have_no_cycle_and_none_inside_functions():
     assert not problems, "\n".join(problems)
 
 
-def test_the_graph_sees_the_core_layers():
+def core_layers() -> list[list[str]]:
+    """The layers of encdec.core, lowest first, as its __init__'s docstring lists them."""
+    tree = ast.parse((ENCDEC_ROOT / "encdec/core/__init__.py").read_text())
+    doc = ast.get_docstring(tree) or ""
+    return [[f"encdec.core.{name}" for name in line.strip().split("  ")[0].split(", ")]
+            for line in doc.splitlines() if line.startswith("    ") and line.strip()]
+
+
+def test_core_modules_import_only_the_layers_below():
     graph, _ = import_graph(ENCDEC_ROOT, "encdec")
-    assert "encdec.core.config" in graph["encdec.core.weights"]
-    assert "encdec.core.validation" in graph["encdec.core.generation"]
+    assert "encdec.core.config" in graph["encdec.core.weights"]  # the parser sees the edges
+    layers = core_layers()
+    rank = {module: n for n, layer in enumerate(layers) for module in layer}
+    core = {m for m in graph if m.startswith("encdec.core.")}
+    assert core == set(rank), "encdec/core/__init__.py's docstring lists every core module once"
+    upward = [f"{module} (layer {rank[module]}) imports {target} (layer {rank[target]})"
+              for module in sorted(core) for target in sorted(graph[module] & core)
+              if rank[target] >= rank[module]]
+    assert not upward, "\n".join(upward)
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
