@@ -82,7 +82,8 @@ def test_lookups_and_errors():
             assert architecture(mt) is arch
         assert architecture(core_config(arch.name)) is arch
     # config dispatch (below the registry) knows the same model types with the same classes
-    assert config_classes() == CONFIG_CLASSES
+    assert config_classes() == CONFIG_CLASSES, \
+        "each architecture's config class is listed in encdec.core.config.CONFIG_CLASSES"
     matrix = support_matrix()
     assert len(matrix) == len(ARCHITECTURES) ** 2
     assert all(ok == (architecture(enc).can_encode and architecture(dec).can_decode)
