@@ -255,7 +255,8 @@ def _embedding_width(c: ModelConfig, layout: BertLayout) -> int:
 
 def bert_attention(name: str, h: int) -> list[Param]:
     """A BERT-family `attention` / `crossattention` block: `self.{query,key,value}` + `output`."""
-    return [*weights.linear(f"{name}.self.query", h, h), *weights.linear(f"{name}.self.key", h, h),
+    return [*weights.linear(f"{name}.self.query", h, h),
+            *weights.linear(f"{name}.self.key", h, h),
             *weights.linear(f"{name}.self.value", h, h),
             *weights.linear(f"{name}.output.dense", h, h),
             *weights.norm(f"{name}.output.LayerNorm", h)]
