@@ -4,15 +4,18 @@ One test (or a few) per item of the issue, each building the case with transform
 configs and objects where the reference does, and comparing with transformers'
 `EncoderDecoderModel` on the same weights (tests/tolerances.py bounds, identical tokens):
 
-1. a GPT-2 decoder whose config has `add_cross_attention=True` but no `is_decoder` builds;
-   a decoder without cross-attention layers is refused, saying so;
-2. `from_encoder_decoder_pretrained(..., encoder_model=, decoder_model=)` (objects for paths);
+1. a GPT-2 decoder whose config has `add_cross_attention=True` but no `is_decoder` builds
+   (and a BERT decoder object); a decoder without cross-attention layers is refused, saying so;
+2. `from_encoder_decoder_pretrained(..., encoder_model=, decoder_model=)` (objects for paths),
+   the objects kept as given; a side given neither way, or both ways, is named;
 3. extra `forward` keyword arguments routed as the reference (`decoder_` prefix -> decoder),
    unknown names refused by name in forward and generate;
 4. `output_attentions` / `output_hidden_states` / `use_cache` on the sides' configs and
    `return_dict` on the composite's honoured when the argument is None;
-5. `from_encoder_decoder_configs(..., tie_encoder_decoder=True)`;
-6. `generate` returns ids; `return_dict_in_generate=True` an object with `.sequences`;
+5. `from_encoder_decoder_configs(..., tie_encoder_decoder=True)`: shared variables, saved and
+   loaded both ways with transformers;
+6. `generate` returns ids (the backend's tensor); `return_dict_in_generate=True` an object with
+   `.sequences`;
 7. generation length: 20 new tokens by default (the reference's PyTorch rule) in all three,
    `max_length=20` the reference's TF/Flax total.
 """
@@ -26,14 +29,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from encdec.core import EncoderDecoderConfig
+from encdec.core.outputs import GenerateOutput
 from tests import tolerances as tol
 from tests.conftest import make_batch, pair_batch
 from tests.generation import oracle
 from tests.harness.backends import ADAPTERS, OUTPUTS, _numpy, outputs_to_numpy
 
 BACKENDS = list(ADAPTERS)
+
+
+def backends(*slow: str) -> list:
+    """BACKENDS, those in `slow` declared slow (their test says what covers them fast)."""
+    return [pytest.param(b, marks=pytest.mark.slow) if b in slow else b for b in BACKENDS]
+
+
 BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=37, max_position_embeddings=64)
 GPT2 = dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64,
@@ -45,11 +57,12 @@ STD = 0.15  # matrices redrawn (as tests/generation/oracle.py) so that tokens de
 @dataclass(frozen=True)
 class Checkpoints:
     """Backbones saved by transformers: a BERT encoder, a GPT-2 LM with cross-attention but
-    no `is_decoder`, and a plain GPT-2 LM (no cross-attention)."""
+    no `is_decoder`, a plain GPT-2 LM (no cross-attention) and a BERT LM with both."""
 
     encoder: Path
     decoder: Path
     plain_decoder: Path
+    bert_decoder: Path
 
 
 @pytest.fixture(scope="session")
@@ -61,45 +74,52 @@ def checkpoints(tmp_path_factory) -> Checkpoints:
     enc = tr.BertModel(tr.BertConfig(**BERT))
     dec = tr.GPT2LMHeadModel(tr.GPT2Config(**GPT2, add_cross_attention=True))
     plain = tr.GPT2LMHeadModel(tr.GPT2Config(**GPT2))
+    bert_dec = tr.BertLMHeadModel(tr.BertConfig(**BERT, is_decoder=True, add_cross_attention=True))
     assert not getattr(dec.config, "is_decoder", False)  # item 1: GPT-2 configs carry none
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for model in (enc, dec):
+        for model in (enc, dec, bert_dec):
             for p in model.parameters():
                 if p.dim() == 2:
                     p.normal_(0.0, STD, generator=g)
                 else:  # LayerNorm / bias values off their 1s and 0s
                     p.add_(0.1 * torch.randn(p.shape, generator=g))
     root = tmp_path_factory.mktemp("migration")
-    out = Checkpoints(root / "bert", root / "gpt2", root / "gpt2-plain")
-    for model, d in ((enc, out.encoder), (dec, out.decoder), (plain, out.plain_decoder)):
+    out = Checkpoints(root / "bert", root / "gpt2", root / "gpt2-plain", root / "bert-lm")
+    for model, d in ((enc, out.encoder), (dec, out.decoder), (plain, out.plain_decoder),
+                     (bert_dec, out.bert_decoder)):
         model.save_pretrained(d)
     return out
 
 
-def hf_composite(ck: Checkpoints, encoder_kwargs=None, decoder_kwargs=None):
+DECODERS = {"gpt2": ("GPT2LMHeadModel", "decoder"), "bert": ("BertLMHeadModel", "bert_decoder")}
+
+
+def hf_composite(ck: Checkpoints, encoder_kwargs=None, decoder_kwargs=None, decoder="gpt2"):
     """transformers' `EncoderDecoderModel(encoder=..., decoder=...)` of the saved backbones
     (eager attention: the one that returns attention weights), eval mode."""
     import transformers as tr
 
+    lm, path = DECODERS[decoder]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         enc = tr.BertModel.from_pretrained(ck.encoder, attn_implementation="eager",
                                            **(encoder_kwargs or {}))
-        dec = tr.GPT2LMHeadModel.from_pretrained(ck.decoder, attn_implementation="eager",
-                                                 **(decoder_kwargs or {}))
+        dec = getattr(tr, lm).from_pretrained(getattr(ck, path), attn_implementation="eager",
+                                              **(decoder_kwargs or {}))
         model = tr.EncoderDecoderModel(encoder=enc, decoder=dec)
     model.config.decoder_start_token_id, model.config.pad_token_id = START, PAD
     return model.eval()
 
 
-def ours_composite(ad, ck: Checkpoints, encoder_kwargs=None, decoder_kwargs=None):
+def ours_composite(ad, ck: Checkpoints, encoder_kwargs=None, decoder_kwargs=None,
+                   decoder="gpt2"):
     """Ours, built as the reference is: `EncoderDecoderModel(encoder=..., decoder=...)` of
     the backend's `BertModel` / `GPT2LMHeadModel` loaded from the same directories."""
-    m = ad.module
+    m, (lm, path) = ad.module, DECODERS[decoder]
     model = m.EncoderDecoderModel(
         encoder=m.BertModel.from_pretrained(ck.encoder, **(encoder_kwargs or {})),
-        decoder=m.GPT2LMHeadModel.from_pretrained(ck.decoder, **(decoder_kwargs or {})))
+        decoder=getattr(m, lm).from_pretrained(getattr(ck, path), **(decoder_kwargs or {})))
     model.config.decoder_start_token_id, model.config.pad_token_id = START, PAD
     model.generation_config.decoder_start_token_id = START
     model.generation_config.pad_token_id = PAD
@@ -143,26 +163,52 @@ def assert_same(got: dict, want: dict, what: str, keys=None) -> None:
 
 # --- 1. a GPT-2 decoder built from objects ---------------------------------------------------
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_gpt2_decoder_object_without_is_decoder(adapters, composites, reference, backend):
-    model = composites(backend)
-    assert model.config.decoder.add_cross_attention
+# flax (both) and every backend's BERT object: CI; GPT-2's in pt and tf build the same way
+@pytest.mark.parametrize("backend", backends("flax"))
+@pytest.mark.parametrize("decoder", ["gpt2", pytest.param("bert", marks=pytest.mark.slow)])
+def test_decoder_object_with_cross_attention(adapters, composites, reference, checkpoints,
+                                             backend, decoder):
+    if decoder == "gpt2":  # no is_decoder in its config
+        model, ref = composites(backend), reference
+    else:
+        model = ours_composite(adapters[backend], checkpoints, decoder=decoder)
+        ref = hf_composite(checkpoints, decoder=decoder)
+    assert model.config.decoder.add_cross_attention and model.config.decoder.is_decoder
+    assert model.decoder.config is model.config.decoder
     got = adapters[backend].forward(model, batch())
-    assert_same(got, hf_forward(reference, batch()), f"1 {backend}", ("logits", "loss"))
+    assert_same(got, hf_forward(ref, batch()), f"1 {backend} {decoder}", ("logits", "loss"))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("flax"))  # flax: CI; pt and tf: the same check
 def test_decoder_without_cross_attention_refused(adapters, checkpoints, backend):
     m = adapters[backend].module
-    with pytest.raises(ValueError, match=r"(?i)cross.attention") as e:
-        m.EncoderDecoderModel(encoder=m.BertModel.from_pretrained(checkpoints.encoder),
-                              decoder=m.GPT2LMHeadModel.from_pretrained(checkpoints.plain_decoder))
+    enc = m.BertModel.from_pretrained(checkpoints.encoder)
+    dec = m.GPT2LMHeadModel.from_pretrained(checkpoints.plain_decoder)
+    with pytest.raises(ValueError, match="GPT2LMHeadModel has no cross-attention layers") as e:
+        m.EncoderDecoderModel(encoder=enc, decoder=dec)
     assert "is_decoder" not in str(e.value), e.value  # cross-attention is what matters
+
+
+DRIFT = pytest.mark.xfail(strict=True, reason="pt and flax read the flag: a backend drift "
+                          "(issue 20); strict, so that the fix shows")
+
+
+@pytest.mark.parametrize("backend", [pytest.param("pt", marks=DRIFT), "tf",
+                                     pytest.param("flax", marks=(DRIFT, pytest.mark.slow))])
+def test_cross_attention_found_from_layers_not_flag(adapters, checkpoints, backend):
+    """Setting `add_cross_attention` on a built decoder's config builds no cross-attention:
+    the composite still refuses it."""
+    m = adapters[backend].module
+    dec = m.GPT2LMHeadModel.from_pretrained(checkpoints.plain_decoder)
+    dec.config.add_cross_attention = True
+    with pytest.raises(ValueError, match="GPT2LMHeadModel has no cross-attention layers"):
+        m.EncoderDecoderModel(encoder=m.BertModel.from_pretrained(checkpoints.encoder),
+                              decoder=dec)
 
 
 # --- 2. model objects in from_encoder_decoder_pretrained ------------------------------------
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("flax"))  # flax: CI; pt and tf: the same code
 @pytest.mark.parametrize("objects", ["both", "encoder", "decoder"])
 def test_from_encoder_decoder_pretrained_with_objects(adapters, checkpoints, backend, objects):
     import transformers as tr
@@ -183,10 +229,32 @@ def test_from_encoder_decoder_pretrained_with_objects(adapters, checkpoints, bac
     want = hf_forward(want_model, batch())
 
     paths, kw = args(ad.module.BertModel, ad.module.GPT2LMHeadModel)
-    got_model = ad.module.EncoderDecoderModel.from_encoder_decoder_pretrained(
-        *paths, **kw, decoder_start_token_id=START, pad_token_id=PAD)
+    got_model, info = ad.module.EncoderDecoderModel.from_encoder_decoder_pretrained(
+        *paths, **kw, decoder_start_token_id=START, pad_token_id=PAD, output_loading_info=True)
+    for side in ("encoder", "decoder"):  # a given object is kept; nothing missing either side
+        assert kw[f"{side}_model"] in (None, getattr(got_model, side)), side
+        assert info[side].missing == [] and info[side].dropped == [], (side, info[side])
     assert_same(ad.forward(got_model, batch()), want, f"2 {backend} {objects}",
                 ("logits", "loss"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_warm_start_without_a_side_names_it(adapters, checkpoints, backend):
+    m = adapters[backend].module
+    warm_start = m.EncoderDecoderModel.from_encoder_decoder_pretrained
+    enc, dec = checkpoints.encoder, checkpoints.decoder
+    dec_model = m.GPT2LMHeadModel.from_pretrained(dec)
+    with pytest.raises(ValueError, match="no encoder: pass encoder_pretrained_model_name_or_path"):
+        warm_start(decoder_model=dec_model)
+    with pytest.raises(ValueError, match="no decoder: pass decoder_pretrained_model_name_or_path"):
+        warm_start(enc)
+    with pytest.raises(ValueError, match="decoder_model and decoder_pretrained"):
+        warm_start(enc, dec, decoder_model=dec_model)
+    with pytest.raises(ValueError, match="decoder_dropout"):  # config kwargs for an object
+        warm_start(enc, decoder_model=dec_model, decoder_dropout=0.0)
+    plain = m.GPT2LMHeadModel.from_pretrained(checkpoints.plain_decoder)
+    with pytest.raises(ValueError, match="no cross-attention layers"):
+        warm_start(enc, decoder_model=plain)
 
 
 # --- 3. per-side keyword arguments in forward ------------------------------------------------
@@ -209,9 +277,11 @@ ROUTED = ["token_type_ids", "decoder_token_type_ids", "position_ids", "decoder_p
           "all"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+# bert2gpt2 in tf and flax: CI (bert2bert in every backend, and bert2gpt2 in pt, stay fast)
 @pytest.mark.parametrize("name", ROUTED)
-@pytest.mark.parametrize("pair", ["bert2gpt2", "bert2bert"])
+@pytest.mark.parametrize("pair, backend", [
+    pytest.param(p, b, marks=pytest.mark.slow) if p == "bert2gpt2" and b != "pt" else (p, b)
+    for p in ("bert2gpt2", "bert2bert") for b in BACKENDS])
 def test_forward_routes_side_kwargs(adapters, composites, reference, ours, pair, name, backend):
     """Each routed argument changes the outputs exactly as it changes the reference's."""
     ad = adapters[backend]
@@ -223,14 +293,16 @@ def test_forward_routes_side_kwargs(adapters, composites, reference, ours, pair,
     want, base = hf_forward(ref, {**b, **extra}), hf_forward(ref, b)
     assert tol.max_abs_diff(want["logits"], base["logits"]) > 1e-3, "the case changes nothing"
     got = ad.forward(model, b, **ad.inputs(extra))
-    assert_same(got, want, f"3 {pair} {backend} {name}", ("logits", "loss"))
+    assert_same(got, want, f"3 {pair} {backend} {name}",
+                ("logits", "loss", "encoder_last_hidden_state"))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("bad", ["bogus_argument", "decoder_bogus_argument"])
+@pytest.mark.parametrize("bad", ["bogus_argument", "decoder_bogus_argument", "decoder_labels",
+                                 "pooler", "decoder_encoder_hidden_states"])
 def test_forward_refuses_unknown_kwargs_by_name(adapters, composites, backend, bad):
     ad = adapters[backend]
-    with pytest.raises(TypeError, match=bad):
+    with pytest.raises(TypeError, match=f"unexpected keyword argument '{bad}'"):
         ad.forward(composites(backend), batch(), **{bad: ad.inputs({"x": np.ones(2)})["x"]})
 
 
@@ -254,6 +326,7 @@ FLAG_CASES = {  # name -> (encoder config kwargs, decoder config kwargs, forward
                       dict(output_attentions=True, output_hidden_states=True),
                       dict(output_attentions=False, output_hidden_states=False)),
     "no_cache": ({}, dict(use_cache=False), {}),
+    "cache_argument_wins": ({}, dict(use_cache=False), dict(use_cache=True)),
 }
 
 
@@ -280,7 +353,7 @@ def test_config_output_switches(adapters, checkpoints, backend, case):
         (case, "past_key_values")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("flax"))
 def test_config_return_dict(adapters, checkpoints, reference, backend):
     ad = adapters[backend]
     model = ours_composite(ad, checkpoints)
@@ -298,6 +371,9 @@ def test_config_return_dict(adapters, checkpoints, reference, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tie_encoder_decoder_keyword(adapters, backend, tmp_path):
+    """Ours saved -> transformers loads the tied model (equal weights: transformers 5 keeps the
+    flag but no longer ties); transformers' save -> ours loads it with the decoder's base
+    weights the very variables of the encoder's, bit for bit the model we saved."""
     import transformers as tr
 
     from encdec.core import BertConfig
@@ -312,18 +388,52 @@ def test_tie_encoder_decoder_keyword(adapters, backend, tmp_path):
     assert config.tie_encoder_decoder and ref_config.tie_encoder_decoder
     config.decoder_start_token_id, config.pad_token_id = START, PAD
     model = ad.module.EncoderDecoderModel(config=config)
-    ad.save(model, tmp_path)
+    ad.save(model, tmp_path / "ours")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref = tr.EncoderDecoderModel.from_pretrained(tmp_path).eval()
+        ref = tr.EncoderDecoderModel.from_pretrained(tmp_path / "ours").eval()
     assert ref.config.tie_encoder_decoder
     # tied: the decoder's base weights are the encoder's
     enc, dec = ref.encoder.state_dict(), ref.decoder.bert.state_dict()
     shared = [n for n in dec if n in enc]
     assert shared and all(bool((dec[n] == enc[n]).all()) for n in shared)
     getattr(model, "eval", lambda: None)()
-    assert_same(ad.forward(model, batch()), hf_forward(ref, batch()), f"5 {backend}",
-                ("logits", "loss"))
+    got = ad.forward(model, batch())
+    assert_same(got, hf_forward(ref, batch()), f"5 {backend}", ("logits", "loss"))
+    # the decoder's copies written in full, as the reference writes them
+    ref.save_pretrained(tmp_path / "ref")
+    assert (load_file(tmp_path / "ours" / "model.safetensors").keys()
+            == load_file(tmp_path / "ref" / "model.safetensors").keys())
+    again = ad.load(tmp_path / "ref")
+    assert again.config.tie_encoder_decoder
+    q, x = "encoder.layer.0.attention.self.query.weight", "embeddings.word_embeddings.weight"
+    for name in (q, x):
+        assert ad.variable(again, "decoder.bert." + name) is ad.variable(again, "encoder." + name)
+    cross = "decoder.bert." + q.replace(".attention.", ".crossattention.")
+    assert ad.variable(again, cross) is not ad.variable(again, "decoder.bert." + q)
+    assert_same(ad.forward(again, batch()), got, f"5 {backend} reloaded", ("logits", "loss"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tie_around_a_given_encoder_takes_its_values(adapters, backend, tmp_path):
+    """With `tie_encoder_decoder`, a warm start around a given encoder makes the decoder's base
+    weights that encoder's variables: its values win over the decoder checkpoint's (as the
+    reference's post_init tie)."""
+    from encdec.core import BertConfig
+
+    ad = adapters[backend]
+    m, q = ad.module, "encoder.layer.0.attention.self.query.weight"
+    m.BertLMHeadModel(BertConfig(**BERT, is_decoder=True, add_cross_attention=True)
+                      ).save_pretrained(tmp_path / "dec")
+    encoder = m.BertModel(BertConfig(**BERT))
+    query = ad.state(encoder)[q]
+    model, reports = m.EncoderDecoderModel.from_encoder_decoder_pretrained(
+        decoder_pretrained_model_name_or_path=tmp_path / "dec", encoder_model=encoder,
+        tie_encoder_decoder=True, output_loading_info=True)
+    assert model.encoder is encoder
+    assert reports["encoder"].missing == [] and reports["decoder"].missing == []
+    assert ad.variable(model, "decoder.bert." + q) is ad.variable(model, "encoder." + q)
+    np.testing.assert_array_equal(ad.state(model)["decoder.bert." + q], query)
 
 
 # --- 6. generate's return value ---------------------------------------------------------------
@@ -334,22 +444,24 @@ def hf_tokens(reference, **kw) -> np.ndarray:
                               decoder_start_token_id=START, pad_token_id=PAD, **kw)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("tf", "flax"))
 def test_generate_returns_ids_and_sequences(adapters, composites, reference, backend):
     ad, model, b = adapters[backend], composites(backend), batch()
-    want = hf_tokens(reference, max_new_tokens=6)
+    kw = dict(max_new_tokens=5, num_beams=2)
+    want = hf_tokens(reference, **kw)
     x = ad.inputs({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]})
-    ids = model.generate(x["input_ids"], x["attention_mask"], max_new_tokens=6)
-    assert not hasattr(ids, "sequences"), type(ids)  # the ids themselves, as the reference's pt
+    ids = model.generate(x["input_ids"], x["attention_mask"], **kw)
+    # the ids themselves (the backend's tensor), as the reference's pt
+    assert type(ids) is type(x["input_ids"]) and not hasattr(ids, "sequences"), type(ids)
     np.testing.assert_array_equal(_numpy(ids), want)
-    out = model.generate(x["input_ids"], x["attention_mask"], max_new_tokens=6,
-                         return_dict_in_generate=True)
+    out = model.generate(x["input_ids"], x["attention_mask"], **kw, return_dict_in_generate=True)
+    assert isinstance(out, GenerateOutput), type(out)
     np.testing.assert_array_equal(_numpy(out.sequences), want)
 
 
 # --- 7. generation length defaults -----------------------------------------------------------
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("tf", "flax"))
 @pytest.mark.parametrize("length", [{}, {"max_length": 20}])
 def test_generation_length_defaults(adapters, composites, reference, backend, length):
     """No length given: 20 new tokens after the start token (the reference's PyTorch rule) in
