@@ -63,8 +63,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
     # (tests/test_bad_inputs.py in pt, tf and flax); generate at the limit: pt here
     "tests/harness/test_architectures.py": ("test_against_hf_position_limit[[]tf]",
                                            "test_against_hf_position_limit[[]flax]"),
-    # a GPT-2 decoder object without is_decoder: pt and tf here; flax's adapter is the same
-    "tests/harness/test_migration.py": ("test_gpt2_decoder_object_without_is_decoder[[]flax]",),
     "tests/generation/test_core_generation.py": (  # bert2bert, early eos: the same loop
         "test_numpy_loop_matches_reference[[]*-bert2gpt2-1]",
         "test_numpy_loop_matches_reference[[]*-eos3-*",
@@ -81,9 +79,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
         "test_generate_after_an_optimizer_step[[]flax]",
         "test_generate_after_loading_other_weights[[]tf-copy]",
     ),
-    # every item of the reference's API in every backend: tests/harness/test_migration.py
-    "tests/pt/test_reference_api.py": ("*",),
-    "tests/tf/test_reference_api.py": ("*",),
     # warm start: three cases (BERT, GPT-2, RoBERTa's MLM head dropped) in every backend; the
     # per-backend files keep their checkpoint quirks
     "tests/harness/test_warm_start.py": (
@@ -101,7 +96,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
     # writer (tests/core/test_checkpoint.py) and pt/tf's round trips
     "tests/flax/test_training.py": ("test_against_hf_gradients*",),
     "tests/flax/test_registry.py": ("test_position_limit_in_decode_step_and_generate",),
-    "tests/flax/test_model_api.py": ("test_sharded_save_round_trip_and_config_overrides",),
     "tests/pt/test_training.py": ("test_gradient_checkpointing_same_gradients[[]bert2gpt2]",),
     # the causal LM's cache, gradients and XLA forms: the composite bert2bart's in
     # tests/harness (cache, gradients, generate), and in pt here
@@ -154,17 +148,6 @@ for _path, _patterns in {
     "tests/generation/test_updated_weights.py": (  # pt's optimizer step and reload stay
         "test_generate_after_loading_other_weights[[]flax-*",
     ),
-    # each item of the reference's API: pt and tf here; these flax cases: CI
-    "tests/harness/test_migration.py": (
-        "test_from_encoder_decoder_pretrained_with_objects[[]*-flax]",
-        "test_config_return_dict[[]flax]", "test_generate_returns_ids_and_sequences[[]tf]",
-        "test_generate_returns_ids_and_sequences[[]flax]",
-        "test_generation_length_defaults[[]*-tf]", "test_generation_length_defaults[[]*-flax]",
-        "test_forward_routes_side_kwargs[[]bert2gpt2-*-tf]",
-        "test_forward_routes_side_kwargs[[]bert2gpt2-*-flax]",
-        "test_tie_encoder_decoder_keyword[[]flax]",
-        "test_decoder_without_cross_attention_refused[[]flax]",
-    ),
     "tests/harness/test_untied_heads.py": ("test_against_hf_untied_bert_head[[]flax]",),  # pt, tf
     "tests/harness/test_bart_warm_start.py": ("*[[]bart-flax]",),  # pt and tf
     # training: tf's gradients against the reference (tests/tf/test_training.py), flax's
@@ -175,7 +158,6 @@ for _path, _patterns in {
     "tests/tf/test_registry.py": ("test_position_limit_in_decode_step_and_generate",),
     # flax's train()/eval() and NNX paths: CI (the paths also through every flax load here)
     "tests/flax/test_parity.py": ("test_model_api_and_modes",),
-    "tests/flax/test_migration_nnx.py": ("test_routed_kwargs_and_config_switches_under_jit",),
     "tests/flax/test_warm_start.py": ("test_gpt2_checkpoint_quirks",),  # pt's and tf's
     "tests/flax/test_bart.py": ("test_against_hf_causal_lm_forward[[]cross-bart]",),  # no-cross
     # fresh-process imports: CI (tests/flax|pt/test_imports.py keep theirs)
