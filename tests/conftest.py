@@ -90,13 +90,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
     "tests/pt/test_warm_start.py": ("test_against_hf_warm_start_tensors_and_missing*",),
     "tests/tf/test_warm_start.py": ("test_against_hf_warm_start_tensors_and_missing*",),
     "tests/flax/test_warm_start.py": ("test_against_hf_warm_start_tensors_and_missing*",),
-    "tests/tf/test_training.py": ("test_forward_inside_tf_function[[]graph]",),
-    # flax's gradients vs pt's (themselves vs the reference): tests/harness/test_parity.py;
-    # the position limit in generate: test_architectures.py; sharding: the core's checkpoint
-    # writer (tests/core/test_checkpoint.py) and pt/tf's round trips
-    "tests/flax/test_training.py": ("test_against_hf_gradients*",),
-    "tests/flax/test_registry.py": ("test_position_limit_in_decode_step_and_generate",),
-    "tests/pt/test_training.py": ("test_gradient_checkpointing_same_gradients[[]bert2gpt2]",),
     # the causal LM's cache, gradients and XLA forms: the composite bert2bart's in
     # tests/harness (cache, gradients, generate), and in pt here
     "tests/flax/test_bart.py": (
@@ -150,19 +143,8 @@ for _path, _patterns in {
     ),
     "tests/harness/test_untied_heads.py": ("test_against_hf_untied_bert_head[[]flax]",),  # pt, tf
     "tests/harness/test_bart_warm_start.py": ("*[[]bart-flax]",),  # pt and tf
-    # training: tf's gradients against the reference (tests/tf/test_training.py), flax's
-    # against pt's (tests/harness/test_parity.py), pt's AdamW steps
-    "tests/tf/test_training.py": ("test_fit_lowers_the_loss",),
-    "tests/flax/test_training.py": ("test_adamw_steps_under_nnx_jit_lower_the_loss",
-                                    "test_split_merge_round_trip"),
-    "tests/tf/test_registry.py": ("test_position_limit_in_decode_step_and_generate",),
-    # flax's train()/eval() and NNX paths: CI (the paths also through every flax load here)
-    "tests/flax/test_parity.py": ("test_model_api_and_modes",),
     "tests/flax/test_warm_start.py": ("test_gpt2_checkpoint_quirks",),  # pt's and tf's
     "tests/flax/test_bart.py": ("test_against_hf_causal_lm_forward[[]cross-bart]",),  # no-cross
-    # fresh-process imports: CI (tests/flax|pt/test_imports.py keep theirs)
-    "tests/tf/test_imports.py": ("test_non_tensorflow_keras_backend_is_a_clear_error",
-                                 "test_import_needs_neither_torch_nor_jax"),
     # pt's generate against the reference: greedy, sampling and the other beam settings stay;
     # these controls: the numpy loop against the reference (test_core_generation.py)
     "tests/generation/test_pt_generation.py": (

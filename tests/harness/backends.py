@@ -8,6 +8,7 @@ parameter names (canonical layout), and saves.
 from __future__ import annotations
 
 import contextlib
+import importlib
 
 import numpy as np
 
@@ -79,6 +80,11 @@ class Adapter:
 
     train_kwargs: dict = {}
 
+    def param(self, model, p: Param) -> np.ndarray:
+        """Parameter `p` (a table entry) of `model`, in the canonical layout."""
+        params = importlib.import_module(f"{self.module.__name__}.params")
+        return from_dialect(p, np.asarray(params.get(model, leaf(p, self.dialect))), self.dialect)
+
 
 class PT(Adapter):
     name, dialect = "pt", Dialect.PT
@@ -101,10 +107,19 @@ class PT(Adapter):
             return outputs_to_numpy(model(**self.inputs(batch), **kw))
 
     def grads(self, model, batch, params: list[Param]):
+        """(A parameter that gets no gradient, a frozen one: zeros.)"""
         model.zero_grad()
         model(**self.inputs(batch)).loss.backward()
-        return {p.name: from_dialect(p, model.get_parameter(leaf(p, self.dialect)).grad.numpy(),
-                                     self.dialect) for p in params}
+        out = {}
+        for p in params:
+            w = model.get_parameter(leaf(p, self.dialect))
+            g = np.zeros(w.shape, np.float32) if w.grad is None else w.grad.numpy()
+            out[p.name] = from_dialect(p, g, self.dialect)
+        return out
+
+    def n_params(self, model) -> int:
+        """How many distinct parameter tensors `model` holds (tied ones once)."""
+        return len(list(model.parameters()))
 
     @contextlib.contextmanager
     def training(self, model):
@@ -140,8 +155,12 @@ class TF(Adapter):
         with self.tf.GradientTape() as tape:
             loss = model(**self.inputs(batch)).loss
         grads = tape.gradient(loss, chosen)
-        return {p.name: from_dialect(p, self.tf.convert_to_tensor(g).numpy(), self.dialect)
-                for p, g in zip(params, grads, strict=True)}
+        return {p.name: from_dialect(p, np.zeros(v.shape, np.float32) if g is None else
+                                     self.tf.convert_to_tensor(g).numpy(), self.dialect)
+                for p, v, g in zip(params, chosen, grads, strict=True)}
+
+    def n_params(self, model) -> int:
+        return len({id(v) for v in model.weights})
 
 
 class Flax(Adapter):
@@ -181,6 +200,9 @@ class Flax(Adapter):
                 node = node[int(part)] if part.isdigit() else getattr(node, part)
             out[p.name] = from_dialect(p, flat[path_of[id(node)]], self.dialect)
         return out
+
+    def n_params(self, model) -> int:
+        return len(self.nnx.to_flat_state(self.nnx.state(model, self.nnx.Param)))
 
     @contextlib.contextmanager
     def training(self, model):

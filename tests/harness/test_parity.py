@@ -12,8 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from encdec.core import EncoderDecoderConfig
-from encdec.core.registry import architecture
-from encdec.core.weights import encoder_decoder_table
+from encdec.core.registry import architecture, encoder_decoder_table
 from tests import tolerances as tol
 from tests.conftest import PAIRS
 from tests.generation import oracle
