@@ -1,6 +1,9 @@
 """pt, tf and flax mirror each other (STYLE.md 2 and 11): the same module files, the same
 public classes and functions in each, the same public methods with the same argument names in
-the same order. Framework-specific extras are allowed only where listed below, with a reason."""
+the same order; in the modules every family shares (`layers`, `base`) the private helpers too.
+Framework-specific extras are allowed only where listed below, with a reason. Two behaviours
+that once drifted are checked by running them: the activation tables (core's list, the
+reference's numerics) and when a layer cross-attends (only given encoder states)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,10 @@ import importlib
 import inspect
 import pkgutil
 
+import numpy as np
 import pytest
+
+from encdec.core.config import ACTIVATIONS, BertConfig
 
 BACKENDS = ("pt", "tf", "flax")
 # The forward pass is named by each framework: nn.Module.forward, keras.Model.call,
@@ -21,15 +27,22 @@ ALIASES = {"tf": {"TFEncoderDecoderModel"}, "flax": {"FlaxEncoderDecoderModel"}}
 # and base-layer `kwargs` in __init__ and `training` in call; NNX modules take `rngs`; torch
 # samplers take a `torch.Generator`.
 EXTRA_ARGS = {
-    "pt": {"generate": {"generator"}, "*": {"device"}},
-    "tf": {"__init__": {"name", "kwargs"}, "forward": {"training"}},
+    "pt": {"generate": {"generator"}, "*": {"device"},
+           # the eager loop builds the cross mask once per mask tensor (one host check), kept
+           # in a `Derived`; the compiled loops build it inside the program
+           "step_masks": {"memo"}},
+    "tf": {"__init__": {"name", "kwargs"}, "forward": {"training"},
+           "_out": {"training"}},  # Keras passes `training` down to its dropout
     "flax": {"*": {"rngs"}},
 }
 # Methods (class, or "*" for any -> names) only one framework has, and why.
 EXTRA_METHODS = {
     "pt": {  # torch.utils.checkpoint on the backbones' layers (the reference's API)
         "EncoderDecoderModel": {"gradient_checkpointing_enable",
-                                "gradient_checkpointing_disable"}},
+                                "gradient_checkpointing_disable"},
+        # the eager decoding step's one q|k|v matmul over weights concatenated once (the
+        # compiled loops let XLA fuse the three projections)
+        "Attention": {"_qkv_weights"}},
     "tf": {"EncoderDecoderModel": {"compute_loss"},  # Keras' `fit` asks for the loss here
            # a tied head as a 2-D matmul: XLA CPU copied the table transposed per einsum call
            "LMDecoder": {"tied_logits"},
@@ -41,13 +54,14 @@ EXTRA_METHODS = {
 # Keras / NNX layer builders with the reference's init (torch has nn.Linear, nn.Embedding,
 # nn.LayerNorm, F.cross_entropy; a bare nn.Module holds named sublayers): not compared, their
 # arguments follow each framework (Keras layers infer their input size and take a `name`).
-BUILDERS = {"layers.dense", "layers.embed", "layers.layer_norm",
-            "layers.cross_entropy", "bert.Container"}
+BUILDERS = {"layers.dense", "layers.embed", "layers.layer_norm"}
 _KERAS_NNX_BUILDERS = {*BUILDERS,
                        "layers.LMDecoder"}  # a vocabulary projection: torch's nn.Linear
 EXTRA_HELPERS = {
     "pt": {"layers.Conv1D",  # GPT-2's (in, out) weight as a module; Keras/NNX kernels are
            # (in, out) already
+           "layers.Derived",  # a tensor derived from parameters, rebuilt when they change
+           # in place (torch's eager step; the compiled loops derive inside the program)
            "params.constructing", "params.skip_init", "params.skipping_init",  # torch builds
            # modules with a random init; these skip it when weights are loaded
            "params.torch_dtype",  # dtype name -> torch.dtype (Keras takes the name)
@@ -60,8 +74,9 @@ EXTRA_HELPERS = {
            # without Keras' own mask propagation
            "layers.attend_cached",  # XLA loops read the static cache before writing it,
            # so the compiled loop updates it in place (pt's eager loop writes in place)
-           "layers.Embedding",  # Keras' Embedding with a dense table gradient, as torch's
-           # and JAX's (TF's own is IndexedSlices, which Keras' Adam steps differently)
+           "layers.Embedding", "layers._take_rows",  # Keras' Embedding with a dense table
+           # gradient, as torch's and JAX's (TF's own is IndexedSlices, which Keras' Adam steps
+           # differently)
            "layers.Dense", "layers.add_bias",  # a bias added as x - (-bias): TF's XLA
            # fuses `1-row dot + add` into a slower gemv kernel (JAX's keeps the dot plain)
            *_KERAS_NNX_BUILDERS},
@@ -98,8 +113,24 @@ def _signature(obj, backend: str, name: str) -> list[str] | str:
     return [n for n in names if n not in extra | {"self", "cls"}]
 
 
-def _methods(cls: type, backend: str) -> dict[str, list[str] | str]:
-    """Public methods (and __init__ / the forward) defined by encdec classes in `cls`'s MRO."""
+# The modules every family shares: their private helpers are compared too (the same attention
+# internals, masks and caches in every backend), not only their public names.
+SHARED_MODULES = {"layers", "base"}
+# What the shared modules hold by design in every backend (STYLE.md 3: one `Attention`, cache
+# handling in one place): the cache type, the loss, the bases a family file builds on.
+SHARED_BY_DESIGN = ("layers.Attention", "layers.Mask", "layers.Past", "layers.split_past",
+                    "layers.step_masks", "layers.causal_mask", "layers.padding_mask",
+                    "layers.ACTIVATIONS", "layers.cross_entropy", "layers.causal_lm_loss",
+                    "layers.Container", "base.PretrainedModel", "base.CausalLM")
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _methods(cls: type, backend: str, private: bool = False) -> dict[str, list[str] | str]:
+    """Public methods (and __init__ / the forward) defined by encdec classes in `cls`'s MRO;
+    with `private`, the classes' own private ones too (`_heads`, not `__repr__`)."""
     out: dict[str, list[str] | str] = {}
     for klass in cls.__mro__:
         if not klass.__module__.startswith("encdec."):
@@ -107,7 +138,8 @@ def _methods(cls: type, backend: str) -> dict[str, list[str] | str]:
         for name, obj in vars(klass).items():
             if name == FORWARD[backend]:
                 name = "forward"
-            elif name.startswith("_") and name != "__init__":
+            elif name.startswith("_") and name != "__init__" and \
+                    not (private and _private(name)):
                 continue
             if name in out or isinstance(obj, type) or \
                     not (callable(obj) or isinstance(obj, (property, classmethod, staticmethod))):
@@ -120,7 +152,8 @@ def _methods(cls: type, backend: str) -> dict[str, list[str] | str]:
 
 def surface(backend: str, public: bool) -> dict[str, object]:
     """What the mirror compares: `module.name` -> a public class's methods and signatures, or a
-    function's signature; `public`: the package's `__all__` only, else every module's own."""
+    function's signature; `public`: the package's `__all__` only, else every module's own (and,
+    in `SHARED_MODULES`, the private ones)."""
     package = importlib.import_module(f"encdec.{backend}")
     modules = {"__init__": package}
     if not public:
@@ -131,12 +164,13 @@ def surface(backend: str, public: bool) -> dict[str, object]:
         names = set(getattr(module, "__all__", None) or
                     [n for n, o in vars(module).items() if getattr(o, "__module__", None)
                      == module.__name__]) - ALIASES.get(backend, set())
+        private = not public and mod_name in SHARED_MODULES
         for name in sorted(names):
-            if name.startswith("_"):
+            if name.startswith("_") and not (private and _private(name)):
                 continue
             obj = getattr(module, name)
             if isinstance(obj, type):
-                out[f"{mod_name}.{name}"] = _methods(obj, backend)
+                out[f"{mod_name}.{name}"] = _methods(obj, backend, private)
             elif inspect.isfunction(obj):
                 out[f"{mod_name}.{name}"] = _signature(obj, backend, name)
     return out
@@ -174,6 +208,84 @@ def test_public_api_mirrors(x, y):
 
 @pytest.mark.parametrize("x, y", PAIRS)
 def test_modules_mirror(x, y):
-    """Each module file's own classes and functions (attention, bert, gpt2, params, …)."""
+    """Each module file's own classes and functions (layers, bert, gpt2, params, …), with the
+    private helpers of the shared modules."""
     problems = differences(x, y, public=False)
     assert not problems, f"{len(problems)} differences:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shared_modules_hold_what_families_share(backend):
+    """The cache type, the losses and the bases live in `layers` / `base` (a family file
+    imports them from there, never from another family's file)."""
+    missing = [name for name in SHARED_BY_DESIGN
+               if not hasattr(importlib.import_module(f"encdec.{backend}.{name.split('.')[0]}"),
+                              name.split(".")[1])]
+    assert not missing, f"{backend} lacks {missing}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_activation_table_is_cores_list(backend):
+    """Every backend implements exactly the activations a config accepts: no fewer (a config
+    that validates must build) and no more (an entry no config can reach)."""
+    table = importlib.import_module(f"encdec.{backend}.layers").ACTIVATIONS
+    assert tuple(table) == ACTIVATIONS
+
+
+def _to_numpy(x) -> np.ndarray:
+    return np.asarray(x.detach() if hasattr(x, "detach") else x)
+
+
+def _array(backend: str, x: np.ndarray):
+    """A numpy array as `backend`'s tensor."""
+    if backend == "pt":
+        import torch
+
+        return torch.from_numpy(x)
+    if backend == "tf":
+        import tensorflow as tf
+
+        return tf.constant(x)
+    import jax.numpy as jnp
+
+    return jnp.asarray(x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_against_hf_activation_numerics(backend):
+    """Each name in the table computes the reference's function (transformers' `ACT2FN`)."""
+    import torch
+    from transformers.activations import ACT2FN
+
+    table = importlib.import_module(f"encdec.{backend}.layers").ACTIVATIONS
+    x = np.linspace(-8, 8, 4001, dtype=np.float32)
+    for name in ACTIVATIONS:
+        ref = ACT2FN[name](torch.from_numpy(x)).numpy()
+        got = _to_numpy(table[name](_array(backend, x)))
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cross_cache_without_encoder_states_does_not_cross_attend(backend):
+    """As the reference's `BertLayer` (`if self.is_decoder and encoder_hidden_states is not
+    None`): a layer cross-attends only when given encoder states. Handed a legacy cache with
+    cross-attention keys/values but no encoder states, a decoder runs self-attention alone:
+    the same output as with the self-attention cache only, and a cache without cross entries."""
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=64, is_decoder=True,
+                        add_cross_attention=True)
+    model = importlib.import_module(f"encdec.{backend}.bert").BertModel(config)
+    if backend == "pt":
+        model.eval()  # dropout off (Keras' call and NNX modules are built in inference mode)
+    rng = np.random.default_rng(0)
+    ids = _array(backend, rng.integers(1, 99, size=(2, 4)).astype(np.int32))
+    new = _array(backend, rng.integers(1, 99, size=(2, 1)).astype(np.int32))
+    states = _array(backend, rng.normal(size=(2, 5, 32)).astype(np.float32))
+    past = model(input_ids=ids, encoder_hidden_states=states, use_cache=True).past_key_values
+    assert all(len(layer) == 4 for layer in past)  # (k, v, cross k, cross v)
+    with_cross = model(input_ids=new, past_key_values=past, use_cache=True)
+    self_only = model(input_ids=new, past_key_values=tuple(layer[:2] for layer in past),
+                      use_cache=True)
+    np.testing.assert_array_equal(_to_numpy(with_cross.last_hidden_state),
+                                  _to_numpy(self_only.last_hidden_state))
+    assert all(len(layer) == 2 for layer in with_cross.past_key_values)

@@ -12,9 +12,6 @@ q_proj`), so NNX state paths are `model.decoder.layers.0.self_attn.q_proj.kernel
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -32,12 +29,14 @@ from encdec.core.registry import (
 )
 
 from . import params
-from .bert import Container, Past
+from .base import CausalLM
 from .layers import (
     ACTIVATIONS,
     PRECISION,
     Attention,
+    Container,
     Mask,
+    Past,
     causal_mask,
     cross_entropy,
     default_rngs,
@@ -45,6 +44,8 @@ from .layers import (
     embed,
     layer_norm,
     padding_mask,
+    split_past,
+    step_masks,
 )
 
 
@@ -86,13 +87,13 @@ class BartDecoderLayer(nnx.Module):
     def __call__(self, x: jax.Array, mask: Mask | None, states: jax.Array | None,
                  cross_mask: Mask | None, past: Past | None, output_attentions: bool = False):
         """-> (x, self probs, cross probs, present (k, v[, ck, cv]))."""
+        self_past, cross_past = split_past(past)
         a, probs, kv = self.self_attn(self._in(x, self.self_attn_layer_norm), mask,
-                                      past=None if past is None else past[:2],
+                                      past=self_past,
                                       output_attentions=output_attentions)
         x = self._out(x, a, self.self_attn_layer_norm)
         cross_probs, present = None, kv
         if states is not None:
-            cross_past = past[2:] if past is not None and len(past) == 4 else None
             a, cross_probs, ckv = self.encoder_attn(
                 self._in(x, self.encoder_attn_layer_norm), cross_mask, states=states,
                 past=cross_past, output_attentions=output_attentions)
@@ -229,8 +230,8 @@ class BartDecoder(nnx.Module):
         if isinstance(cache_index, int):
             check_length(self.config, "input_ids", T, cache_index)
         x = self.embed(input_ids, None, None, cache_index)  # (B, T, H)
-        mask = causal_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask)
-        cross_mask = padding_mask(encoder_attention_mask, x.dtype)
+        mask, cross_mask = step_masks(B, T, cache_index, max_len, x.dtype, decoder_attention_mask,
+                                      encoder_attention_mask)
         new = []
         for layer, layer_cache in zip(self.layers, cache, strict=True):
             x, layer_cache = layer.step(x, layer_cache, cache_index, mask, cross_mask)
@@ -240,7 +241,7 @@ class BartDecoder(nnx.Module):
         return x, tuple(new)
 
 
-class BartForCausalLM(nnx.Module):
+class BartForCausalLM(CausalLM):
     """transformers' `BartForCausalLM` (and `MBartForCausalLM`, `MarianForCausalLM`,
     `PegasusForCausalLM`): `model.decoder` + `lm_head` (no bias; the `embed_tokens` matrix
     when `tie_word_embeddings`, else an own Linear). Built in inference mode."""
@@ -262,15 +263,9 @@ class BartForCausalLM(nnx.Module):
                            rngs=rngs)
         self.eval()
 
-    def table(self) -> weights.Table:
-        return architecture(self.config).decoder_table(self.config)
-
     @property
     def base_model(self) -> BartDecoder:
         return self.model.decoder
-
-    def get_input_embeddings(self) -> nnx.Embed:
-        return self.model.decoder.embed_tokens
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """The LM head: hidden (B, T, H) -> logits (B, T, V)."""
@@ -297,24 +292,3 @@ class BartForCausalLM(nnx.Module):
                                 hidden_states=out.hidden_states, attentions=out.attentions,
                                 cross_attentions=out.cross_attentions)
         return result if return_dict else result.to_tuple()
-
-    def cross_kv(self, encoder_hidden_states: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
-        return self.base_model.cross_kv(encoder_hidden_states)
-
-    def step(self, input_ids: jax.Array, cache: tuple, cache_index, encoder_attention_mask,
-             decoder_attention_mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
-        """Static-cache decoding step -> (logits (B, T, V), cache)."""
-        x, cache = self.base_model.step(input_ids, cache, cache_index, encoder_attention_mask,
-                                        decoder_attention_mask)
-        return self.logits(x), cache
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a `*ForCausalLM`, `*Model` or `*ForConditionalGeneration` checkpoint's decoder
-        (non-strict: missing weights are initialised and reported; the encoder's are dropped
-        and `model.shared.weight` stands in for `embed_tokens`, both reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).lm_class)

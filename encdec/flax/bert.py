@@ -11,7 +11,6 @@ so NNX state paths are `encoder.layer.0.attention.self.query.kernel`.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -24,21 +23,24 @@ from encdec.core.outputs import BaseModelOutput, CausalLMOutput
 from encdec.core.registry import BERT_ATTENTION, Positions, architecture, check_length
 
 from . import params
+from .base import CausalLM, PretrainedModel
 from .layers import (
     ACTIVATIONS,
     Attention,
+    Container,
     LMDecoder,
     Mask,
+    Past,
+    causal_lm_loss,
     causal_mask,
-    cross_entropy,
     default_rngs,
     dense,
     embed,
     layer_norm,
     padding_mask,
+    split_past,
+    step_masks,
 )
-
-Past = tuple[jax.Array, ...]  # (self_k, self_v[, cross_k, cross_v]), each (B, h, T, d)
 
 
 def _embedding_width(c: ModelConfig) -> int:
@@ -126,7 +128,8 @@ class BertLayer(nnx.Module):
     def __call__(self, x: jax.Array, mask: Mask | None, states: jax.Array | None,
                  cross_mask: Mask | None, past: Past | None, output_attentions: bool = False):
         """-> (x, self probs, cross probs, present (k, v[, ck, cv]))."""
-        a, probs, kv = self.attention.self(x, mask, past=None if past is None else past[:2],
+        self_past, cross_past = split_past(past)
+        a, probs, kv = self.attention.self(x, mask, past=self_past,
                                            output_attentions=output_attentions)
         x = self.attention.output(a, x)
         cross_probs, present = None, kv
@@ -134,7 +137,6 @@ class BertLayer(nnx.Module):
             if self.crossattention is None:
                 raise ValueError("encoder_hidden_states given, but this model has no "
                                  "cross-attention: set config.add_cross_attention=True")
-            cross_past = past[2:] if past is not None and len(past) == 4 else None
             a, cross_probs, ckv = self.crossattention.self(
                 x, cross_mask, states=states, past=cross_past, output_attentions=output_attentions)
             x = self.crossattention.output(a, x)
@@ -166,9 +168,7 @@ class BertPooler(nnx.Module):
         return jnp.tanh(self.dense(x[:, 0]))  # first token
 
 
-
-
-class BertModel(nnx.Module):
+class BertModel(PretrainedModel):
     """transformers' `BertModel` and its family's base models (`RobertaModel`, `ElectraModel`,
     `BertGenerationEncoder`, …): bidirectional encoder, or (`config.is_decoder`) a causal
     decoder with cross-attention when `config.add_cross_attention`. Built in inference mode."""
@@ -269,27 +269,13 @@ class BertModel(nnx.Module):
         if isinstance(cache_index, int):
             check_length(self.config, "input_ids", T, cache_index)
         x = self.embed(input_ids, None, None, None, cache_index)  # (B, T, H)
-        mask = causal_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask)
-        cross_mask = padding_mask(encoder_attention_mask, x.dtype)
+        mask, cross_mask = step_masks(B, T, cache_index, max_len, x.dtype, decoder_attention_mask,
+                                      encoder_attention_mask)
         new = []
         for layer, layer_cache in zip(self.encoder.layer, cache, strict=True):
             x, layer_cache = layer.step(x, layer_cache, cache_index, mask, cross_mask)
             new.append(layer_cache)
         return x, tuple(new)
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint of this class's model type (non-strict: missing
-        weights are initialised and reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).base_class)
-
-
-class Container(nnx.Module):
-    """An empty module holding an LM head's parts at the reference's dotted names."""
 
 
 def _place(root: nnx.Module, dotted: str, value: nnx.Module | nnx.Param) -> None:
@@ -309,7 +295,7 @@ def _find(root: nnx.Module, dotted: str) -> Any:
     return root
 
 
-class BertLMHeadModel(nnx.Module):
+class BertLMHeadModel(CausalLM):
     """transformers' `BertLMHeadModel` and its family's causal LMs (`RobertaForCausalLM`,
     `ElectraForCausalLM`, `BertGenerationDecoder`, …): the base model (no pooler) under the
     architecture's prefix and the LM head's modules at the names of `layout.head`
@@ -344,15 +330,9 @@ class BertLMHeadModel(nnx.Module):
                            rngs=rngs)
         self.eval()
 
-    def table(self) -> weights.Table:
-        return architecture(self.config).decoder_table(self.config)
-
     @property
     def base_model(self) -> BertModel:
         return getattr(self, self.prefix)
-
-    def get_input_embeddings(self) -> nnx.Embed:
-        return self.base_model.embeddings.word_embeddings
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """The LM head: hidden (B, T, H) -> logits (B, T, V)."""
@@ -383,28 +363,3 @@ class BertLMHeadModel(nnx.Module):
                                 hidden_states=out.hidden_states, attentions=out.attentions,
                                 cross_attentions=out.cross_attentions)
         return result if return_dict else result.to_tuple()
-
-    def cross_kv(self, encoder_hidden_states: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
-        return self.base_model.cross_kv(encoder_hidden_states)
-
-    def step(self, input_ids: jax.Array, cache: tuple, cache_index, encoder_attention_mask,
-             decoder_attention_mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
-        """Static-cache decoding step -> (logits (B, T, V), cache)."""
-        x, cache = self.base_model.step(input_ids, cache, cache_index, encoder_attention_mask,
-                                        decoder_attention_mask)
-        return self.logits(x), cache
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint of this class's model type (non-strict: missing
-        weights are initialised and reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).lm_class)
-
-
-def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """The reference's causal-LM loss: predict token t+1 from t, mean over labels != -100."""
-    return cross_entropy(logits[:, :-1], labels[:, 1:])

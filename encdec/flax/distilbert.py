@@ -9,9 +9,6 @@ so NNX state paths are `transformer.layer.0.attention.q_lin.kernel`.
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -22,6 +19,7 @@ from encdec.core.outputs import BaseModelOutput
 from encdec.core.registry import DISTILBERT_ATTENTION, architecture, check_length
 
 from . import params
+from .base import PretrainedModel
 from .layers import (
     ACTIVATIONS,
     Attention,
@@ -86,7 +84,7 @@ class DistilBertTransformer(nnx.Module):
         self.layer = nnx.List([DistilBertLayer(c, rngs=rngs) for _ in range(c.num_hidden_layers)])
 
 
-class DistilBertModel(nnx.Module):
+class DistilBertModel(PretrainedModel):
     """transformers' `DistilBertModel`: a bidirectional encoder. Built in inference mode."""
 
     config_class = DistilBertConfig
@@ -128,13 +126,3 @@ class DistilBertModel(nnx.Module):
                               hidden_states=tuple(hidden) if output_hidden_states else None,
                               attentions=tuple(attns) if output_attentions else None)
         return out if return_dict else out.to_tuple()
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint of this class's model type (non-strict: missing
-        weights are initialised and reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).base_class)

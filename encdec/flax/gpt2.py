@@ -6,9 +6,6 @@ regardless of padding, final `ln_f`, `lm_head` tied to `wte`).
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -24,18 +21,22 @@ from encdec.core.registry import (
 )
 
 from . import params
-from .bert import Past, causal_lm_loss
+from .base import CausalLM, PretrainedModel
 from .layers import (
     ACTIVATIONS,
     PRECISION,
     Attention,
     Mask,
+    Past,
+    causal_lm_loss,
     causal_mask,
     default_rngs,
     dense,
     embed,
     layer_norm,
     padding_mask,
+    split_past,
+    step_masks,
 )
 
 
@@ -67,7 +68,8 @@ class GPT2Block(nnx.Module):
     def __call__(self, x: jax.Array, mask: Mask | None, states: jax.Array | None,
                  cross_mask: Mask | None, past: Past | None, output_attentions: bool = False):
         """-> (x, self probs, cross probs, present (k, v[, ck, cv]))."""
-        a, probs, kv = self.attn(self.ln_1(x), mask, past=None if past is None else past[:2],
+        self_past, cross_past = split_past(past)
+        a, probs, kv = self.attn(self.ln_1(x), mask, past=self_past,
                                  output_attentions=output_attentions)
         x = x + a
         cross_probs, present = None, kv
@@ -75,7 +77,6 @@ class GPT2Block(nnx.Module):
             if self.crossattention is None:
                 raise ValueError("encoder_hidden_states given, but this GPT-2 has no "
                                  "cross-attention: set config.add_cross_attention=True")
-            cross_past = past[2:] if past is not None and len(past) == 4 else None
             a, cross_probs, ckv = self.crossattention(
                 self.ln_cross_attn(x), cross_mask, states=states, past=cross_past,
                 output_attentions=output_attentions)
@@ -93,7 +94,7 @@ class GPT2Block(nnx.Module):
         return x + self.mlp(self.ln_2(x)), (k_buf, v_buf, ck, cv)
 
 
-class GPT2Model(nnx.Module):
+class GPT2Model(PretrainedModel):
     """transformers' `GPT2Model`. Built in inference mode."""
 
     config_class = GPT2Config
@@ -178,26 +179,16 @@ class GPT2Model(nnx.Module):
             check_length(self.config, "input_ids", T, cache_index)
         position_ids = (jnp.arange(T) + cache_index)[None]  # (1, T)
         x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, H)
-        mask = causal_mask(B, T, cache_index, max_len, x.dtype, decoder_attention_mask)
-        cross_mask = padding_mask(encoder_attention_mask, x.dtype)
+        mask, cross_mask = step_masks(B, T, cache_index, max_len, x.dtype, decoder_attention_mask,
+                                      encoder_attention_mask)
         new = []
         for block, layer_cache in zip(self.h, cache, strict=True):
             x, layer_cache = block.step(x, layer_cache, cache_index, mask, cross_mask)
             new.append(layer_cache)
         return self.ln_f(x), tuple(new)
 
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised and
-        reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
 
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).base_class)
-
-
-class GPT2LMHeadModel(nnx.Module):
+class GPT2LMHeadModel(CausalLM):
     """transformers' `GPT2LMHeadModel`: `transformer` + `lm_head` (no bias; the `wte` matrix when
     `tie_word_embeddings`, else an own Linear). Built in inference mode."""
 
@@ -216,15 +207,9 @@ class GPT2LMHeadModel(nnx.Module):
                            rngs=rngs)
         self.eval()
 
-    def table(self) -> weights.Table:
-        return architecture(self.config).decoder_table(self.config)
-
     @property
     def base_model(self) -> GPT2Model:
         return self.transformer
-
-    def get_input_embeddings(self) -> nnx.Embed:
-        return self.transformer.wte
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """The LM head: hidden (B, T, H) -> logits (B, T, V)."""
@@ -251,23 +236,3 @@ class GPT2LMHeadModel(nnx.Module):
                                 hidden_states=out.hidden_states, attentions=out.attentions,
                                 cross_attentions=out.cross_attentions)
         return result if return_dict else result.to_tuple()
-
-    def cross_kv(self, encoder_hidden_states: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
-        return self.transformer.cross_kv(encoder_hidden_states)
-
-    def step(self, input_ids: jax.Array, cache: tuple, cache_index, encoder_attention_mask,
-             decoder_attention_mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
-        """Static-cache decoding step -> (logits (B, T, V), cache)."""
-        x, cache = self.transformer.step(input_ids, cache, cache_index, encoder_attention_mask,
-                                         decoder_attention_mask)
-        return self.logits(x), cache
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised and
-        reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).lm_class)

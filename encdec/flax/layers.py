@@ -1,6 +1,7 @@
-"""The one `Attention` (self and cross; projections named by the registry's `AttentionNames`),
-its masks and caches; plus the shared leaf layers (`dense`, `layer_norm`, `embed`, `LMDecoder`,
-activations) of the Flax NNX backend.
+"""The layers every family shares in the Flax NNX backend: the one `Attention` (self and cross;
+projections named by the registry's `AttentionNames`), its masks and cache types (`Past`), the
+leaf layers (`dense`, `layer_norm`, `embed`, `LMDecoder`, `Container`, activations) and the
+losses.
 
 Follows transformers' `BertSelfAttention` / `DistilBertSelfAttention` / `GPT2Attention` with the
 reference's default SDPA masks: padding masks act on keys only, the decoder's padding mask is
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from encdec.core.config import ACTIVATIONS as ACTIVATION_NAMES
 from encdec.core.registry import AttentionNames
 
 PRECISION = jax.lax.Precision.HIGHEST
@@ -34,20 +36,17 @@ def _gelu_new(x: jax.Array) -> jax.Array:  # transformers' NewGELUActivation (ta
     return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * jnp.power(x, 3.0))))
 
 
-def _gelu_fast(x: jax.Array) -> jax.Array:  # transformers' FastGELUActivation
-    return 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
-
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU
-    "gelu_new": _gelu_new,
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": _gelu_fast,
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "tanh": jnp.tanh,
-}
+# core's activation names (`encdec.core.config.ACTIVATIONS`, what a config accepts), in its
+# order: exact erf GELU, tanh-approximate GELU (two names), ReLU, SiLU (two names: Marian's
+# "swish")
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = dict(zip(ACTIVATION_NAMES, (
+    lambda x: jax.nn.gelu(x, approximate=False),
+    _gelu_new,
+    lambda x: jax.nn.gelu(x, approximate=True),
+    jax.nn.relu,
+    jax.nn.silu,
+    jax.nn.silu,
+), strict=True))
 
 
 def default_rngs(rngs: nnx.Rngs | None) -> nnx.Rngs:
@@ -100,6 +99,31 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.where(keep, picked, 0.0)) / jnp.sum(keep)
 
 
+def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The reference's causal-LM loss: predict token t+1 from t, mean over labels != -100."""
+    return cross_entropy(logits[:, :-1], labels[:, 1:])
+
+
+class Container(nnx.Module):
+    """An empty module holding a model's parts at the reference's dotted names (`model` of
+    `BartForCausalLM`, `cls.predictions` of an LM head)."""
+
+
+# --- caches -------------------------------------------------------------------------------
+
+Past = tuple[jax.Array, ...]  # one layer's legacy cache: (self_k, self_v[, cross_k, cross_v]),
+# each (B, h, T, d)
+
+
+def split_past(past: Past | None) -> tuple[Past | None, Past | None]:
+    """One layer's legacy cache -> (self (k, v) or None, cross (k, v) or None). Whether a
+    layer cross-attends is decided by the encoder states alone, as the reference: a cross
+    cache without encoder states is not used."""
+    if past is None:
+        return None, None
+    return past[:2], (past[2:] if len(past) == 4 else None)
+
+
 # --- masks --------------------------------------------------------------------------------
 
 class Mask(NamedTuple):
@@ -133,6 +157,16 @@ def padding_mask(padding: jax.Array | None, dtype: jnp.dtype) -> Mask | None:
         return None
     return make_mask((padding != 0)[:, None, None, :], dtype, may_be_empty=True)
 
+
+
+def step_masks(batch: int | jax.Array, q_len: int | jax.Array, cache_index: int | jax.Array,
+               max_len: int, dtype, decoder_padding: jax.Array | None,
+               encoder_padding: jax.Array | None) -> tuple[Mask, Mask | None]:
+    """The self- and cross-attention masks of a static-cache decoding step, for every family:
+    `causal_mask` over the max_len buffer positions (and-ed with the decoder's padding) and the
+    encoder's `padding_mask` (None without one)."""
+    return (causal_mask(batch, q_len, cache_index, max_len, dtype, decoder_padding),
+            padding_mask(encoder_padding, dtype))
 
 # --- attention ----------------------------------------------------------------------------
 

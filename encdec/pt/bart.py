@@ -16,11 +16,7 @@ Attribute names reproduce the reference's state-dict names
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -37,15 +33,19 @@ from encdec.core.registry import (
 )
 
 from . import params
-from .bert import Past
+from .base import CausalLM
 from .layers import (
     ACTIVATIONS,
     Attention,
+    Container,
+    Derived,
     Mask,
-    _Derived,
-    _step_masks,
+    Past,
     causal_mask,
+    cross_entropy,
     padding_mask,
+    split_past,
+    step_masks,
 )
 
 
@@ -86,15 +86,14 @@ class BartDecoderLayer(nn.Module):
     def forward(self, x: Tensor, mask: Mask | None, states: Tensor | None,
                 cross_mask: Mask | None, past: Past | None, output_attentions: bool = False):
         """-> (x, self probs, cross probs, present (k, v[, ck, cv]))."""
+        self_past, cross_past = split_past(past)
         ln = self.self_attn_layer_norm
-        a, probs, present = self.self_attn(self._normed(x, ln), mask,
-                                           past=None if past is None else past[:2],
+        a, probs, present = self.self_attn(self._normed(x, ln), mask, past=self_past,
                                            output_attentions=output_attentions)
         x = self._residual(x, a, ln)
         cross_probs = None
         if states is not None:
             ln = self.encoder_attn_layer_norm
-            cross_past = past[2:] if past is not None and len(past) == 4 else None
             a, cross_probs, ckv = self.encoder_attn(self._normed(x, ln), cross_mask,
                                                     states=states, past=cross_past,
                                                     output_attentions=output_attentions)
@@ -133,7 +132,7 @@ class BartDecoder(nn.Module):
         self.offset = position_offset(config)
         self.layerdrop = config.decoder_layerdrop
         self.gradient_checkpointing = False
-        self._cross_mask = _Derived()  # decoding steps' cross-attention mask, built once
+        self._cross_mask = Derived()  # decoding steps' cross-attention mask, built once
         with params.constructing() as c:
             self.embed_tokens = nn.Embedding(config.lm_vocab_size, h)
             self.embed_positions = nn.Embedding(config.max_position_embeddings + self.offset, h)
@@ -237,9 +236,9 @@ class BartDecoder(nn.Module):
         if isinstance(cache_index, int):  # a tensor index: the cache's size was checked
             check_length(self.config, "input_ids", T, cache_index)
         x = self.embed(input_ids, None, None, cache_index)
-        mask, cross_mask = _step_masks(self._cross_mask, B, T, cache_index, max_len, x.dtype,
-                                       decoder_attention_mask, encoder_attention_mask,
-                                       input_ids.device)
+        mask, cross_mask = step_masks(self._cross_mask, B, T, cache_index, max_len, x.dtype,
+                                      decoder_attention_mask, encoder_attention_mask,
+                                      input_ids.device)
         new = []
         for layer, layer_cache in zip(self.layers, cache, strict=True):
             x, layer_cache = layer.step(x, layer_cache, cache_index, mask, cross_mask)
@@ -247,7 +246,7 @@ class BartDecoder(nn.Module):
         return self._final(x), tuple(new)
 
 
-class BartForCausalLM(nn.Module):
+class BartForCausalLM(CausalLM):
     """transformers' `{Bart,MBart,Marian,Pegasus}ForCausalLM`: `model.decoder` (the
     `BartDecoder`) + `lm_head` (no bias, tied to `embed_tokens`). Its `labels` loss is the
     reference's: NOT shifted (`labels[:, i]` is the target of `logits[:, i]`)."""
@@ -259,21 +258,15 @@ class BartForCausalLM(nn.Module):
         causal_lm_config(config)
         self.config = config
         with params.constructing() as c:
-            self.model = nn.Module()  # the reference's `BartDecoderWrapper`: holds `decoder`
+            self.model = Container()  # the reference's `BartDecoderWrapper`: holds `decoder`
             self.model.decoder = BartDecoder(config)
             self.lm_head = nn.Linear(config.hidden_size, config.lm_vocab_size, bias=False)
         if c.outermost:
             params.materialize(self, [(self, self.table(), config)])
 
-    def table(self) -> weights.Table:
-        return architecture(self.config).decoder_table(self.config)
-
     @property
     def base_model(self) -> BartDecoder:
         return self.model.decoder
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.decoder.embed_tokens
 
     def logits(self, hidden: Tensor) -> Tensor:
         """The LM head: hidden (B, T, H) -> logits (B, T, V)."""
@@ -292,32 +285,8 @@ class BartForCausalLM(nn.Module):
                                  encoder_hidden_states, encoder_attention_mask, past_key_values,
                                  use_cache, output_attentions, output_hidden_states)
         logits = self.logits(out.last_hidden_state)  # (B, T, V)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                   labels.reshape(-1), ignore_index=-100)
+        loss = None if labels is None else cross_entropy(logits, labels)
         result = CausalLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                 hidden_states=out.hidden_states, attentions=out.attentions,
                                 cross_attentions=out.cross_attentions)
         return result if return_dict else result.to_tuple()
-
-    def cross_kv(self, encoder_hidden_states: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
-        return self.model.decoder.cross_kv(encoder_hidden_states)
-
-    def step(self, input_ids: Tensor, cache: tuple, cache_index, encoder_attention_mask,
-             decoder_attention_mask: Tensor | None = None) -> tuple[Tensor, tuple]:
-        """Static-cache decoding step -> (logits (B, T, V), cache)."""
-        x, cache = self.model.decoder.step(input_ids, cache, cache_index, encoder_attention_mask,
-                                           decoder_attention_mask)
-        return self.logits(x), cache
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a `*ForCausalLM`, `*Model` or `*ForConditionalGeneration` checkpoint (the
-        decoder's weights; the encoder's are dropped and reported, `model.shared.weight`
-        stands in for `embed_tokens`); missing weights are initialised and reported."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).lm_class)

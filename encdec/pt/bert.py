@@ -10,11 +10,7 @@ Attribute names reproduce the reference's state-dict names (`encoder.layer.0.att
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -24,17 +20,20 @@ from encdec.core.outputs import BaseModelOutput, CausalLMOutput
 from encdec.core.registry import BERT_ATTENTION, Positions, architecture, check_length
 
 from . import params
+from .base import CausalLM, PretrainedModel
 from .layers import (
     ACTIVATIONS,
     Attention,
+    Container,
+    Derived,
     Mask,
-    _Derived,
-    _step_masks,
+    Past,
+    causal_lm_loss,
     causal_mask,
     padding_mask,
+    split_past,
+    step_masks,
 )
-
-Past = tuple[Tensor, ...]  # (self_k, self_v[, cross_k, cross_v]), each (B, h, T, d)
 
 
 def _embedding_width(c: ModelConfig) -> int:
@@ -127,7 +126,8 @@ class BertLayer(nn.Module):
     def forward(self, x: Tensor, mask: Mask | None, states: Tensor | None,
                 cross_mask: Mask | None, past: Past | None, output_attentions: bool = False):
         """-> (x, self probs, cross probs, present (k, v[, ck, cv]))."""
-        a, probs, kv = self.attention.self(x, mask, past=None if past is None else past[:2],
+        self_past, cross_past = split_past(past)
+        a, probs, kv = self.attention.self(x, mask, past=self_past,
                                            output_attentions=output_attentions)
         x = self.attention.output(a, x)
         cross_probs, present = None, kv
@@ -135,7 +135,6 @@ class BertLayer(nn.Module):
             if self.crossattention is None:
                 raise ValueError("encoder_hidden_states given, but this model has no "
                                  "cross-attention: set config.add_cross_attention=True")
-            cross_past = past[2:] if past is not None and len(past) == 4 else None
             a, cross_probs, ckv = self.crossattention.self(
                 x, cross_mask, states=states, past=cross_past, output_attentions=output_attentions)
             x = self.crossattention.output(a, x)
@@ -169,7 +168,7 @@ class BertPooler(nn.Module):
         return torch.tanh(self.dense(x[:, 0]))  # first token
 
 
-class BertModel(nn.Module):
+class BertModel(PretrainedModel):
     """transformers' `BertModel` and its family's base models (`RobertaModel`, `ElectraModel`,
     `BertGenerationEncoder`, …): bidirectional encoder, or (`config.is_decoder`) a causal
     decoder with cross-attention when `config.add_cross_attention`."""
@@ -183,7 +182,7 @@ class BertModel(nn.Module):
         self.add_pooling_layer = arch.has_pooler if add_pooling_layer is None \
             else add_pooling_layer
         self.gradient_checkpointing = False
-        self._cross_mask = _Derived()  # decoding steps' cross-attention mask, built once
+        self._cross_mask = Derived()  # decoding steps' cross-attention mask, built once
         e = _embedding_width(config)
         with params.constructing() as c:
             self.embeddings = BertEmbeddings(config)
@@ -276,37 +275,28 @@ class BertModel(nn.Module):
         if isinstance(cache_index, int):  # a tensor index: the cache's size was checked
             check_length(self.config, "input_ids", T, cache_index)
         x = self.embed(input_ids, None, None, None, cache_index)
-        mask, cross_mask = _step_masks(self._cross_mask, B, T, cache_index, max_len, x.dtype,
-                                       decoder_attention_mask, encoder_attention_mask,
-                                       input_ids.device)
+        mask, cross_mask = step_masks(self._cross_mask, B, T, cache_index, max_len, x.dtype,
+                                      decoder_attention_mask, encoder_attention_mask,
+                                      input_ids.device)
         new = []
         for layer, layer_cache in zip(self.encoder.layer, cache, strict=True):
             x, layer_cache = layer.step(x, layer_cache, cache_index, mask, cross_mask)
             new.append(layer_cache)
         return x, tuple(new)
 
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint of this class's model type (non-strict: missing
-        weights are initialised and reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).base_class)
 
 
 def _place(root: nn.Module, dotted: str, value: nn.Module | nn.Parameter) -> None:
-    """Set `root.a.b.c = value`, creating empty container modules along the path."""
+    """Set `root.a.b.c = value`, creating `Container` modules along the path."""
     *path, leaf = dotted.split(".")
     for name in path:
         if name not in root._modules:
-            root.add_module(name, nn.Module())
+            root.add_module(name, Container())
         root = root._modules[name]
     setattr(root, leaf, value)
 
 
-class BertLMHeadModel(nn.Module):
+class BertLMHeadModel(CausalLM):
     """transformers' `BertLMHeadModel` and its family's causal LMs (`RobertaForCausalLM`,
     `ElectraForCausalLM`, `BertGenerationDecoder`, …): the base model (no pooler) under the
     architecture's prefix and the LM head's modules at the names of `layout.head`
@@ -336,15 +326,9 @@ class BertLMHeadModel(nn.Module):
         if c.outermost:
             params.materialize(self, [(self, self.table(), config)])
 
-    def table(self) -> weights.Table:
-        return architecture(self.config).decoder_table(self.config)
-
     @property
     def base_model(self) -> BertModel:
         return getattr(self, self.prefix)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.base_model.embeddings.word_embeddings
 
     def logits(self, hidden: Tensor) -> Tensor:
         """The LM head: hidden (B, T, H) -> logits (B, T, V)."""
@@ -374,29 +358,3 @@ class BertLMHeadModel(nn.Module):
                                 hidden_states=out.hidden_states, attentions=out.attentions,
                                 cross_attentions=out.cross_attentions)
         return result if return_dict else result.to_tuple()
-
-    def cross_kv(self, encoder_hidden_states: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
-        return self.base_model.cross_kv(encoder_hidden_states)
-
-    def step(self, input_ids: Tensor, cache: tuple, cache_index, encoder_attention_mask,
-             decoder_attention_mask: Tensor | None = None) -> tuple[Tensor, tuple]:
-        """Static-cache decoding step -> (logits (B, T, V), cache)."""
-        x, cache = self.base_model.step(input_ids, cache, cache_index, encoder_attention_mask,
-                                        decoder_attention_mask)
-        return self.logits(x), cache
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint of this class's model type (non-strict: missing
-        weights are initialised and reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).lm_class)
-
-
-def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """The reference's causal-LM loss: predict token t+1 from t, mean over labels != -100."""
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                           labels[:, 1:].reshape(-1), ignore_index=-100)

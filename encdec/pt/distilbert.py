@@ -8,9 +8,6 @@ Attribute names reproduce the reference's state-dict names (`transformer.layer.0
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -21,6 +18,7 @@ from encdec.core.outputs import BaseModelOutput
 from encdec.core.registry import DISTILBERT_ATTENTION, architecture, check_length
 
 from . import params
+from .base import PretrainedModel
 from .layers import ACTIVATIONS, Attention, Mask, padding_mask
 
 
@@ -80,7 +78,7 @@ class DistilBertTransformer(nn.Module):
         self.layer = nn.ModuleList(DistilBertLayer(c) for _ in range(c.num_hidden_layers))
 
 
-class DistilBertModel(nn.Module):
+class DistilBertModel(PretrainedModel):
     """transformers' `DistilBertModel`: a bidirectional encoder."""
 
     config_class = DistilBertConfig
@@ -128,13 +126,3 @@ class DistilBertModel(nn.Module):
                               hidden_states=tuple(hidden) if output_hidden_states else None,
                               attentions=tuple(attns) if output_attentions else None)
         return out if return_dict else out.to_tuple()
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised and
-        reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).base_class)

@@ -6,9 +6,6 @@ final `ln_f`, `lm_head` tied to `wte`).
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -24,16 +21,19 @@ from encdec.core.registry import (
 )
 
 from . import params
-from .bert import Past, causal_lm_loss
+from .base import CausalLM, PretrainedModel
 from .layers import (
     ACTIVATIONS,
     Attention,
     Conv1D,
+    Derived,
     Mask,
-    _Derived,
-    _step_masks,
+    Past,
+    causal_lm_loss,
     causal_mask,
     padding_mask,
+    split_past,
+    step_masks,
 )
 
 
@@ -68,7 +68,8 @@ class GPT2Block(nn.Module):
     def forward(self, x: Tensor, mask: Mask | None, states: Tensor | None,
                 cross_mask: Mask | None, past: Past | None, output_attentions: bool = False):
         """-> (x, self probs, cross probs, present (k, v[, ck, cv]))."""
-        a, probs, kv = self.attn(self.ln_1(x), mask, past=None if past is None else past[:2],
+        self_past, cross_past = split_past(past)
+        a, probs, kv = self.attn(self.ln_1(x), mask, past=self_past,
                                  output_attentions=output_attentions)
         x = x + a
         cross_probs, present = None, kv
@@ -76,7 +77,6 @@ class GPT2Block(nn.Module):
             if self.crossattention is None:
                 raise ValueError("encoder_hidden_states given, but this GPT-2 has no "
                                  "cross-attention: set config.add_cross_attention=True")
-            cross_past = past[2:] if past is not None and len(past) == 4 else None
             a, cross_probs, ckv = self.crossattention(
                 self.ln_cross_attn(x), cross_mask, states=states, past=cross_past,
                 output_attentions=output_attentions)
@@ -94,7 +94,7 @@ class GPT2Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), (k_buf, v_buf, ck, cv)
 
 
-class GPT2Model(nn.Module):
+class GPT2Model(PretrainedModel):
     """transformers' `GPT2Model`."""
 
     config_class = GPT2Config
@@ -104,7 +104,7 @@ class GPT2Model(nn.Module):
         config.check_supported()
         self.config = config
         self.gradient_checkpointing = False
-        self._cross_mask = _Derived()  # decoding steps' cross-attention mask, built once
+        self._cross_mask = Derived()  # decoding steps' cross-attention mask, built once
         with params.constructing() as c:
             self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
             self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
@@ -186,27 +186,18 @@ class GPT2Model(nn.Module):
             check_length(self.config, "input_ids", T, cache_index)
         position_ids = (torch.arange(T, device=input_ids.device) + cache_index)[None]
         x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, H)
-        mask, cross_mask = _step_masks(self._cross_mask, B, T, cache_index, max_len, x.dtype,
-                                       decoder_attention_mask, encoder_attention_mask,
-                                       input_ids.device)
+        mask, cross_mask = step_masks(self._cross_mask, B, T, cache_index, max_len, x.dtype,
+                                      decoder_attention_mask, encoder_attention_mask,
+                                      input_ids.device)
         new = []
         for block, layer_cache in zip(self.h, cache, strict=True):
             x, layer_cache = block.step(x, layer_cache, cache_index, mask, cross_mask)
             new.append(layer_cache)
         return self.ln_f(x), tuple(new)
 
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised and
-        reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).base_class)
 
 
-class GPT2LMHeadModel(nn.Module):
+class GPT2LMHeadModel(CausalLM):
     """transformers' `GPT2LMHeadModel`: `transformer` + `lm_head` (no bias, tied to `wte`)."""
 
     config_class = GPT2Config
@@ -220,15 +211,9 @@ class GPT2LMHeadModel(nn.Module):
         if c.outermost:
             params.materialize(self, [(self, self.table(), config)])
 
-    def table(self) -> weights.Table:
-        return architecture(self.config).decoder_table(self.config)
-
     @property
     def base_model(self) -> GPT2Model:
         return self.transformer
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.transformer.wte
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden)
@@ -250,23 +235,3 @@ class GPT2LMHeadModel(nn.Module):
                                 hidden_states=out.hidden_states, attentions=out.attentions,
                                 cross_attentions=out.cross_attentions)
         return result if return_dict else result.to_tuple()
-
-    def cross_kv(self, encoder_hidden_states: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
-        return self.transformer.cross_kv(encoder_hidden_states)
-
-    def step(self, input_ids: Tensor, cache: tuple, cache_index, encoder_attention_mask,
-             decoder_attention_mask: Tensor | None = None) -> tuple[Tensor, tuple]:
-        """Static-cache decoding step -> (logits (B, T, V), cache)."""
-        x, cache = self.transformer.step(input_ids, cache, cache_index, encoder_attention_mask,
-                                         decoder_attention_mask)
-        return self.logits(x), cache
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: missing weights are initialised and
-        reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).lm_class)

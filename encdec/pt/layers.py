@@ -1,5 +1,5 @@
-"""`Attention` for every family (self and cross), its masks and caches; plus the shared leaf
-layers (`Conv1D`, activations).
+"""The layers every family shares: `Attention` (self and cross), its masks and cache types
+(`Past`), the leaf layers (`Conv1D`, activations, `Container`) and the losses.
 
 Follows transformers' `BertSelfAttention` / `BertCrossAttention` / `DistilBertSelfAttention` /
 `GPT2Attention` (the projections named by `encdec.core.registry.AttentionNames`) with the
@@ -10,7 +10,7 @@ reference's boolean SDPA mask gives). Masks are additive with fill `finfo(dtype)
 Two caches: the reference's legacy tuple `(k, v)` grown by concatenation (public forward), and
 the fixed-size static cache of the decoding contract (`step_self` / `step_cross`). Decoding
 projects q|k|v with one matmul (BERT's and BART's three weights concatenated once into a
-`_Derived` copy, rebuilt when a weight is replaced or changed in place) and, for one new token
+`Derived` copy, rebuilt when a weight is replaced or changed in place) and, for one new token
 at a Python-int position, attends over the filled prefix of the buffers without a mask.
 """
 
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from encdec.core.config import ACTIVATIONS as ACTIVATION_NAMES
 from encdec.core.registry import AttentionNames
 
 # --- leaf layers --------------------------------------------------------------------------
@@ -33,14 +34,17 @@ def _gelu_new(x: Tensor) -> Tensor:  # transformers' NewGELUActivation (tanh app
     return 0.5 * x * (1.0 + torch.tanh(inner))
 
 
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {  # encdec.core.config.ACTIVATIONS
-    "gelu": F.gelu,  # exact erf GELU
-    "gelu_new": _gelu_new,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,  # the reference's name for SiLU (Marian)
-}
+# core's activation names (`encdec.core.config.ACTIVATIONS`, what a config accepts), in its
+# order: exact erf GELU, tanh-approximate GELU (two names), ReLU, SiLU (two names: Marian's
+# "swish")
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = dict(zip(ACTIVATION_NAMES, (
+    F.gelu,
+    _gelu_new,
+    lambda x: F.gelu(x, approximate="tanh"),
+    F.relu,
+    F.silu,
+    F.silu,
+), strict=True))
 
 
 class Conv1D(nn.Module):
@@ -56,7 +60,7 @@ class Conv1D(nn.Module):
         return out.view(*x.shape[:-1], -1)
 
 
-class _Derived:
+class Derived:
     """A tensor derived from others (fused decoding weights, a padding mask), rebuilt when any
     source is replaced, moved (`.to`, `.data = ...`) or changed in place (an optimizer step,
     `load_state_dict`): keyed on the sources' identity, version counter and storage. Inference
@@ -78,6 +82,38 @@ class _Derived:
                 self.value = build()
             self.key, self.sources = key, sources
         return self.value
+
+
+class Container(nn.Module):
+    """An empty module holding a model's parts at the reference's dotted names (`model` of
+    `BartForCausalLM`, `cls.predictions` of an LM head)."""
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean token cross-entropy (fp32) over positions whose label is not -100, as torch's
+    `CrossEntropyLoss()`; logits (..., V), labels (...)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           ignore_index=-100)
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """The reference's causal-LM loss: predict token t+1 from t, mean over labels != -100."""
+    return cross_entropy(logits[:, :-1], labels[:, 1:])
+
+
+# --- caches -------------------------------------------------------------------------------
+
+Past = tuple[Tensor, ...]  # one layer's legacy cache: (self_k, self_v[, cross_k, cross_v]),
+# each (B, h, T, d)
+
+
+def split_past(past: Past | None) -> tuple[Past | None, Past | None]:
+    """One layer's legacy cache -> (self (k, v) or None, cross (k, v) or None). Whether a
+    layer cross-attends is decided by the encoder states alone, as the reference: a cross
+    cache without encoder states is not used."""
+    if past is None:
+        return None, None
+    return past[:2], (past[2:] if len(past) == 4 else None)
 
 
 # --- masks --------------------------------------------------------------------------------
@@ -115,10 +151,10 @@ def padding_mask(padding: Tensor | None, dtype: torch.dtype) -> Mask | None:
     return make_mask(padding.bool()[:, None, None, :], dtype, may_be_empty=True)
 
 
-def _step_masks(memo: _Derived, batch: int, q_len: int, cache_index: int | Tensor, max_len: int,
-                dtype: torch.dtype, decoder_padding: Tensor | None,
-                encoder_padding: Tensor | None, device: torch.device
-                ) -> tuple[Mask | None, Mask | None]:
+def step_masks(memo: Derived, batch: int, q_len: int, cache_index: int | Tensor, max_len: int,
+               dtype: torch.dtype, decoder_padding: Tensor | None,
+               encoder_padding: Tensor | None, device: torch.device
+               ) -> tuple[Mask | None, Mask | None]:
     """The self- and cross-attention masks of a static-cache decoding step, for every family.
 
     Self: None for one token at a Python-int index without padding (`Attention.step_self` then
@@ -179,7 +215,7 @@ class Attention(nn.Module):
         self.hidden_size = hidden_size
         self.scale = self.head_dim ** -0.5 if scale is None else scale
         self.dropout = dropout
-        self._qkv = _Derived()  # decoding's fused q|k|v weight and bias (not a parameter)
+        self._qkv = Derived()  # decoding's fused q|k|v weight and bias (not a parameter)
         layer = Conv1D if names.conv1d else nn.Linear
         h = hidden_size
         if names.fused:  # q|k|v, or k|v when the queries have their own projection
@@ -217,7 +253,7 @@ class Attention(nn.Module):
 
     def _qkv_weights(self) -> tuple[Tensor, Tensor]:
         """Decoding's q|k|v projection as one (hidden, 3 hidden) weight and its bias: GPT-2's
-        `c_attn` itself, else the three Linears' weights concatenated once (a `_Derived`)."""
+        `c_attn` itself, else the three Linears' weights concatenated once (a `Derived`)."""
         n = self.names
         if n.fused:
             fused = getattr(self, n.fused)

@@ -13,7 +13,6 @@ caller's `inputs_embeds`. Attribute names reproduce the reference's state-dict n
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import keras
@@ -31,19 +30,23 @@ from encdec.core.registry import (
 from encdec.core.weights import Table
 
 from . import params
-from .bert import Container, Past
+from .base import CausalLM
 from .layers import (
     ACTIVATIONS,
     Attention,
     Block,
+    Container,
     LMDecoder,
     Mask,
+    Past,
     causal_mask,
     cross_entropy,
     dense,
     embed,
     layer_norm,
     padding_mask,
+    split_past,
+    step_masks,
 )
 
 
@@ -86,12 +89,12 @@ class BartDecoderLayer(Block):
              cross_mask: Mask | None = None, past: Past | None = None,
              output_attentions: bool = False, training: bool = False):
         """-> (x, self probs, cross probs, present (k, v[, ck, cv]))."""
+        self_past, cross_past = split_past(past)
         x, (probs, kv) = self._residual(x, self.self_attn_layer_norm, lambda y: _split(
-            self.self_attn(y, mask=mask, past=None if past is None else past[:2],
+            self.self_attn(y, mask=mask, past=self_past,
                            output_attentions=output_attentions, training=training)), training)
         cross_probs, present = None, kv
-        cross_past = past[2:] if past is not None and len(past) == 4 else None
-        if states is not None or cross_past is not None:
+        if states is not None:  # as the reference: a cross cache alone does not cross-attend
             x, (cross_probs, ckv) = self._residual(
                 x, self.encoder_attn_layer_norm, lambda y: _split(self.encoder_attn(
                     y, mask=cross_mask, states=states, past=cross_past,
@@ -227,7 +230,7 @@ class BartDecoder(keras.layers.Layer):
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attentions=tuple(attns) if output_attentions else None,
             cross_attentions=tuple(cross_attns)
-            if output_attentions and cross_attns[0] is not None else None)
+            if output_attentions and encoder_hidden_states is not None else None)
         return out if return_dict else out.to_tuple()
 
     def cross_kv(self, encoder_hidden_states: tf.Tensor) -> tuple[tuple[tf.Tensor, tf.Tensor], ...]:
@@ -245,9 +248,8 @@ class BartDecoder(keras.layers.Layer):
         if isinstance(cache_index, int):
             check_length(self.config, "input_ids", input_ids.shape[1], cache_index)
         x = self.embed(input_ids, None, None, cache_index)  # (B, T, H)
-        mask = causal_mask(tf.shape(x)[0], tf.shape(x)[1], cache_index, max_len, x.dtype,
-                           decoder_attention_mask)
-        cross_mask = padding_mask(encoder_attention_mask, x.dtype)
+        mask, cross_mask = step_masks(tf.shape(x)[0], tf.shape(x)[1], cache_index, max_len,
+                                      x.dtype, decoder_attention_mask, encoder_attention_mask)
         new = []
         for layer, layer_cache in zip(self.layers, cache, strict=True):
             x, layer_cache = layer.step(x, layer_cache, cache_index, mask, cross_mask)
@@ -257,7 +259,7 @@ class BartDecoder(keras.layers.Layer):
         return x, tuple(new)
 
 
-class BartForCausalLM(keras.Model):
+class BartForCausalLM(CausalLM):
     """transformers' `{Bart,MBart,Marian,Pegasus}ForCausalLM`: `model.decoder` (the
     `BartDecoder`) + `lm_head` (no bias), whose weight is `embed_tokens`' matrix when the table
     ties it (then it holds no variable of its own)."""
@@ -279,15 +281,9 @@ class BartForCausalLM(keras.Model):
             self(**params.one_token(config))  # creates the variables
             params.materialize(self, [(self, self.table(), config)])
 
-    def table(self) -> Table:
-        return architecture(self.config).decoder_table(self.config)
-
     @property
     def base_model(self) -> BartDecoder:
         return self.model.decoder
-
-    def get_input_embeddings(self) -> keras.layers.Embedding:
-        return self.model.decoder.embed_tokens
 
     def logits(self, hidden: tf.Tensor) -> tf.Tensor:
         """(B, T, H) -> (B, T, V)."""
@@ -311,25 +307,3 @@ class BartForCausalLM(keras.Model):
                              hidden_states=out.hidden_states, attentions=out.attentions,
                              cross_attentions=out.cross_attentions)
         return out if return_dict else out.to_tuple()
-
-    def cross_kv(self, encoder_hidden_states: tf.Tensor) -> tuple[tuple[tf.Tensor, tf.Tensor], ...]:
-        return self.model.decoder.cross_kv(encoder_hidden_states)
-
-    def step(self, input_ids: tf.Tensor, cache: tuple, cache_index,
-             encoder_attention_mask: tf.Tensor | None,
-             decoder_attention_mask: tf.Tensor | None = None) -> tuple[tf.Tensor, tuple]:
-        """Static-cache decoding step -> (logits (B, T, V), new cache)."""
-        x, cache = self.model.decoder.step(input_ids, cache, cache_index,
-                                           encoder_attention_mask, decoder_attention_mask)
-        return self.logits(x), cache
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a `*ForCausalLM`, `*ForConditionalGeneration` or `*Model` checkpoint (non-strict:
-        the encoder's weights are dropped and reported, `model.shared.weight` stands in for
-        `embed_tokens`)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).lm_class)

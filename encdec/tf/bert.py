@@ -12,7 +12,6 @@ reproduce the reference's state-dict names; every sublayer has an explicit `name
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -25,21 +24,24 @@ from encdec.core.registry import BERT_ATTENTION, Positions, architecture, check_
 from encdec.core.weights import Table
 
 from . import params
+from .base import CausalLM, PretrainedModel
 from .layers import (
     ACTIVATIONS,
     Attention,
     Block,
+    Container,
     LMDecoder,
     Mask,
+    Past,
+    causal_lm_loss,
     causal_mask,
-    cross_entropy,
     dense,
     embed,
     layer_norm,
     padding_mask,
+    split_past,
+    step_masks,
 )
-
-Past = tuple[tf.Tensor, ...]  # (self_k, self_v[, cross_k, cross_v]), each (B, h, T, d)
 
 
 def _embedding_width(c: ModelConfig) -> int:
@@ -149,13 +151,13 @@ class BertLayer(Block):
              cross_mask: Mask | None = None, past: Past | None = None,
              output_attentions: bool = False, training: bool = False):
         """-> (x, self probs, cross probs, present (k, v[, ck, cv]))."""
-        a, probs, kv = self.attention.self(x, mask=mask, past=None if past is None else past[:2],
+        self_past, cross_past = split_past(past)
+        a, probs, kv = self.attention.self(x, mask=mask, past=self_past,
                                            output_attentions=output_attentions,
                                            training=training)
         x = self.attention.output(a, x, training=training)
         cross_probs, present = None, kv
-        cross_past = past[2:] if past is not None and len(past) == 4 else None
-        if states is not None or cross_past is not None:
+        if states is not None:  # as the reference: a cross cache alone does not cross-attend
             if self.crossattention is None:
                 raise ValueError("encoder_hidden_states given, but this model has no "
                                  "cross-attention: set config.add_cross_attention=True")
@@ -197,7 +199,7 @@ class BertPooler(keras.layers.Layer):
         return tf.tanh(self.dense(x[:, 0]))  # (B, H) from the first token
 
 
-class BertModel(keras.Model):
+class BertModel(PretrainedModel):
     """A BERT-family base model (transformers' `BertModel`, `RobertaModel`, `ElectraModel`,
     `BertGenerationEncoder`, …): bidirectional encoder, or (`config.is_decoder`) a causal
     decoder with cross-attention when `config.add_cross_attention`."""
@@ -284,7 +286,7 @@ class BertModel(keras.Model):
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attentions=tuple(attns) if output_attentions else None,
             cross_attentions=tuple(cross_attns)
-            if output_attentions and cross_attns[0] is not None else None)
+            if output_attentions and encoder_hidden_states is not None else None)
         return out if return_dict else out.to_tuple()
 
     def cross_kv(self, encoder_hidden_states: tf.Tensor) -> tuple[tuple[tf.Tensor, tf.Tensor], ...]:
@@ -302,28 +304,13 @@ class BertModel(keras.Model):
         if isinstance(cache_index, int):
             check_length(self.config, "input_ids", input_ids.shape[1], cache_index)
         x = self.embed(input_ids, None, None, None, cache_index)
-        mask = causal_mask(tf.shape(x)[0], tf.shape(x)[1], cache_index, max_len, x.dtype,
-                           decoder_attention_mask)
-        cross_mask = padding_mask(encoder_attention_mask, x.dtype)
+        mask, cross_mask = step_masks(tf.shape(x)[0], tf.shape(x)[1], cache_index, max_len,
+                                      x.dtype, decoder_attention_mask, encoder_attention_mask)
         new = []
         for layer, layer_cache in zip(self.encoder.layer, cache, strict=True):
             x, layer_cache = layer.step(x, layer_cache, cache_index, mask, cross_mask)
             new.append(layer_cache)
         return x, tuple(new)
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (with or without the base prefix; non-strict: missing
-        weights are initialised and reported, heads dropped and reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).base_class)
-
-
-class Container(keras.layers.Layer):
-    """A named node on an LM head's dotted path (`cls`, `cls.predictions`, `lm_head`)."""
 
 
 def _place(root: keras.layers.Layer, path: str,
@@ -342,7 +329,7 @@ def _place(root: keras.layers.Layer, path: str,
     return value
 
 
-class BertLMHeadModel(keras.Model):
+class BertLMHeadModel(CausalLM):
     """A BERT-family causal LM (transformers' `BertLMHeadModel`, `RobertaForCausalLM`,
     `ElectraForCausalLM`, `BertGenerationDecoder`, …): the base model (no pooler) under the
     registry's prefix and the LM head at the layout's names: [dense -> act -> norm ->] decoder,
@@ -377,15 +364,9 @@ class BertLMHeadModel(keras.Model):
             self(**params.one_token(config))  # creates the variables
             params.materialize(self, [(self, self.table(), config)])
 
-    def table(self) -> Table:
-        return architecture(self.config).decoder_table(self.config)
-
     @property
     def base_model(self) -> BertModel:
         return getattr(self, self.prefix)
-
-    def get_input_embeddings(self) -> keras.layers.Embedding:
-        return self.base_model.embeddings.word_embeddings
 
     def logits(self, hidden: tf.Tensor) -> tf.Tensor:
         """(B, T, H) -> (B, T, V)."""
@@ -414,29 +395,3 @@ class BertLMHeadModel(keras.Model):
                              hidden_states=out.hidden_states, attentions=out.attentions,
                              cross_attentions=out.cross_attentions)
         return out if return_dict else out.to_tuple()
-
-    def cross_kv(self, encoder_hidden_states: tf.Tensor) -> tuple[tuple[tf.Tensor, tf.Tensor], ...]:
-        return self.base_model.cross_kv(encoder_hidden_states)
-
-    def step(self, input_ids: tf.Tensor, cache: tuple, cache_index,
-             encoder_attention_mask: tf.Tensor | None,
-             decoder_attention_mask: tf.Tensor | None = None) -> tuple[tf.Tensor, tuple]:
-        """Static-cache decoding step -> (logits (B, T, V), new cache)."""
-        x, cache = self.base_model.step(input_ids, cache, cache_index, encoder_attention_mask,
-                                        decoder_attention_mask)
-        return self.logits(x), cache
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: weights it lacks, e.g. cross-attention,
-        are initialised and reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).lm_class)
-
-
-def causal_lm_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    """The reference's causal-LM loss: predict token t+1 from t, mean over labels != -100."""
-    return cross_entropy(logits[:, :-1], labels[:, 1:])

@@ -9,9 +9,6 @@ Attribute names reproduce the reference's state-dict names; every sublayer has a
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import keras
 import tensorflow as tf
 
@@ -21,6 +18,7 @@ from encdec.core.registry import DISTILBERT_ATTENTION, architecture, check_lengt
 from encdec.core.weights import Table
 
 from . import params
+from .base import PretrainedModel
 from .layers import (
     ACTIVATIONS,
     Attention,
@@ -98,7 +96,7 @@ class DistilBertTransformer(keras.layers.Layer):
         self.built = True  # sublayers create their variables on the first call
 
 
-class DistilBertModel(keras.Model):
+class DistilBertModel(PretrainedModel):
     """transformers' `DistilBertModel`: a bidirectional encoder (no pooler, no decoder)."""
 
     config_class = DistilBertConfig
@@ -144,13 +142,3 @@ class DistilBertModel(keras.Model):
                               hidden_states=tuple(hidden) if output_hidden_states else None,
                               attentions=tuple(attns) if output_attentions else None)
         return out if return_dict else out.to_tuple()
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (with or without the `distilbert.` prefix; heads
-        dropped and reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).base_class)

@@ -9,9 +9,6 @@ exactly a Keras `Dense` kernel.
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import keras
 import tensorflow as tf
 
@@ -26,18 +23,22 @@ from encdec.core.registry import (
 from encdec.core.weights import Table
 
 from . import params
-from .bert import Past, causal_lm_loss
+from .base import CausalLM, PretrainedModel
 from .layers import (
     ACTIVATIONS,
     Attention,
     Block,
     LMDecoder,
     Mask,
+    Past,
+    causal_lm_loss,
     causal_mask,
     dense,
     embed,
     layer_norm,
     padding_mask,
+    split_past,
+    step_masks,
 )
 
 
@@ -81,12 +82,12 @@ class GPT2Block(Block):
              cross_mask: Mask | None = None, past: Past | None = None,
              output_attentions: bool = False, training: bool = False):
         """-> (x, self probs, cross probs, present (k, v[, ck, cv]))."""
-        a, probs, kv = self.attn(self.ln_1(x), mask=mask, past=None if past is None else past[:2],
+        self_past, cross_past = split_past(past)
+        a, probs, kv = self.attn(self.ln_1(x), mask=mask, past=self_past,
                                  output_attentions=output_attentions, training=training)
         x = x + a
         cross_probs, present = None, kv
-        cross_past = past[2:] if past is not None and len(past) == 4 else None
-        if states is not None or cross_past is not None:
+        if states is not None:  # as the reference: a cross cache alone does not cross-attend
             if self.crossattention is None:
                 raise ValueError("encoder_hidden_states given, but this GPT-2 has no "
                                  "cross-attention: set config.add_cross_attention=True")
@@ -107,7 +108,7 @@ class GPT2Block(Block):
         return x + self.mlp(self.ln_2(x)), (k_buf, v_buf, ck, cv)
 
 
-class GPT2Model(keras.Model):
+class GPT2Model(PretrainedModel):
     """transformers' `GPT2Model`: embeddings, `h` blocks, final `ln_f`."""
 
     config_class = GPT2Config
@@ -132,14 +133,6 @@ class GPT2Model(keras.Model):
 
     def get_input_embeddings(self) -> keras.layers.Embedding:
         return self.wte
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (with or without the `transformer.` prefix)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size)
 
     def _embed(self, input_ids, token_type_ids, position_ids, inputs_embeds, past_length,
                training: bool = False) -> tf.Tensor:
@@ -191,7 +184,7 @@ class GPT2Model(keras.Model):
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attentions=tuple(attns) if output_attentions else None,
             cross_attentions=tuple(cross_attns)
-            if output_attentions and cross_attns[0] is not None else None)
+            if output_attentions and encoder_hidden_states is not None else None)
         return out if return_dict else out.to_tuple()
 
     def cross_kv(self, encoder_hidden_states: tf.Tensor) -> tuple[tuple[tf.Tensor, tf.Tensor], ...]:
@@ -207,9 +200,8 @@ class GPT2Model(keras.Model):
         if isinstance(cache_index, int):
             check_length(self.config, "input_ids", input_ids.shape[1], cache_index)
         x = self._embed(input_ids, None, None, None, cache_index)  # (B, T, H)
-        mask = causal_mask(tf.shape(x)[0], tf.shape(x)[1], cache_index, max_len, x.dtype,
-                           decoder_attention_mask)
-        cross_mask = padding_mask(encoder_attention_mask, x.dtype)
+        mask, cross_mask = step_masks(tf.shape(x)[0], tf.shape(x)[1], cache_index, max_len,
+                                      x.dtype, decoder_attention_mask, encoder_attention_mask)
         new = []
         for block, layer_cache in zip(self.h, cache, strict=True):
             x, layer_cache = block.step(x, layer_cache, cache_index, mask, cross_mask)
@@ -217,7 +209,7 @@ class GPT2Model(keras.Model):
         return self.ln_f(x), tuple(new)
 
 
-class GPT2LMHeadModel(keras.Model):
+class GPT2LMHeadModel(CausalLM):
     """transformers' `GPT2LMHeadModel`: `transformer` + `lm_head` (no bias), whose weight is
     `wte`'s matrix when the table ties it (then it holds no variable of its own)."""
 
@@ -235,15 +227,9 @@ class GPT2LMHeadModel(keras.Model):
             self(**params.one_token(config))  # creates the variables
             params.materialize(self, [(self, self.table(), config)])
 
-    def table(self) -> Table:
-        return architecture(self.config).decoder_table(self.config)
-
     @property
     def base_model(self) -> GPT2Model:
         return self.transformer
-
-    def get_input_embeddings(self) -> keras.layers.Embedding:
-        return self.transformer.wte
 
     def logits(self, hidden: tf.Tensor) -> tf.Tensor:
         """(B, T, H) -> (B, T, V)."""
@@ -267,24 +253,3 @@ class GPT2LMHeadModel(keras.Model):
                              hidden_states=out.hidden_states, attentions=out.attentions,
                              cross_attentions=out.cross_attentions)
         return out if return_dict else out.to_tuple()
-
-    def cross_kv(self, encoder_hidden_states: tf.Tensor) -> tuple[tuple[tf.Tensor, tf.Tensor], ...]:
-        return self.transformer.cross_kv(encoder_hidden_states)
-
-    def step(self, input_ids: tf.Tensor, cache: tuple, cache_index,
-             encoder_attention_mask: tf.Tensor | None,
-             decoder_attention_mask: tf.Tensor | None = None) -> tuple[tf.Tensor, tuple]:
-        """Static-cache decoding step -> (logits (B, T, V), new cache)."""
-        x, cache = self.transformer.step(input_ids, cache, cache_index, encoder_attention_mask,
-                                         decoder_attention_mask)
-        return self.logits(x), cache
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Load a single-model checkpoint (non-strict: weights it lacks, e.g. cross-attention,
-        are initialised and reported)."""
-        return params.load_backbone(cls, path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB"):
-        return params.save_backbone(self, directory, max_shard_size,
-                                    architecture(self.config).lm_class)

@@ -1,6 +1,7 @@
-"""`Attention` for every family (self and cross; its projections named by the registry's
-`AttentionNames`), its masks and caches; plus the shared leaf layers and numerics (activations,
-the loss) of the Keras backend.
+"""The layers every family shares in the Keras backend: `Attention` (self and cross; its
+projections named by the registry's `AttentionNames`), its masks and cache types (`Past`), the
+leaf layers and numerics (activations, `dense`, embeddings, `LMDecoder`, `Container`) and the
+losses.
 
 Follows transformers' `BertSelfAttention` / `DistilBertSelfAttention` / `GPT2Attention` with the
 reference's default SDPA masks: padding masks act on keys only, the decoder's padding mask is
@@ -21,30 +22,28 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from encdec.core.config import ACTIVATIONS as ACTIVATION_NAMES
 from encdec.core.registry import AttentionNames
 from encdec.core.seq2seq import IGNORE_INDEX
 
 # --- leaf numerics ------------------------------------------------------------------------
 
 
-def _gelu_fast(x: tf.Tensor) -> tf.Tensor:  # transformers' FastGELUActivation
-    return 0.5 * x * (1.0 + tf.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
-
-
 def _gelu_new(x: tf.Tensor) -> tf.Tensor:  # transformers' NewGELUActivation (tanh approximation)
     return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * tf.pow(x, 3.0))))
 
 
-ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
-    "gelu": lambda x: tf.nn.gelu(x, approximate=False),  # exact erf GELU (BERT)
-    "gelu_new": _gelu_new,  # GPT-2
-    "gelu_pytorch_tanh": lambda x: tf.nn.gelu(x, approximate=True),
-    "gelu_fast": _gelu_fast,
-    "relu": tf.nn.relu,
-    "silu": tf.nn.silu,
-    "swish": tf.nn.silu,
-    "tanh": tf.tanh,
-}
+# core's activation names (`encdec.core.config.ACTIVATIONS`, what a config accepts), in its
+# order: exact erf GELU, tanh-approximate GELU (two names), ReLU, SiLU (two names: Marian's
+# "swish")
+ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = dict(zip(ACTIVATION_NAMES, (
+    lambda x: tf.nn.gelu(x, approximate=False),
+    _gelu_new,
+    lambda x: tf.nn.gelu(x, approximate=True),
+    tf.nn.relu,
+    tf.nn.silu,
+    tf.nn.silu,
+), strict=True))
 
 
 def add_bias(x: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
@@ -161,6 +160,31 @@ def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(losses * keep) / tf.reduce_sum(keep)
 
 
+def causal_lm_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """The reference's causal-LM loss: predict token t+1 from t, mean over labels != -100."""
+    return cross_entropy(logits[:, :-1], labels[:, 1:])
+
+
+class Container(keras.layers.Layer):
+    """A named node holding a model's parts at the reference's dotted names (`model` of
+    `BartForCausalLM`, `cls.predictions` of an LM head)."""
+
+
+# --- caches -------------------------------------------------------------------------------
+
+Past = tuple[tf.Tensor, ...]  # one layer's legacy cache: (self_k, self_v[, cross_k, cross_v]),
+# each (B, h, T, d)
+
+
+def split_past(past: Past | None) -> tuple[Past | None, Past | None]:
+    """One layer's legacy cache -> (self (k, v) or None, cross (k, v) or None). Whether a
+    layer cross-attends is decided by the encoder states alone, as the reference: a cross
+    cache without encoder states is not used."""
+    if past is None:
+        return None, None
+    return past[:2], (past[2:] if len(past) == 4 else None)
+
+
 # --- masks --------------------------------------------------------------------------------
 
 class Mask(NamedTuple):
@@ -195,6 +219,16 @@ def padding_mask(padding: tf.Tensor | None, dtype: tf.DType) -> Mask | None:
         return None
     return make_mask(tf.cast(padding, tf.bool)[:, None, None, :], dtype, may_be_empty=True)
 
+
+
+def step_masks(batch: int | tf.Tensor, q_len: int | tf.Tensor, cache_index: int | tf.Tensor,
+               max_len: int, dtype, decoder_padding: tf.Tensor | None,
+               encoder_padding: tf.Tensor | None) -> tuple[Mask, Mask | None]:
+    """The self- and cross-attention masks of a static-cache decoding step, for every family:
+    `causal_mask` over the max_len buffer positions (and-ed with the decoder's padding) and the
+    encoder's `padding_mask` (None without one)."""
+    return (causal_mask(batch, q_len, cache_index, max_len, dtype, decoder_padding),
+            padding_mask(encoder_padding, dtype))
 
 # --- attention ----------------------------------------------------------------------------
 
@@ -260,37 +294,37 @@ class Attention(Block):
                                                   name="resid_dropout")
         self.built = True  # sublayers create their variables on the first call
 
-    def _proj(self, name: str, x: tf.Tensor) -> tf.Tensor:
-        return getattr(self, name)(x)
-
     def _heads(self, x: tf.Tensor) -> tf.Tensor:  # (B, T, h*d) -> (B, h, T, d)
         b, t = tf.shape(x)[0], tf.shape(x)[1]
         return tf.transpose(tf.reshape(x, [b, t, self.num_heads, self.head_dim]), [0, 2, 1, 3])
 
+    def _split(self, x: tf.Tensor) -> tuple[tf.Tensor, ...]:  # the fused projection's parts
+        parts = tf.split(getattr(self, self.names.fused)(x), 2 if self.names.query else 3, axis=2)
+        return tuple(self._heads(t) for t in parts)
+
     def project_q(self, x: tf.Tensor) -> tf.Tensor:
         """Queries (B, h, T, d) of a cross-attention (or of unfused self-attention)."""
-        return self._heads(self._proj(self.names.query, x))
+        return self._heads(getattr(self, self.names.query)(x))
 
     def project_kv(self, states: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Keys and values (B, h, S, d) from the attended states (cross-attention)."""
         n = self.names
         if n.fused:
-            k, v = tf.split(self._proj(n.fused, states), 2, axis=2)
-            return self._heads(k), self._heads(v)
-        return self._heads(self._proj(n.key, states)), self._heads(self._proj(n.value, states))
+            return self._split(states)
+        k, v = getattr(self, n.key)(states), getattr(self, n.value)(states)  # (B, S, hidden)
+        return self._heads(k), self._heads(v)
 
     def project_qkv(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Queries, keys and values (B, h, T, d) of a self-attention."""
-        if self.names.fused:
-            q, k, v = tf.split(self._proj(self.names.fused, x), 3, axis=2)
-            return self._heads(q), self._heads(k), self._heads(v)
+        if self.names.fused and not self.names.query:
+            return self._split(x)  # GPT-2's fused projection
         return (self.project_q(x), *self.project_kv(x))
 
     def _out(self, ctx: tf.Tensor, training: bool = False) -> tf.Tensor:
         b, t = tf.shape(ctx)[0], tf.shape(ctx)[2]  # (B, h, T, d) -> (B, T, hidden)
         out = tf.reshape(tf.transpose(ctx, [0, 2, 1, 3]), [b, t, self.hidden_size])
         if self.names.out:
-            out = self.resid_dropout(self._proj(self.names.out, out), training=training)
+            out = self.resid_dropout(getattr(self, self.names.out)(out), training=training)
         return out
 
     def call(self, x: tf.Tensor, mask: Mask | None = None, *, states: tf.Tensor | None = None,

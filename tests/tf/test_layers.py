@@ -10,11 +10,11 @@ import tensorflow as tf
 
 from encdec.core import seq2seq
 from encdec.core.registry import BERT_ATTENTION, GPT2_CROSS_ATTENTION
-from encdec.tf.bert import causal_lm_loss
 from encdec.tf.layers import (
     ACTIVATIONS,
     Attention,
     Dense,
+    causal_lm_loss,
     causal_mask,
     cross_entropy,
     padding_mask,
