@@ -177,3 +177,14 @@ def check_init(value: np.ndarray, init, what: str) -> None:
         assert abs(value.mean()) < 0.5 * init.std, (what, value.mean())
     else:
         np.testing.assert_array_equal(value, init.array, err_msg=what)
+
+
+def test_backbone_keywords(backend, singles):
+    """A backbone's `from_pretrained` applies its config's fields and refuses another config
+    class's field once the checkpoint's config.json says which class it is (before weights)."""
+    m = backend.module
+    model = m.BertModel.from_pretrained(singles / "enc", hidden_dropout_prob=0.3)
+    assert model.config.hidden_dropout_prob == 0.3
+    assert not dropout_active(backend.name, model)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'n_embd'"):
+        m.BertModel.from_pretrained(singles / "enc", n_embd=16)
