@@ -79,17 +79,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
         "test_generate_after_an_optimizer_step[[]flax]",
         "test_generate_after_loading_other_weights[[]tf-copy]",
     ),
-    # warm start: three cases (BERT, GPT-2, RoBERTa's MLM head dropped) in every backend; the
-    # per-backend files keep their checkpoint quirks
-    "tests/harness/test_warm_start.py": (
-        "*[[]RobertaForCausalLM-*", "*[[]XLMRoberta*", "*[[]Camembert*", "*[[]Electra*",
-        "*[[]BertGeneration*", "*[[]DistilBert*",
-    ),
-    "tests/harness/test_bart_warm_start.py": ("*[[]bart-model-*", "*[[]bart-causal-lm-*",
-                                            "*[[]bart-48-*"),
-    "tests/pt/test_warm_start.py": ("test_against_hf_warm_start_tensors_and_missing*",),
-    "tests/tf/test_warm_start.py": ("test_against_hf_warm_start_tensors_and_missing*",),
-    "tests/flax/test_warm_start.py": ("test_against_hf_warm_start_tensors_and_missing*",),
     # the causal LM's cache, gradients and XLA forms: the composite bert2bart's in
     # tests/harness (cache, gradients, generate), and in pt here
     "tests/flax/test_bart.py": (
@@ -142,8 +131,6 @@ for _path, _patterns in {
         "test_generate_after_loading_other_weights[[]flax-*",
     ),
     "tests/harness/test_untied_heads.py": ("test_against_hf_untied_bert_head[[]flax]",),  # pt, tf
-    "tests/harness/test_bart_warm_start.py": ("*[[]bart-flax]",),  # pt and tf
-    "tests/flax/test_warm_start.py": ("test_gpt2_checkpoint_quirks",),  # pt's and tf's
     "tests/flax/test_bart.py": ("test_against_hf_causal_lm_forward[[]cross-bart]",),  # no-cross
     # pt's generate against the reference: greedy, sampling and the other beam settings stay;
     # these controls: the numpy loop against the reference (test_core_generation.py)
