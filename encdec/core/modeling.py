@@ -270,7 +270,13 @@ def read_pretrained(path_or_id: str | os.PathLike, config: EncoderDecoderConfig 
     (`dtype=` / `torch_dtype=` among the overrides, default "auto", see `resolve_dtype`).
     `config_overrides` are EncoderDecoderConfig fields (applied to `config` when one is given);
     any other key is a TypeError naming it, raised before anything is read."""
-    check_kwargs(caller, config_overrides, config_keys(EncoderDecoderConfig) | set(LOAD_OPTIONS))
+    allowed = config_keys(EncoderDecoderConfig) | set(DTYPE_OPTIONS)
+    for key in config_overrides:
+        if key not in allowed and key in side_config_keys():
+            raise TypeError(f"{caller}() got an unexpected keyword argument {key!r}: a field of "
+                            "the encoder's or decoder's config, not of the composite's; set it "
+                            f"on model.config.encoder / model.config.decoder after loading")
+    check_kwargs(caller, config_overrides, allowed)
     requested = take_dtype(config_overrides)
     directory = resolve_checkpoint(path_or_id)
     if config is None:

@@ -72,3 +72,11 @@ def test_accepted_sets():
         assert key not in keys, key
     assert "output_hidden_states" in config_keys(BertConfig)
     assert "extra" not in config_keys(BertConfig)
+
+
+def test_side_field_in_composite_load_says_where_it_goes(tmp_path):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'hidden_dropout_prob': "
+                                        r"a field of the encoder's or decoder's config"):
+        read_pretrained(tmp_path / "nowhere", hidden_dropout_prob=0.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'output_loading_info'"):
+        read_pretrained(tmp_path / "nowhere", output_loading_info=True)  # the caller's option
