@@ -678,10 +678,15 @@ class PegasusConfig(BartConfig):
 
 # model_type -> model config class, for config dispatch (`config_from_dict`). The registry says
 # which architecture each class serves (`Architecture.config_class`); a test keeps both in step.
-CONFIG_CLASSES: dict[str, type[ModelConfig]] = {cls.model_type: cls for cls in (
-    BertConfig, RobertaConfig, XLMRobertaConfig, CamembertConfig, ElectraConfig,
-    BertGenerationConfig, DistilBertConfig, GPT2Config, BartConfig, MBartConfig, MarianConfig,
-    PegasusConfig)}
+def _subclasses(cls: type[ModelConfig]) -> list[type[ModelConfig]]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+
+
+# model_type -> config class. Every config class declares its `model_type`, so defining one is
+# what dispatch needs (no second list of model types; the registry's entries are checked
+# against this in tests/core/test_registry.py).
+CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
+    c.model_type: c for c in _subclasses(ModelConfig) if "model_type" in vars(c)}
 
 
 def config_from_dict(d: dict[str, Any], *, source: Any = "config", expect: type | None = None,
