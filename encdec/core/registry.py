@@ -5,9 +5,10 @@ uses for it), the reference's class names, base-model prefix, head keys, weight 
 rule, init rules and the reference's TF/Flax naming. Every family's weight table is declared
 here (from `weights`' building blocks), and so is the composite's (`encoder_decoder_table`).
 Weight tables, each backend's class lookup, the converter, the docs' support matrix and the test
-matrix all derive from `ARCHITECTURES`; besides it, only config dispatch
-(`config.CONFIG_CLASSES`, which sits below the registry) lists model types, and a test keeps the
-two in step.
+matrix all derive from `ARCHITECTURES`. Config dispatch (`config.CONFIG_CLASSES`, below the
+registry) is derived from the config classes' own `model_type`, and a test keeps the two in
+step; the backends' reference-named classes are written from `ARCHITECTURES` by
+tools/gen_classes.py.
 
 Members of a family differ only by data: the BERT family's variations are a `BertLayout`
 (token types or none, RoBERTa's position offset, ELECTRA's embedding projection, the LM head's
@@ -712,27 +713,6 @@ def family_class(families: dict[str, tuple[type, type | None]], config: ModelCon
     cls = families[arch.family][decoder]
     assert cls is not None, f"the backend has no {arch.family} causal LM class"
     return cls
-
-
-def public_classes(families: dict[str, tuple[type, type | None]],
-                   module: str) -> dict[str, type]:
-    """The reference's class names of every architecture, for a backend whose `families` maps
-    each family to its (base model, causal LM or None) classes: the family's own class where
-    the names agree (`BertModel`), else a subclass whose only change is `config_class`
-    (`RobertaModel`), so that its `from_pretrained` refuses another model type's checkpoint."""
-    out: dict[str, type] = {}
-    for arch in ARCHITECTURES:
-        for name, cls in zip((arch.base_class, arch.lm_class), families[arch.family],
-                             strict=True):
-            if name is None:
-                continue
-            assert cls is not None, f"the backend has no {arch.family} class for {name}"
-            out[name] = cls if cls.__name__ == name else type(
-                name, (cls,), {"config_class": arch.config_class, "__module__": module,
-                               "__qualname__": name,
-                               "__doc__": f"{arch.doc}: encdec's `{cls.__name__}` for "
-                                          f"{arch.name} checkpoints."})
-    return out
 
 
 def support_matrix() -> list[tuple[str, str, bool]]:
