@@ -79,17 +79,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
         "test_generate_after_an_optimizer_step[[]flax]",
         "test_generate_after_loading_other_weights[[]tf-copy]",
     ),
-    # the causal LM's cache, gradients and XLA forms: the composite bert2bart's in
-    # tests/harness (cache, gradients, generate), and in pt here
-    "tests/flax/test_bart.py": (
-        "test_training_mode_dropout_and_layerdrop*", "test_incremental_decoding_with_legacy_past*",
-        "test_against_hf_gradients*", "test_jit_decode_step_matches_forward*",
-    ),
-    "tests/tf/test_bart.py": (
-        "test_training_dropout_and_layerdrop*", "test_incremental_decoding_with_legacy_past*",
-        "test_against_hf_gradients*", "test_forward_under_xla*", "test_fit_lowers_the_loss*",
-        "test_generate_shapes_for_marian_own_decoder_vocab",  # pt's; bart's generate: parity
-    ),
 }
 
 
@@ -131,7 +120,6 @@ for _path, _patterns in {
         "test_generate_after_loading_other_weights[[]flax-*",
     ),
     "tests/harness/test_untied_heads.py": ("test_against_hf_untied_bert_head[[]flax]",),  # pt, tf
-    "tests/flax/test_bart.py": ("test_against_hf_causal_lm_forward[[]cross-bart]",),  # no-cross
     # pt's generate against the reference: greedy, sampling and the other beam settings stay;
     # these controls: the numpy loop against the reference (test_core_generation.py)
     "tests/generation/test_pt_generation.py": (

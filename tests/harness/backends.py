@@ -80,6 +80,12 @@ class Adapter:
 
     train_kwargs: dict = {}
 
+    def frozen(self, model, p: Param) -> bool:
+        """Whether parameter `p` is marked out of training (an optimizer leaves it: pt's
+        `requires_grad=False`, Keras's `trainable=False`; NNX has no such mark, a frozen table
+        gets no gradient through `stop_gradient`)."""
+        return False
+
     def param(self, model, p: Param) -> np.ndarray:
         """Parameter `p` (a table entry) of `model`, in the canonical layout."""
         params = importlib.import_module(f"{self.module.__name__}.params")
@@ -121,6 +127,9 @@ class PT(Adapter):
         """How many distinct parameter tensors `model` holds (tied ones once)."""
         return len(list(model.parameters()))
 
+    def frozen(self, model, p: Param) -> bool:
+        return not model.get_parameter(leaf(p, self.dialect)).requires_grad
+
     @contextlib.contextmanager
     def training(self, model):
         model.train()
@@ -161,6 +170,9 @@ class TF(Adapter):
 
     def n_params(self, model) -> int:
         return len({id(v) for v in model.weights})
+
+    def frozen(self, model, p: Param) -> bool:
+        return not self.params.variables(model)[leaf(p, self.dialect)].trainable
 
 
 class Flax(Adapter):
