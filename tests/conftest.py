@@ -71,14 +71,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
         "test_tokens_match_reference[[]*-bert2gpt2]", "test_tokens_match_reference[[]*-eos3-*",
         "test_sampling_matches_reference_under_the_same_seed[[]*-bert2gpt2]",
     ),
-    # generate after training: tests/tf/test_decoding.py (after `fit`), tests/flax/
-    # test_decoding.py (after an optax update); tf after set_weights: test_generation.py's
-    # test_one_trace_per_length_bucket (another seed's weights, same program)
-    "tests/generation/test_updated_weights.py": (
-        "test_generate_after_an_optimizer_step[[]tf]",
-        "test_generate_after_an_optimizer_step[[]flax]",
-        "test_generate_after_loading_other_weights[[]tf-copy]",
-    ),
 }
 
 
@@ -115,9 +107,6 @@ for _path, _patterns in {
         "test_numpy_loop_matches_reference[[]*num_beams=3*",
         "test_numpy_loop_matches_reference[[]*num_beams=2-*",
         "test_numpy_loop_matches_reference[[]*repetition_penalty=0.8*",
-    ),
-    "tests/generation/test_updated_weights.py": (  # pt's optimizer step and reload stay
-        "test_generate_after_loading_other_weights[[]flax-*",
     ),
     "tests/harness/test_untied_heads.py": ("test_against_hf_untied_bert_head[[]flax]",),  # pt, tf
     # pt's generate against the reference: greedy, sampling and the other beam settings stay;

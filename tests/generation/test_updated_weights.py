@@ -12,12 +12,12 @@ import pytest
 
 from tests import tolerances as tol
 from tests.conftest import make_batch
+from tests.generation import oracle
 from tests.harness.backends import ADAPTERS
 
-BACKENDS = list(ADAPTERS)
 NAME = "bert2bert"
 NEW = 6  # new tokens per call
-LR = 0.05  # large: one AdamW step moves every weight by ~LR, far beyond the init scale 0.02
+LR = 0.05  # large: one AdamW step moves every weight by ~LR (the oracle's weights: std 0.15)
 
 
 def decode(adapter, model, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -82,36 +82,42 @@ def assert_changed(got: dict, before: dict, what: str) -> None:
     assert tol.max_abs_diff(got["scores"], before["scores"]) > 1e-2, f"{what}: same scores"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_generate_after_an_optimizer_step(backend, reference_dir, tmp_path):
-    adapter = ADAPTERS[backend]()
-    model = adapter.load(reference_dir(NAME))
-    batch = make_batch(0)
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    before = decode(adapter, model, ids, mask)  # builds whatever generate derives and caches
-    optimizer_step(backend, model, {k: batch[k] for k in ("input_ids", "attention_mask",
-                                                          "labels")})
-    after = decode(adapter, model, ids, mask)
-    assert_changed(after, before, f"{backend} after one AdamW step")
-    adapter.save(model, tmp_path)
-    fresh = decode(adapter, adapter.load(tmp_path), ids, mask)
-    assert_same(after, fresh, f"{backend}: the stepped model vs a fresh load of its save")
+def loss(adapter, model, batch: dict[str, np.ndarray]) -> float:
+    return float(np.asarray(adapter.forward(model, batch)["loss"]))
 
 
 # torch's load_state_dict copies into the model's tensors, or (assign=True) swaps them for new
-# ones; Keras' set_weights and nnx.update have one way
-LOADS = [(b, "copy") for b in BACKENDS] + [("pt", "assign")]
+# ones; Keras' set_weights and nnx.update have one way. tf and flax: CI (each compiles its
+# greedy and beam programs for two models; pt's checks are the same on the host side)
+LOADS = [("pt", "copy"), ("pt", "assign"), pytest.param("tf", "copy", marks=pytest.mark.slow),
+         pytest.param("flax", "copy", marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize(("backend", "how"), LOADS, ids=[f"{b}-{h}" for b, h in LOADS])
-def test_generate_after_loading_other_weights(backend, how, reference_dir):
+# the encoder's pooler gets no gradient in a seq2seq loss (as in the reference): Keras notes it
+@pytest.mark.filterwarnings("ignore:Gradients do not exist:UserWarning")
+@pytest.mark.parametrize(("backend", "how"), LOADS, ids=["pt-copy", "pt-assign", "tf", "flax"])
+def test_generate_follows_loaded_weights_and_an_optimizer_step(backend, how, tmp_path):
+    """A model decodes (building whatever generate derives and caches), then: weights of another
+    seed loaded through the framework's API give that model's tokens and scores; one AdamW step
+    lowers the loss and changes them, and they equal those of the stepped model's save loaded
+    into the other model."""
     adapter = ADAPTERS[backend]()
-    model = adapter.load(reference_dir(NAME, 0))
-    other = adapter.load(reference_dir(NAME, 1))
-    ids, mask = make_batch(0)["input_ids"], make_batch(0)["attention_mask"]
+    model = adapter.load(oracle.checkpoint(NAME, 0))
+    other = adapter.load(oracle.checkpoint(NAME, 1))
+    batch = {k: v for k, v in make_batch(0).items() if k != "decoder_input_ids"}
+    ids, mask = batch["input_ids"], batch["attention_mask"]
     before = decode(adapter, model, ids, mask)
     want = decode(adapter, other, ids, mask)
     load_weights(backend, model, other, how)
-    after = decode(adapter, model, ids, mask)
-    assert_changed(after, before, f"{backend} after loading other weights ({how})")
-    assert_same(after, want, f"{backend}: loaded weights vs the model they came from ({how})")
+    loaded = decode(adapter, model, ids, mask)
+    assert_changed(loaded, before, f"{backend} after loading other weights ({how})")
+    assert_same(loaded, want, f"{backend}: loaded weights vs the model they came from ({how})")
+    loss_before = loss(adapter, model, batch)
+    optimizer_step(backend, model, batch)
+    assert loss(adapter, model, batch) < loss_before - 0.1, backend
+    stepped = decode(adapter, model, ids, mask)
+    assert_changed(stepped, loaded, f"{backend} after one AdamW step")
+    adapter.save(model, tmp_path)
+    load_weights(backend, other, adapter.load(tmp_path), how)
+    assert_same(stepped, decode(adapter, other, ids, mask),
+                f"{backend}: the stepped model vs its save loaded into another model")
