@@ -59,10 +59,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
         # greedy scores against the reference: pt here
         "test_greedy_against_hf[[]bert2bert-tf]", "test_greedy_against_hf[[]bert2bert-flax]",
     ),
-    # the position limit is checked on the host by the core for every backend
-    # (tests/test_bad_inputs.py in pt, tf and flax); generate at the limit: pt here
-    "tests/harness/test_architectures.py": ("test_against_hf_position_limit[[]tf]",
-                                           "test_against_hf_position_limit[[]flax]"),
     "tests/generation/test_core_generation.py": (  # bert2bert, early eos: the same loop
         "test_numpy_loop_matches_reference[[]*-bert2gpt2-1]",
         "test_numpy_loop_matches_reference[[]*-eos3-*",
@@ -80,19 +76,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
 # flax's gradients against pt's, tf's XLA forward, the SavedModel's fresh-process run, and
 # every pt case (the cheapest backend to check a rule in).
 for _path, _patterns in {
-    # tf/flax tokens of bert2gpt2 and bert2bart: pt here; bert2bert in every backend stays.
-    # Generate at the position limit: the core's rule in tests/test_bad_inputs.py (every
-    # backend) and tests/generation/test_generation.py's bart-family limit in pt
-    "tests/harness/test_architectures.py": (
-        "test_against_hf_generate_greedy_and_beam[[]bert2gpt2-tf]",
-        "test_against_hf_generate_greedy_and_beam[[]bert2gpt2-flax]",
-        "test_against_hf_generate_greedy_and_beam[[]bert2bart-tf]",
-        "test_against_hf_generate_greedy_and_beam[[]bert2bart-flax]",
-        # cached decoding in tf and flax: their tokens against the reference (bert2bert)
-        "test_cached_decoding_matches_full_forward[[]*-tf]",
-        "test_cached_decoding_matches_full_forward[[]*-flax]",
-        "test_against_hf_position_limit[[]pt]",
-    ),
     # sampling, beam sampling, top-k 1, no mask, one trace per bucket: pt here and the
     # processors inside the compiled loops (test_processors_match_core, tf and flax)
     "tests/generation/test_generation.py": (
@@ -108,7 +91,6 @@ for _path, _patterns in {
         "test_numpy_loop_matches_reference[[]*num_beams=2-*",
         "test_numpy_loop_matches_reference[[]*repetition_penalty=0.8*",
     ),
-    "tests/harness/test_untied_heads.py": ("test_against_hf_untied_bert_head[[]flax]",),  # pt, tf
     # pt's generate against the reference: greedy, sampling and the other beam settings stay;
     # these controls: the numpy loop against the reference (test_core_generation.py)
     "tests/generation/test_pt_generation.py": (

@@ -1,12 +1,17 @@
 """The harness over (architecture pair x backend) against transformers' PyTorch
 `EncoderDecoderModel` (issue 8), written once, parametrised. Every pair of
 `tests.conftest.PAIRS` in every backend: every output (logits, loss, hidden states and
-attentions of both sides, with a padded decoder mask; the tuple of `return_dict=False`), saving
-(bit-identical tensors, transformers loads it), greedy and 4-beam generation. Cached decoding
-with legacy `past_key_values` runs on `CACHE_NAMES`: one pair per decoder model type and
-projection (the cache is the decoder's: the other pairs differ by their encoder only, or by
-tying, which the forward checks cover). Two batches on the fast pairs: rows with no visible
-key, and `inputs_embeds` / `encoder_outputs` in place of ids; and RoBERTa's position limit."""
+attentions of both sides, with a padded decoder mask; the tuple of `return_dict=False`) and
+saving (bit-identical tensors, transformers loads it). The costly checks — cached decoding with
+legacy `past_key_values`, greedy and 4-beam generation — run on `DECODE_NAMES`: one pair per
+decoder model type and projection (decoding is the decoder's code: the other pairs differ from
+these by their encoder only, or by tying, which the forward and save checks cover). Two
+batches on the fast pairs: rows with no visible key, and `inputs_embeds` / `encoder_outputs` in
+place of ids; and RoBERTa's position limit.
+
+Tiers (declared here; pairs outside FAST_PAIRS are slow anyway): cached decoding is fast in pt
+(tf and flax: their generate tokens and tests/harness/test_decoding.py), generation in pt and
+for bert2bert in every backend."""
 
 from __future__ import annotations
 
@@ -29,9 +34,15 @@ REFERENCE_OUTPUTS = ("logits", "loss", "encoder_last_hidden_state")
 ALL_OUTPUTS = ("logits", "loss", "decoder_hidden_states", "decoder_attentions",
                "cross_attentions", "encoder_last_hidden_state", "encoder_hidden_states",
                "encoder_attentions")
-CACHE_NAMES = ["bert2bert", "bert2bert_proj", "bert2gpt2", "bert2gpt2_proj", "roberta2roberta",
-               "electra2electra", "bertgeneration2bertgeneration", "bert2bart", "bert2bart_proj",
-               "roberta2mbart", "bert2marian", "bert2pegasus"]
+DECODE_NAMES = ["bert2bert", "bert2bert_proj", "bert2gpt2", "bert2gpt2_proj", "roberta2roberta",
+                "electra2electra", "bertgeneration2bertgeneration", "bert2bart",
+                "bert2bart_proj", "roberta2mbart", "bert2marian", "bert2pegasus"]
+
+
+def cases(names: list[str], fast) -> list:
+    """(name, backend) parameters, marked slow unless `fast(name, backend)`."""
+    return [pytest.param(n, b, marks=() if fast(n, b) else pytest.mark.slow)
+            for n in names for b in BACKENDS]
 
 
 def batch(name: str) -> dict[str, np.ndarray]:
@@ -149,8 +160,7 @@ def test_against_hf_embeds_and_encoder_outputs(ours, adapters, name, backend):
         "logits"], tol.FORWARD, f"{name} {backend} encoder_outputs")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", CACHE_NAMES)
+@pytest.mark.parametrize("name, backend", cases(DECODE_NAMES, lambda n, b: b == "pt"))
 def test_cached_decoding_matches_full_forward(ours, adapters, name, backend):
     """Legacy `past_key_values`: a 3-token prefix (the encoder's output object given), then one
     token at a time (its states as a tuple), equal our full forward and the reference's."""
@@ -194,8 +204,8 @@ def test_against_hf_loads_what_we_save(ours, adapters, name, backend, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name, backend",
+                         cases(DECODE_NAMES, lambda n, b: b == "pt" or n == "bert2bert"))
 def test_against_hf_generate_greedy_and_beam(ours, adapters, name, backend):
     x, a = oracle.batch(0, name=name)
     for beams in (1, 4):
@@ -205,6 +215,10 @@ def test_against_hf_generate_greedy_and_beam(ours, adapters, name, backend):
         np.testing.assert_array_equal(got, want, err_msg=f"{name} {backend} beams={beams}")
 
 
+# slow: the limit is checked on the host by the core for every backend (tests/test_bad_inputs.py
+# in pt, tf and flax); generate at the limit in the fast subset: tests/generation/
+# test_generation.py's BART-family limit in pt
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_against_hf_position_limit(ours, adapters, backend):

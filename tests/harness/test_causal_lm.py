@@ -10,8 +10,9 @@ as the causal LM (and around a given encoder object), with its report.
 
 Every member in every backend: the members differ only by their layout (post- or pre-norm,
 learned or sinusoidal positions, where the embedding scale applies), which each check reads.
-The fast subset runs `bart`. Warm start from seq2seq saves: test_bart_warm_start.py; the
-compiled forms (XLA, `nnx.jit`): tests/tf|flax/test_bart.py."""
+The fast subset runs `bart`, in pt (in tf and flax: the forward against transformers). Warm
+start from seq2seq saves: test_bart_warm_start.py; the compiled forms (XLA, `nnx.jit`):
+tests/tf|flax/test_bart.py."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ ARCHS = ["bart", *(pytest.param(a, marks=pytest.mark.slow) for a in ("mbart", "m
                                                                       "pegasus"))]
 # the reference's rule: Marian and Pegasus scale after the lookup (so caller-given inputs_embeds
 # too); BART and mBART scale inside their scaled word embedding (so not inputs_embeds)
+# pt in the fast subset (its checks of a rule are the cheapest), tf and flax in CI
+PT_FAST = [pytest.param(b, marks=() if b == "pt" else pytest.mark.slow) for b in ADAPTERS]
 SCALES_INPUTS_EMBEDS = {"bart": False, "mbart": False, "marian": True, "pegasus": True}
 B, T, S, H = 3, 7, 5, 32
 
@@ -122,6 +125,7 @@ def test_against_hf_causal_lm(lm, backend, arch, cross):
         assert got.cross_attentions is None and all(len(p) == 2 for p in got.past_key_values)
 
 
+@pytest.mark.parametrize("backend", PT_FAST, indirect=True)
 def test_against_hf_untied_head(lm, backend):
     """tie_word_embeddings=False: `lm_head` is a matrix of its own (saved, loaded, used)."""
     ref, ours, _ = lm("marian", backend.name, tie_word_embeddings=False)
@@ -136,6 +140,7 @@ def test_against_hf_untied_head(lm, backend):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("backend", PT_FAST, indirect=True)
 def test_incremental_decoding_with_legacy_past(lm, backend, arch):
     """Token by token, and a 4-token prefix then the rest, with legacy past_key_values, equal
     the full forward (itself the reference's, above)."""
@@ -156,6 +161,7 @@ def test_incremental_decoding_with_legacy_past(lm, backend, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("backend", PT_FAST, indirect=True)
 def test_inputs_embeds_scaling_rule(lm, backend, arch):
     ref, ours, _ = lm(arch, backend.name)
     x = inputs(2)
@@ -176,6 +182,7 @@ def test_inputs_embeds_scaling_rule(lm, backend, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("backend", PT_FAST, indirect=True)
 def test_against_hf_gradients(lm, backend, arch):
     """Training-mode gradients of every parameter (dropout 0; the tied `lm_head` summed into
     `embed_tokens`) equal transformers'; the sinusoidal position table (Marian, Pegasus) gets
@@ -209,6 +216,7 @@ def test_against_hf_gradients(lm, backend, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("backend", PT_FAST, indirect=True)
 def test_training_dropout_and_layerdrop(lm, adapters, backend, arch):
     """Dropout and LayerDrop act in training only (finite loss, fresh masks per call, a
     gradient); inference is deterministic; LayerDrop 1 skips every layer, as the reference's."""
@@ -240,6 +248,7 @@ def test_training_dropout_and_layerdrop(lm, adapters, backend, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("backend", PT_FAST, indirect=True)
 def test_position_limit(lm, backend, arch):
     """`max_position_embeddings` tokens (past included) work, one more names the limit."""
     _, ours, _ = lm(arch, backend.name)
@@ -254,8 +263,7 @@ def test_position_limit(lm, backend, arch):
         out(backend, ours, dict(input_ids=np.concatenate([ids, ids[:, :1]], 1)))
 
 
-@pytest.mark.parametrize("backend", [pytest.param("pt"), *(
-    pytest.param(b, marks=pytest.mark.slow) for b in ADAPTERS if b != "pt")])
+@pytest.mark.parametrize("backend", PT_FAST)
 def test_generate_shapes_for_marian_own_decoder_vocab(adapters, backend, tmp_path):
     """Marian's decoder may have a vocabulary of its own (`decoder_vocab_size`): the embedding,
     head, logits, generation (greedy and beams) and a save/load use it. A BART decoder object
@@ -317,6 +325,7 @@ def bart_seq2seq(tmp_path_factory):
     return s2s.eval(), d
 
 
+@pytest.mark.parametrize("backend", PT_FAST, indirect=True)
 def test_backbone_load_from_seq2seq_keeps_the_report(bart_seq2seq, backend):
     """`BartForCausalLM.from_pretrained` of a seq2seq save, and the warm start around a given
     encoder object (the backbone loading path): the alias and the dropped encoder are

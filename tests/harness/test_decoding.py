@@ -17,8 +17,12 @@ import pytest
 
 from tests import tolerances as tol
 from tests.conftest import pair_batch
+from tests.harness.backends import ADAPTERS
 
 NAMES = ["bert2bert", "bert2gpt2_proj", "bert2bart"]
+# pt in the fast subset; tf's and flax's steps there run compiled inside generate
+# (test_architectures.py's tokens against transformers, bert2bert)
+PT_FAST = [pytest.param(b, marks=() if b == "pt" else pytest.mark.slow) for b in ADAPTERS]
 
 
 def decode(ad, model, states, mask, rows: np.ndarray, max_length: int, dmask=None):
@@ -36,6 +40,7 @@ def decode(ad, model, states, mask, rows: np.ndarray, max_length: int, dmask=Non
     return np.concatenate(steps, axis=1), cache, new
 
 
+@pytest.mark.parametrize("backend", PT_FAST, indirect=True)
 @pytest.mark.parametrize("name", NAMES)
 def test_decode_step_equals_full_forward(ours, backend, name):
     model, b = ours(name, backend.name), pair_batch(name, seed=2)

@@ -6,6 +6,7 @@ labels -> decoder_input_ids rule (the core's)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from encdec.core import BertConfig, EncoderDecoderConfig, GPT2Config, seq2seq
 from tests.conftest import make_batch
@@ -14,6 +15,9 @@ TINY_BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attenti
                  intermediate_size=37)
 
 
+# flax in CI: its constructors run in every flax load of the fast subset
+@pytest.mark.parametrize("backend", [
+    "pt", "tf", pytest.param("flax", marks=pytest.mark.slow)], indirect=True)
 def test_random_init_constructors_and_mutable_config(backend):
     cls = backend.module.EncoderDecoderModel
     config = EncoderDecoderConfig.from_encoder_decoder_configs(
