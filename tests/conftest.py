@@ -42,31 +42,6 @@ __all__ = ["DECODER_START", "EOS", "EXTRA", "FAMILY_SIZES", "FAST_PAIRS", "PAD",
 # (or a cheaper one of the same code), keyed by file; `fnmatch` patterns over the test's name
 # with its parameters. Each line says what still covers it in the fast subset.
 SLOW_CASES: dict[str, tuple[str, ...]] = {
-    "tests/generation/test_generation.py": (
-        # greedy + 4-beam tokens of bert2bert, bert2gpt2, bert2bart in every backend:
-        # tests/harness/test_architectures.py; greedy scores and early eos: bert2bert here
-        "test_greedy_against_hf[[]bert2gpt2-*", "test_beam_search_against_hf[[]*",
-        "test_beam_search_without_eos[[]bert2gpt2-*",
-        # processors: each one against the reference in test_core_generation.py (and in the
-        # numpy loop there), inside the compiled loops in test_processors_match_core (tf,
-        # flax); the combinations in generate of every backend: CI
-        "test_processors_against_hf[[]*", "test_beam_search_without_eos[[]*-tf]",
-        "test_beam_search_without_eos[[]*-flax]",
-        # the limit rule is the core's (one check for every backend): pt here, RoBERTa's
-        # limit in every backend in test_architectures.py
-        "test_bart_family_position_limit[[]*-tf]", "test_bart_family_position_limit[[]*-flax]",
-        # greedy tokens of bert2bert in tf and flax: test_architectures.py (with 4 beams);
-        # greedy scores against the reference: pt here
-        "test_greedy_against_hf[[]bert2bert-tf]", "test_greedy_against_hf[[]bert2bert-flax]",
-    ),
-    "tests/generation/test_core_generation.py": (  # bert2bert, early eos: the same loop
-        "test_numpy_loop_matches_reference[[]*-bert2gpt2-1]",
-        "test_numpy_loop_matches_reference[[]*-eos3-*",
-    ),
-    "tests/generation/test_pt_generation.py": (  # bert2bert, early eos; bert2gpt2: CI
-        "test_tokens_match_reference[[]*-bert2gpt2]", "test_tokens_match_reference[[]*-eos3-*",
-        "test_sampling_matches_reference_under_the_same_seed[[]*-bert2gpt2]",
-    ),
 }
 
 
@@ -76,31 +51,6 @@ SLOW_CASES: dict[str, tuple[str, ...]] = {
 # flax's gradients against pt's, tf's XLA forward, the SavedModel's fresh-process run, and
 # every pt case (the cheapest backend to check a rule in).
 for _path, _patterns in {
-    # sampling, beam sampling, top-k 1, no mask, one trace per bucket: pt here and the
-    # processors inside the compiled loops (test_processors_match_core, tf and flax)
-    "tests/generation/test_generation.py": (
-        "test_one_trace_per_length_bucket[[]*", "test_sampling_reproducible_and_processed[[]tf]",
-        "test_sampling_reproducible_and_processed[[]flax]", "test_beam_sampling_reproducible[[]tf]",
-        "test_beam_sampling_reproducible[[]flax]",
-        "test_top_k_1_sampling_is_greedy[[]tf]", "test_top_k_1_sampling_is_greedy[[]flax]",
-        "test_no_mask_and_position_limit[[]tf]", "test_no_mask_and_position_limit[[]flax]",
-    ),
-    # the numpy loop against the reference: greedy and beams with two returned sequences stay
-    "tests/generation/test_core_generation.py": (
-        "test_numpy_loop_matches_reference[[]*num_beams=3*",
-        "test_numpy_loop_matches_reference[[]*num_beams=2-*",
-        "test_numpy_loop_matches_reference[[]*repetition_penalty=0.8*",
-    ),
-    # pt's generate against the reference: greedy, sampling and the other beam settings stay;
-    # these controls: the numpy loop against the reference (test_core_generation.py)
-    "tests/generation/test_pt_generation.py": (
-        "test_tokens_match_reference[[]max_new_tokens=10,num_beams=4-*",
-        "test_tokens_match_reference[[]*bad_words_ids*",
-        "test_tokens_match_reference[[]*num_beams=2,num_return_sequences=2,length_penalty=1.8*",
-        "test_tokens_match_reference[[]*min_new_tokens=5,length_penalty=0.5*",
-        "test_sampling_matches_reference_under_the_same_seed[[]*num_beams=2,num_return_sequences=2*",
-        "test_sampling_matches_reference_under_the_same_seed[[]*top_k=10,top_p=0.9*",
-    ),
 }.items():
     SLOW_CASES[_path] = SLOW_CASES.get(_path, ()) + _patterns
 

@@ -15,16 +15,19 @@ import numpy as np
 import pytest
 
 from encdec.core import generation as core
-from encdec.core.registry import architecture, max_positions
 from tests import tolerances as tol
-from tests.conftest import PAIRS
 from tests.generation import oracle
 from tests.harness.backends import ADAPTERS
 
-BACKENDS = list(ADAPTERS)
-# beam search with processors, per decoder family: BERT, and each BART-family pair (issue 9)
-PROCESSOR_NAMES = ["bert2bert", *(n for n, p in PAIRS.items()
-                                  if architecture(p.decoder).family == "bart")]
+SLOW = pytest.mark.slow
+# The fast subset runs pt (the cheapest backend to check a rule in); tf and flax: CI, but for
+# their compiled processors (test_processors_match_core) and greedy + 4-beam tokens of every
+# fast pair (tests/harness/test_architectures.py)
+BACKENDS = ["pt", pytest.param("tf", marks=SLOW), pytest.param("flax", marks=SLOW)]
+NAMES = ["bert2bert", pytest.param("bert2gpt2", marks=SLOW)]  # bert2gpt2's tokens: the harness
+# beam search with processors, per decoder family (the processors are the same code for every
+# member; each member's decoder: test_architectures.py's greedy and 4-beam tokens)
+PROCESSOR_NAMES = ["bert2bert", "bert2bart"]
 COMPILED = ["tf", "flax"]  # XLA-compiled loops: programs traced per input-length bucket
 SEEDS = (0, 1)
 NEW = 10  # new tokens per call
@@ -121,7 +124,7 @@ def check(ours, backend: str, name: str, seeds=SEEDS, generation_config=None, **
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", oracle.NAMES)
+@pytest.mark.parametrize("name", NAMES)
 def test_greedy_against_hf(ours, backend, name):
     eos = eos_ids(name)
     wants = check(ours, backend, name, max_new_tokens=NEW, eos_token_id=eos,
@@ -137,6 +140,7 @@ BEAMS = {
 }
 
 
+@SLOW  # CI: 4-beam tokens of every pair in every backend: test_architectures.py
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("beam", BEAMS)
 @pytest.mark.parametrize("name", oracle.NAMES)
@@ -146,7 +150,7 @@ def test_beam_search_against_hf(ours, backend, name, beam):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", oracle.NAMES)
+@pytest.mark.parametrize("name", NAMES)
 def test_beam_search_without_eos(ours, backend, name):
     """The reference's Flax beam search crashed without an eos id; ours runs to max_length."""
     def no_eos(model):
@@ -156,6 +160,8 @@ def test_beam_search_without_eos(ours, backend, name):
           length_penalty=2.0, early_stopping="never")
 
 
+@SLOW  # CI: each processor against the reference: test_core_generation.py; in the compiled
+# loops: test_processors_match_core; pt's combinations: test_pt_generation.py
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", PROCESSOR_NAMES)
 def test_processors_against_hf(ours, backend, name):
@@ -238,24 +244,6 @@ def test_no_mask_and_position_limit(ours, backend):
         generate(model, ids, None, max_new_tokens=64)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", PROCESSOR_NAMES[1:])
-def test_bart_family_position_limit(ours, backend, name):
-    """A BART-family decoder serves `max_position_embeddings` tokens (BART's learned table has
-    2 rows more, read from row 2): generating up to exactly the limit equals the reference;
-    one token more is a ValueError naming the limit, before any step runs."""
-    generate, model = generation(backend).generate, ours(backend, name, 0)
-    n = max_positions(oracle.core_config(reference(name, 0)).decoder)
-    ids, mask = oracle.batch(0, name=name)
-    want = oracle.hf_generate(reference(name, 0), ids, mask, max_new_tokens=n - 1,
-                              eos_token_id=None)
-    got = generate(model, ids, mask, max_new_tokens=n - 1, eos_token_id=None)
-    assert sequences(got).shape[1] == n
-    np.testing.assert_array_equal(sequences(got), want)
-    with pytest.raises(ValueError, match=rf"\b{n}\b"):
-        generate(model, ids, mask, max_new_tokens=n, eos_token_id=None)
-
-
 # --- the compiled backends ----------------------------------------------------------------------
 
 
@@ -293,6 +281,7 @@ def test_processors_match_core(backend, which):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
+@SLOW  # CI: two programs per backend (the tokens of each: the tests above)
 @pytest.mark.parametrize("backend", COMPILED)
 def test_one_trace_per_length_bucket(ours, backend):
     """Source lengths inside one bucket reuse the compiled program; the tokens stay right; a

@@ -125,14 +125,17 @@ def too_long(argument: str, n: int, config, past: int = 0) -> str:
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("backend", ["pt", "tf", pytest.param("flax", marks=pytest.mark.slow)],
                          indirect=True)
-@pytest.mark.parametrize("name", ["bert2gpt2", "roberta2roberta", "distilbert2bert"])
+@pytest.mark.parametrize("name", ["bert2gpt2", "roberta2roberta", "distilbert2bert", "bert2bart",
+                                  "bert2marian"])
 def test_position_limit_edges(ours, backend, name):
     """One token more than the table serves (RoBERTa: max_position_embeddings - pad - 1; BERT,
-    DistilBERT, GPT-2: no offset) is a ValueError naming the argument and the limit: in forward
-    (both sides, ids and embeddings), the decoding cache, the decode step and generate, all
-    checked on the host before any gather or compiled step; a cache of exactly the table and a
-    step at its last position work. (Forward and generate at the edge against the reference:
-    test_architectures.py's `test_against_hf_position_limit`.)"""
+    DistilBERT, GPT-2, BART's learned and Marian's sinusoidal tables: max_position_embeddings)
+    is a ValueError naming the argument and the limit: in forward (both sides, ids and
+    embeddings), the decoding cache, the decode step and generate, all checked on the host
+    before any gather or compiled step; a cache of exactly the table and a step at its last
+    position work. (Forward and generate at the edge against the reference:
+    test_architectures.py's `test_against_hf_position_limit`, BART-family decoders
+    tests/generation/test_pt_generation.py.)"""
     model, inputs = ours(name, backend.name), backend.inputs
     config = model.config
     enc, dec = config.encoder, config.decoder
