@@ -82,7 +82,6 @@ EXTRA_HELPERS = {
            *_KERAS_NNX_BUILDERS},
     "flax": {"params.variables",  # path -> nnx.Variable
              "params.abstract",  # nnx.eval_shape construction before loading
-             "params.check_assigned",  # ... and the check that loading filled every leaf
              "params.cast", "params.jax_dtype",  # parameters cast after the abstract build
              # (torch and Keras create them in the dtype: `default_dtype`)
              "layers.default_rngs",  # NNX modules need rngs to construct

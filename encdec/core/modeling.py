@@ -53,29 +53,37 @@ Assign = Callable[[str, np.ndarray], None]
 Get = Callable[[str], np.ndarray]
 
 
+def _composite_only(*args: Any) -> Any:
+    raise TypeError("this Backend serves backbone loads only: build, cast and check_decoder "
+                    "are set by the backend's EncoderDecoderModel")
+
+
 @dataclass(frozen=True)
 class Backend:
-    """What a framework supplies to the shared loading steps; `model` is its composite (or a
-    backbone, for `init`), `path` a parameter's path in `dialect`, arrays in its layout."""
+    """What a framework supplies to the shared loading steps; `model` is its composite or a
+    backbone, `path` a parameter's path in `dialect`, arrays in its layout. Each backend's
+    `params.BACKEND` holds the parameter hooks; its `EncoderDecoderModel` adds the composite's
+    (`build`, `cast`, `check_decoder`) with `dataclasses.replace`."""
 
     dialect: Dialect
-    # (config, dtype, encoder, decoder) -> the composite around the given backbones (None:
-    # built from its config), its other weights allocated in `dtype`, left uninitialised
-    build: Callable[[EncoderDecoderConfig, str, Any, Any], Any]
     assign: Callable[[Any, str, np.ndarray], None]
     # (module, table, config, canonical names): the reference's init of those parameters
     init: Callable[[Any, Table, ModelConfig, list[str]], None]
+    tie: Callable[[Any, Table], None]  # tie the tied parameters of a model's table
     dtype_of: Callable[[Any], str]  # the canonical name of the dtype a model holds
-    cast: Callable[[Any, str], None]  # hold a (given) backbone's weights in that dtype
     eval: Callable[[Any], None]  # inference mode: dropout off
     check_assigned: Callable[[Any], None]  # raise naming any parameter never written
-    check_decoder: Callable[[Any], None]  # refuse a decoder object without cross-attention
+    # (config, dtype, encoder, decoder) -> the composite around the given backbones (None:
+    # built from its config), its other weights allocated in `dtype`, left uninitialised
+    build: Callable[[EncoderDecoderConfig, str, Any, Any], Any] = _composite_only
+    cast: Callable[[Any, str], None] = _composite_only  # hold a given backbone in that dtype
+    check_decoder: Callable[[Any], None] = _composite_only  # refuse one without cross-attention
 
 
 def finish(backend: Backend, model: Any) -> Any:
-    """The last steps of every load, as the reference returns a model: tied weights tied
-    (`model.tie_weights()`), every parameter assigned, inference mode (dropout off)."""
-    model.tie_weights()
+    """The last steps of every load, composite or backbone, as the reference returns a model:
+    tied weights tied, every parameter assigned, inference mode (dropout off)."""
+    backend.tie(model, model.table())
     backend.check_assigned(model)
     backend.eval(model)
     return model
@@ -327,6 +335,21 @@ def read_backbone_config(path_or_id: str | os.PathLike, expect: type[ModelConfig
                           f"{expect.__name__} ({expect.model_type!r}); load it with {classes}")
     resolve_dtype(requested, config, directory)
     return directory, config
+
+
+def load_backbone(backend: Backend, cls: Any, build: Callable[[ModelConfig, str | None], Any],
+                  path_or_id: str | os.PathLike, **overrides: Any) -> tuple[Any, LoadReport]:
+    """A backbone's `from_pretrained` in every backend: its config (`overrides` checked: a
+    TypeError before anything is read), `build(config, dtype)` without init, the checkpoint's
+    weights (non-strict: heads or cross-attention it lacks get the reference's init, and are
+    reported), then `finish` as for the composite."""
+    directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
+    model = build(config, config_dtype(config))
+    table = model.table()
+    report = load_backbone_weights(table, directory, backend.dialect,
+                                   lambda path, a: backend.assign(model, path, a), cls.__name__)
+    backend.init(model, table, config, report.missing)
+    return finish(backend, model), report
 
 
 def load_backbone_weights(table: Table, directory: Path, dialect: Dialect, assign: Assign,

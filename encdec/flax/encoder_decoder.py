@@ -7,6 +7,7 @@ contract (`init_cache`, `decode_step`), traceable under `jax.jit` / `nnx.jit`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -310,11 +311,9 @@ def _build(cls: type[EncoderDecoderModel], rngs: nnx.Rngs | None,
 def _backend(cls: type[EncoderDecoderModel], rngs: nnx.Rngs | None) -> Backend:
     """The hooks of `encdec.core.modeling.load_pretrained` and `encdec.core.warm_start`; the
     random init of what a checkpoint lacks draws from `rngs` (default `nnx.Rngs(0)`)."""
-    init_rngs = default_rngs(rngs)
-    return Backend(
-        dialect=Dialect.NNX, build=functools.partial(_build, cls, rngs), assign=params.assign,
-        init=functools.partial(params.init_params, rngs=init_rngs), dtype_of=params.dtype_of,
-        cast=params.cast, eval=lambda model: model.eval(), check_assigned=params.check_assigned,
+    return dataclasses.replace(
+        params.BACKEND, build=functools.partial(_build, cls, rngs),
+        init=functools.partial(params.init_params, rngs=default_rngs(rngs)), cast=params.cast,
         check_decoder=check_decoder)
 
 

@@ -9,6 +9,7 @@ weights (the model's random initial value of a parameter is dropped as soon as i
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -23,7 +24,7 @@ from flax import nnx
 from encdec.core import modeling
 from encdec.core.checkpoint import CheckpointError
 from encdec.core.config import ModelConfig
-from encdec.core.modeling import config_dtype, load_backbone_weights, read_backbone_config
+from encdec.core.modeling import Backend
 from encdec.core.registry import initializers
 from encdec.core.weights import Dialect, Table, leaf, leaf_rule, to_dialect
 
@@ -181,16 +182,27 @@ def check_assigned(model: nnx.Module) -> None:
         raise CheckpointError(f"{type(model).__name__}: parameters not loaded: {left[:20]}")
 
 
+# The parameter hooks of encdec.core.modeling's loads (EncoderDecoderModel adds its own; the
+# random init of what a checkpoint lacks draws from the caller's rngs, default nnx.Rngs(0))
+BACKEND = Backend(dialect=Dialect.NNX, assign=assign,
+                  init=functools.partial(init_params, rngs=nnx.Rngs(0)), tie=tie_params,
+                  dtype_of=dtype_of, eval=lambda model: model.eval(),
+                  check_assigned=check_assigned)
+
+
 def load_backbone(cls: type, path_or_id: str | os.PathLike, *, rngs: nnx.Rngs | None = None,
                   output_loading_info: bool = False, **overrides: Any):
-    """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
-    the checkpoint lacks keep their random init and are reported), returned in eval mode."""
-    directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
-    model = cls(config, rngs=rngs)
-    cast(model, config_dtype(config))
-    report = load_backbone_weights(model.table(), directory, Dialect.NNX,
-                                   functools.partial(assign, model), cls.__name__)
-    model.eval()
+    """`cls.from_pretrained` (`encdec.core.modeling.load_backbone`): a single-model checkpoint,
+    non-strict (heads or cross-attention it lacks get the reference's init, drawn from `rngs`,
+    and are reported), tied, returned in eval mode."""
+    def build(config, dtype):
+        model = abstract(lambda: cls(config), rngs)
+        cast(model, dtype)
+        return model
+
+    backend = dataclasses.replace(BACKEND, init=functools.partial(
+        init_params, rngs=nnx.Rngs(0) if rngs is None else rngs))
+    model, report = modeling.load_backbone(backend, cls, build, path_or_id, **overrides)
     return (model, report) if output_loading_info else model
 
 

@@ -7,6 +7,7 @@ decoder inputs, mean cross-entropy ignoring -100), its load/save class methods t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -18,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from encdec.core import registry, seq2seq, validation, weights
-from encdec.core.checkpoint import CheckpointError
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 from encdec.core.modeling import Backend, load_pretrained, save_pretrained
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
@@ -323,17 +323,8 @@ def _build(cls: type[EncoderDecoderModel], config: EncoderDecoderConfig, dtype: 
         return cls(config=config, encoder=encoder, decoder=decoder)
 
 
-def _check_assigned(model: nn.Module) -> None:
-    left = [n for n, p in model.named_parameters() if p.is_meta]
-    if left:
-        raise CheckpointError(f"{type(model).__name__}: parameters never allocated: {left[:20]}")
-
-
 def _backend(cls: type[EncoderDecoderModel]) -> Backend:
     """The hooks of `encdec.core.modeling.load_pretrained` and `encdec.core.warm_start`."""
-    return Backend(
-        dialect=Dialect.PT, build=functools.partial(_build, cls), assign=params.assign,
-        init=params.init_params, dtype_of=params.dtype_of,
-        cast=lambda model, dtype: model.to(params.torch_dtype(dtype)),
-        eval=lambda model: model.eval(), check_assigned=_check_assigned,
-        check_decoder=check_decoder)
+    return dataclasses.replace(
+        params.BACKEND, build=functools.partial(_build, cls),
+        cast=lambda model, dtype: model.to(params.torch_dtype(dtype)), check_decoder=check_decoder)

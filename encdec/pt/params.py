@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from encdec.core import modeling
+from encdec.core.checkpoint import CheckpointError
 from encdec.core.config import ModelConfig
-from encdec.core.modeling import config_dtype, load_backbone_weights, read_backbone_config
+from encdec.core.modeling import Backend
 from encdec.core.registry import initializers
 from encdec.core.weights import Dialect, Table
 
@@ -158,18 +159,28 @@ class constructing:  # noqa: N801 - used as `with params.constructing() as c:`
         _state.depth -= 1
 
 
+def check_assigned(model: nn.Module) -> None:
+    """Raise naming any parameter never allocated (built under `skip_init`, never loaded)."""
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise CheckpointError(f"{type(model).__name__}: parameters never allocated: {left[:20]}")
+
+
+# The parameter hooks of encdec.core.modeling's loads (EncoderDecoderModel adds its own)
+BACKEND = Backend(dialect=Dialect.PT, assign=assign, init=init_params, tie=tie_params,
+                  dtype_of=dtype_of, eval=lambda model: model.eval(),
+                  check_assigned=check_assigned)
+
+
 def load_backbone(cls: type, path_or_id, *, output_loading_info: bool = False, **overrides):
-    """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
-    the checkpoint lacks are initialised and reported), returned in eval mode."""
-    directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
-    with skip_init(), default_dtype(config_dtype(config)):
-        model = cls(config)
-    table = model.table()
-    report = load_backbone_weights(table, directory, Dialect.PT, functools.partial(assign, model),
-                                   cls.__name__)
-    init_params(model, table, config, report.missing)
-    tie_params(model, table)
-    model.eval()
+    """`cls.from_pretrained` (`encdec.core.modeling.load_backbone`): a single-model checkpoint,
+    non-strict (heads or cross-attention it lacks get the reference's init and are reported),
+    tied, returned in eval mode."""
+    def build(config, dtype):
+        with skip_init(), default_dtype(dtype):
+            return cls(config)
+
+    model, report = modeling.load_backbone(BACKEND, cls, build, path_or_id, **overrides)
     return (model, report) if output_loading_info else model
 
 

@@ -325,13 +325,10 @@ def _cast(model: keras.Model, dtype: str) -> None:
 
 
 def _backend(cls: type[EncoderDecoderModel]) -> Backend:
-    """The hooks of `encdec.core.modeling.load_pretrained` and `encdec.core.warm_start`.
-    Inference mode needs no step: Keras runs dropout only in a call with `training=True`
-    (`fit` passes it); every variable exists once the model is built."""
-    return Backend(
-        dialect=Dialect.KERAS, build=functools.partial(_build, cls), assign=params.assign,
-        init=params.init_params, dtype_of=params.dtype_of, cast=_cast,
-        eval=lambda model: None, check_assigned=lambda model: None, check_decoder=check_decoder)
+    """The hooks of `encdec.core.modeling.load_pretrained` and `encdec.core.warm_start`:
+    `params.BACKEND`'s and the composite's own."""
+    return dataclasses.replace(params.BACKEND, build=functools.partial(_build, cls), cast=_cast,
+                               check_decoder=check_decoder)
 
 
 TFEncoderDecoderModel = EncoderDecoderModel  # the reference's TF class name

@@ -27,7 +27,7 @@ import tensorflow as tf
 from encdec.core import modeling
 from encdec.core.checkpoint import CheckpointError
 from encdec.core.config import ModelConfig
-from encdec.core.modeling import config_dtype, load_backbone_weights, read_backbone_config
+from encdec.core.modeling import Backend
 from encdec.core.registry import architecture, initializers
 from encdec.core.weights import Dialect, Table, leaf, leaf_rule, to_dialect
 
@@ -236,18 +236,27 @@ def tie_params(module: keras.layers.Layer, table: Table) -> None:
     _MAPS.clear()  # cached path maps may hold the replaced variables
 
 
+def check_assigned(model: keras.layers.Layer) -> None:
+    """Nothing to check: every variable exists once a Keras model is built, and a load writes
+    each one (a checkpoint's missing key is an error or, for a backbone, an init)."""
+
+
+# The parameter hooks of encdec.core.modeling's loads (EncoderDecoderModel adds its own).
+# Inference mode needs no step: Keras runs dropout only in a call with `training=True` (`fit`).
+BACKEND = Backend(dialect=Dialect.KERAS, assign=assign, init=init_params, tie=tie_params,
+                  dtype_of=dtype_of, eval=lambda model: None, check_assigned=check_assigned)
+
+
 def load_backbone(cls: type, path_or_id: str | os.PathLike, *,
                   output_loading_info: bool = False, **overrides: Any):
-    """`cls.from_pretrained`: a single-model checkpoint, non-strict (heads or cross-attention
-    the checkpoint lacks keep their random init and are reported), in inference mode."""
-    directory, config = read_backbone_config(path_or_id, expect=cls.config_class, **overrides)
-    with skip_init(), default_dtype(config_dtype(config)):
-        model = cls(config)
-    table = model.table()
-    report = load_backbone_weights(table, directory, Dialect.KERAS,
-                                   functools.partial(assign, model), cls.__name__)
-    init_params(model, table, config, report.missing)
-    tie_params(model, table)
+    """`cls.from_pretrained` (`encdec.core.modeling.load_backbone`): a single-model checkpoint,
+    non-strict (heads or cross-attention it lacks get the reference's init and are reported),
+    tied, in inference mode."""
+    def build(config, dtype):
+        with skip_init(), default_dtype(dtype):
+            return cls(config)
+
+    model, report = modeling.load_backbone(BACKEND, cls, build, path_or_id, **overrides)
     return (model, report) if output_loading_info else model
 
 

@@ -188,3 +188,29 @@ def test_backbone_keywords(backend, singles):
     assert not dropout_active(backend.name, model)
     with pytest.raises(TypeError, match="unexpected keyword argument 'n_embd'"):
         m.BertModel.from_pretrained(singles / "enc", n_embd=16)
+
+
+def test_backbone_from_pretrained_finished(backend, singles, tmp_path):
+    """A backbone's `from_pretrained` ends as the composite's (`modeling.finish`): a BERT base
+    checkpoint read as a cross-attending causal LM gets the reference's init for the head and
+    cross-attention it lacks, its head tied to the word embeddings, in inference mode."""
+    lm, info = backend.module.BertLMHeadModel.from_pretrained(
+        singles / "dec", is_decoder=True, add_cross_attention=True, output_loading_info=True)
+    assert not dropout_active(backend.name, lm), f"{backend.name}: dropout on after loading"
+    missing = set(info.missing)
+    assert any("crossattention" in n for n in missing) and any("cls." in n for n in missing)
+    lm.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    src = load_file(singles / "dec" / "model.safetensors")
+    for k, v in src.items():
+        if f"bert.{k}" in saved:
+            np.testing.assert_array_equal(saved[f"bert.{k}"], v)
+    for p, init in initializers(lm.table(), lm.config, missing):
+        if p.name in saved:
+            check_init(saved[p.name], init, f"{backend.name} {p.name}")
+    for p in lm.table().params:
+        if p.tied_to is not None:
+            held = storage(backend.name, lm, p.name)
+            assert held is None or held is storage(backend.name, lm, p.tied_to), \
+                f"{backend.name}: {p.name} is not tied to {p.tied_to}"
+
