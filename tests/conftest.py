@@ -3,7 +3,6 @@ built locally with transformers (the test oracle) from the registry's data."""
 
 from __future__ import annotations
 
-import fnmatch
 import gc
 import os
 import sys
@@ -38,37 +37,16 @@ __all__ = ["DECODER_START", "EOS", "EXTRA", "FAMILY_SIZES", "FAST_PAIRS", "PAD",
            "SLOW_PARAMS", "TINY", "Pair", "tiny_kwargs"]
 
 
-# Cases the fast subset leaves to CI because another fast test already makes the same check
-# (or a cheaper one of the same code), keyed by file; `fnmatch` patterns over the test's name
-# with its parameters. Each line says what still covers it in the fast subset.
-SLOW_CASES: dict[str, tuple[str, ...]] = {
-}
-
-
-# The fast subset's time budget (under two minutes on 2 cores): the heaviest remaining cases,
-# each over ~1.5 s on the idle machine (2026-12-03, `--durations`), with what still covers it.
-# Kept on purpose: greedy + 4-beam tokens against the reference for bert2bert in tf and flax,
-# flax's gradients against pt's, tf's XLA forward, the SavedModel's fresh-process run, and
-# every pt case (the cheapest backend to check a rule in).
-for _path, _patterns in {
-}.items():
-    SLOW_CASES[_path] = SLOW_CASES.get(_path, ()) + _patterns
-
-def _slow_case(item) -> bool:
-    path, _, name = item.nodeid.partition("::")
-    return any(fnmatch.fnmatchcase(name, p) for p in SLOW_CASES.get(path, ()))
-
-
 def pytest_collection_modifyitems(items):
-    """Mark `slow` what the fast subset leaves to CI: a test parametrised with a pair outside
-    FAST_PAIRS (or a BART-family member but bart), every test that loads the real
-    all-MiniLM-L6-v2 checkpoint (`minilm_dir`), and the `SLOW_CASES`.
-    (Other slow tests carry the marker themselves: `pytestmark` or a decorator.)"""
+    """Mark `slow` what the fast subset leaves to CI, by data: a test parametrised with a pair
+    outside FAST_PAIRS (or a BART-family member but bart: tests/tiny.py), and every test that
+    loads the real all-MiniLM-L6-v2 checkpoint (`minilm_dir`). Other slow tests declare it
+    where they are written: `pytestmark`, a decorator or a `pytest.param` mark."""
     for item in items:
         params = getattr(item, "callspec", None)
         values = params.params.values() if params is not None else ()
         if any(isinstance(v, str) and v in SLOW_PARAMS for v in values) \
-                or "minilm_dir" in getattr(item, "fixturenames", ()) or _slow_case(item):
+                or "minilm_dir" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
 
 
