@@ -94,17 +94,6 @@ def test_tokens_match_reference(name, early_eos, case):
     np.testing.assert_array_equal(got, oracle.hf_generate(ref_model, x, a, eos_token_id=eos, **kw))
 
 
-@pytest.mark.parametrize("name", ["bert2bert_proj", "bert2gpt2_proj", "bert2bart_proj"])
-@pytest.mark.parametrize("kw", [dict(max_new_tokens=8), dict(max_new_tokens=8, num_beams=3,
-                                                             num_return_sequences=2)], ids=_ids)
-def test_tokens_match_reference_with_projection(name, kw):
-    x, a = oracle.batch(1)
-    ref_model = oracle.reference(name)
-    eos = oracle.eos_at_step(ref_model, x, a)
-    np.testing.assert_array_equal(_generate(ours(name), x, a, eos_token_id=eos, **kw),
-                                  oracle.hf_generate(ref_model, x, a, eos_token_id=eos, **kw))
-
-
 @pytest.mark.parametrize("kw", [dict(max_new_tokens=8), dict(max_new_tokens=8, num_beams=2)],
                          ids=_ids)
 def test_several_eos_ids_and_no_mask(kw):
