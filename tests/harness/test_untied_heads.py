@@ -36,6 +36,9 @@ def untied_dir(tmp_path_factory):
     return d, batch, ref
 
 
+# flax in CI: pt and tf in the fast subset (the head's rule is the table's, shared)
+@pytest.mark.parametrize("backend", [
+    "pt", "tf", pytest.param("flax", marks=pytest.mark.slow)], indirect=True)
 def test_against_hf_untied_bert_head(untied_dir, backend):
     d, batch, ref = untied_dir
     tol.assert_close(backend.forward(backend.load(d), batch)["logits"], ref, tol.FORWARD,
