@@ -13,6 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 from encdec.core import BertConfig, CheckpointError, ConfigError, GPT2Config
 from tests.generation import oracle
+from tests.harness.backends import ADAPTERS
 
 KEY = "decoder.bert.encoder.layer.0.crossattention.self.query.weight"
 TINY_BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
@@ -60,6 +61,14 @@ CORRUPT = {
 }
 
 
+def backends(*slow: str) -> list:
+    """Every backend for the `backend` fixture, those in `slow` declared slow."""
+    return [pytest.param(b, marks=pytest.mark.slow) if b in slow else b for b in ADAPTERS]
+
+
+# tf and flax: CI (the reading and its checks are the core's, the same in every backend: pt
+# stays fast)
+@pytest.mark.parametrize("backend", backends("tf", "flax"), indirect=True)
 @pytest.mark.parametrize("case", list(CORRUPT))
 def test_bad_checkpoint_names_file_key_or_field(backend, case, tmp_path):
     edit, error, message = CORRUPT[case]
@@ -70,6 +79,7 @@ def test_bad_checkpoint_names_file_key_or_field(backend, case, tmp_path):
         backend.load(d)
 
 
+@pytest.mark.parametrize("backend", backends("tf", "flax"), indirect=True)  # as above
 def test_bad_backbones_name_the_field(backend, tmp_path):
     """A decoder object without cross-attention; a backbone checkpoint of another
     architecture; a GPT-2 option the library does not implement."""

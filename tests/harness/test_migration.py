@@ -330,8 +330,11 @@ FLAG_CASES = {  # name -> (encoder config kwargs, decoder config kwargs, forward
 }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", list(FLAG_CASES))
+# use_cache=True over the config's False in tf and flax: CI (pt's stays fast, and so does
+# every other case in every backend)
+@pytest.mark.parametrize("case, backend", [
+    pytest.param(c, b, marks=pytest.mark.slow) if c == "cache_argument_wins" and b != "pt"
+    else (c, b) for c in FLAG_CASES for b in BACKENDS])
 def test_config_output_switches(adapters, checkpoints, backend, case):
     enc_kw, dec_kw, call_kw = FLAG_CASES[case]
     ad = adapters[backend]
@@ -411,7 +414,9 @@ def test_tie_encoder_decoder_keyword(adapters, backend, tmp_path):
         assert ad.variable(again, "decoder.bert." + name) is ad.variable(again, "encoder." + name)
     cross = "decoder.bert." + q.replace(".attention.", ".crossattention.")
     assert ad.variable(again, cross) is not ad.variable(again, "decoder.bert." + q)
-    assert_same(ad.forward(again, batch()), got, f"5 {backend} reloaded", ("logits", "loss"))
+    reloaded = ad.forward(again, batch())
+    for key in ("logits", "loss"):  # the very weights we saved
+        tol.assert_close(reloaded[key], got[key], tol.SAVE_LOAD, f"5 {backend} reloaded {key}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -5,6 +5,7 @@ argument (what `model.fit` passes) and a call inside a compiled `tf.function`.""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from encdec.tf import EncoderDecoderModel
@@ -13,6 +14,9 @@ from tests.conftest import pair_batch
 from tests.generation import oracle
 
 
+# CI: the routed arguments in tf, eager, against transformers stay fast
+# (tests/harness/test_migration.py); through a dict and under XLA is this test's only
+@pytest.mark.slow
 def test_routed_kwargs_through_a_dict_and_under_xla():
     model = EncoderDecoderModel.from_pretrained(oracle.checkpoint("bert2bert"))
     b = pair_batch("bert2bert")
