@@ -35,6 +35,10 @@ def test_random_init_constructors_and_mutable_config(backend):
     np.testing.assert_array_equal(
         np.asarray(model.prepare_decoder_input_ids_from_labels(x["labels"])),
         seq2seq.shift_tokens_right(b["labels"], 0, 2))
+    model.config.decoder_start_token_id = None
+    with pytest.raises(ValueError, match="decoder_start_token_id"):
+        model.prepare_decoder_input_ids_from_labels(x["labels"])
+    model.config.decoder_start_token_id = 2
     model.config.decoder.use_cache = False  # the backbones share the composite's config
     assert model(**x).past_key_values is None
     again = cls(encoder=model.encoder, decoder=model.decoder)
