@@ -29,15 +29,17 @@ def batch(name: str) -> dict[str, np.ndarray]:
 
 
 @functools.cache
-def reference_grads(name: str) -> dict[str, np.ndarray]:
-    """The reference's gradients by parameter name (a tied tensor once, under its source's
-    name; parameters the loss does not use, the encoder's pooler, left out)."""
+def reference_grads(name: str) -> tuple[float, dict[str, np.ndarray]]:
+    """The reference's loss, and its gradients by parameter name (a tied tensor once, under its
+    source's name; parameters the loss does not use, the encoder's pooler, left out)."""
     import torch
     import transformers as tr
 
     ref = tr.EncoderDecoderModel.from_pretrained(oracle.checkpoint(name)).eval()
-    ref(**{k: torch.from_numpy(v) for k, v in batch(name).items()}).loss.backward()
-    return {n: p.grad.numpy() for n, p in ref.named_parameters() if p.grad is not None}
+    loss = ref(**{k: torch.from_numpy(v) for k, v in batch(name).items()}).loss
+    loss.backward()
+    return loss.item(), {n: p.grad.numpy() for n, p in ref.named_parameters()
+                         if p.grad is not None}
 
 
 # flax's eager gradients are the slowest to warm up: CI (flax's against pt's in the fast
@@ -46,7 +48,9 @@ def reference_grads(name: str) -> dict[str, np.ndarray]:
                          indirect=True)
 @pytest.mark.parametrize("name", NAMES)
 def test_against_hf_gradients(ours, backend, name):
-    model, want = ours(name, backend.name), reference_grads(name)
+    model, (loss, want) = ours(name, backend.name), reference_grads(name)
+    tol.assert_close(backend.forward(model, batch(name))["loss"], loss, tol.FORWARD,
+                     f"{name} {backend.name} loss")
     got = backend.grads(model, batch(name), model.table().owned)
     assert set(want) <= set(got)
     for n, g in got.items():  # what the loss does not use (the encoder's pooler): zero
