@@ -5,6 +5,7 @@ The numpy functions here are the reference the backends' tensor code is tested a
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import numpy as np
 
 from .config import EncoderDecoderConfig, GenerationConfig
 from .registry import architecture
+from .weights import Dialect, leaf
 
 IGNORE_INDEX = -100
 
@@ -97,12 +99,19 @@ def extra_forward_args(forward: Callable[..., Any]) -> frozenset[str]:
     return frozenset(inspect.signature(forward).parameters) - COMPOSITE_ARGS
 
 
-def check_decoder(name: str, config: Any, has_cross_attention: bool) -> None:
-    """Refuse a decoder object without cross-attention layers (`is_decoder` is set by the
-    composite config, as the reference does), or of an encoder-only architecture."""
+def check_decoder(name: str, config: Any, paths: Collection[str], dialect: Dialect) -> None:
+    """Refuse a decoder object without cross-attention layers, or of an encoder-only
+    architecture. The layers are found from the parameter `paths` the object holds (in
+    `dialect`), not from its config's flag: the composite config sets `is_decoder` and
+    `add_cross_attention` (as the reference does), and setting the flag on a built decoder
+    builds no layer."""
     arch = architecture(config)
     arch.require_decoder()
-    if not (has_cross_attention or arch.always_cross_attention):
+    flags = {flag: dataclasses.replace(config, is_decoder=True, add_cross_attention=flag)
+             for flag in (True, False)}
+    cross = ({leaf(p, dialect) for p in arch.decoder_table(flags[True]).params}
+             - {leaf(p, dialect) for p in arch.decoder_table(flags[False]).params})
+    if not cross <= set(paths):
         raise ValueError(f"decoder {name} has no cross-attention layers to attend to the "
                          "encoder: build it with add_cross_attention=True in its config")
 

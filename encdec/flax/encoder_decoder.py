@@ -64,8 +64,8 @@ def decoder_class(config: ModelConfig) -> type[nnx.Module]:
 
 def check_decoder(decoder: nnx.Module) -> None:
     """Refuse a decoder object without cross-attention layers (core's `check_decoder`)."""
-    seq2seq.check_decoder(type(decoder).__name__, decoder.config,
-                          decoder.config.add_cross_attention)
+    seq2seq.check_decoder(type(decoder).__name__, decoder.config, params.variables(decoder),
+                          Dialect.NNX)
 
 
 def extra_forward_args(module: nnx.Module) -> frozenset[str]:

@@ -65,7 +65,7 @@ def decoder_class(config: ModelConfig) -> type[nn.Module]:
 def check_decoder(decoder: nn.Module) -> None:
     """Refuse a decoder object without cross-attention layers (core's `check_decoder`)."""
     seq2seq.check_decoder(type(decoder).__name__, decoder.config,
-                          decoder.config.add_cross_attention)
+                          [n for n, _ in decoder.named_parameters()], Dialect.PT)
 
 
 def extra_forward_args(module: nn.Module) -> frozenset[str]:

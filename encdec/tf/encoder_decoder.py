@@ -20,9 +20,9 @@ from encdec.core import registry, seq2seq, validation, weights
 from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConfig
 from encdec.core.modeling import Backend, load_pretrained, save_pretrained
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
-from encdec.core.registry import architecture, check_length, family_class
+from encdec.core.registry import check_length, family_class
 from encdec.core.warm_start import warm_start
-from encdec.core.weights import Dialect, leaf
+from encdec.core.weights import Dialect
 from encdec.export import export_model
 
 from . import generation, params
@@ -54,16 +54,9 @@ def decoder_class(config: ModelConfig) -> type[keras.Model]:
 
 
 def check_decoder(decoder: keras.Model) -> None:
-    """Refuse a decoder object without cross-attention layers (core's `check_decoder`), found
-    from the variables it holds: the composite's config rewrites its config's flags."""
-    c = decoder.config
-    architecture(c).require_decoder()
-    arch = architecture(c)
-    cross = {leaf(p, Dialect.KERAS) for p in arch.decoder_table(
-        dataclasses.replace(c, is_decoder=True, add_cross_attention=True)).params}
-    cross -= {leaf(p, Dialect.KERAS) for p in arch.decoder_table(
-        dataclasses.replace(c, is_decoder=True, add_cross_attention=False)).params}
-    seq2seq.check_decoder(type(decoder).__name__, c, cross <= set(params.variables(decoder)))
+    """Refuse a decoder object without cross-attention layers (core's `check_decoder`)."""
+    seq2seq.check_decoder(type(decoder).__name__, decoder.config, params.variables(decoder),
+                          Dialect.KERAS)
 
 
 def extra_forward_args(module: keras.Model) -> frozenset[str]:

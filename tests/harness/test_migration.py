@@ -189,12 +189,7 @@ def test_decoder_without_cross_attention_refused(adapters, checkpoints, backend)
     assert "is_decoder" not in str(e.value), e.value  # cross-attention is what matters
 
 
-DRIFT = pytest.mark.xfail(strict=True, reason="pt and flax read the flag: a backend drift "
-                          "(issue 20); strict, so that the fix shows")
-
-
-@pytest.mark.parametrize("backend", [pytest.param("pt", marks=DRIFT), "tf",
-                                     pytest.param("flax", marks=(DRIFT, pytest.mark.slow))])
+@pytest.mark.parametrize("backend", ["pt", "tf", pytest.param("flax", marks=pytest.mark.slow)])
 def test_cross_attention_found_from_layers_not_flag(adapters, checkpoints, backend):
     """Setting `add_cross_attention` on a built decoder's config builds no cross-attention:
     the composite still refuses it."""
