@@ -22,11 +22,12 @@ BATCH_SIZES = (1, 3)
 FAST = {("bert2bert", "greedy"), ("bert2bert", "beam4")}
 
 
-def cases(fast=FAST) -> list:
-    """pytest params (pair, setting name), those outside `fast` marked slow."""
+def cases(fast=FAST, pairs=EXPORT_PAIRS, settings=tuple(SETTINGS)) -> list:
+    """pytest params (pair, setting name) of `pairs` x `settings`, those outside `fast` marked
+    slow."""
     return [pytest.param(n, s, id=f"{n}-{s}",
                          marks=() if (n, s) in fast else pytest.mark.slow)
-            for n in EXPORT_PAIRS for s in SETTINGS]
+            for n in pairs for s in settings]
 
 
 def inputs(name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
