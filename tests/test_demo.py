@@ -81,8 +81,7 @@ def test_cli_fails_when_the_model_does_not_learn(tmp_path):
     framework noise on the way (the progress bar is off: stderr stays empty)."""
     argv = [sys.executable, "-m", "encdec.cli", "demo", "--backend", "pt", "--steps", "2",
             "--eval", "8", "--no-progress", "--out", str(tmp_path / "d")]
-    proc = subprocess.run(argv, cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(argv, cwd=tmp_path, env=ENV, capture_output=True, text=True)
     out = proc.stdout
     assert proc.returncode == 1, out + proc.stderr
     assert "demo FAILED: exact match 0% -> 0%" in out and "< --min-accuracy 80%" in out, out
@@ -172,8 +171,10 @@ def test_cli_succeeds_beside_two_busy_processes(tmp_path):
     stopped after 59 of 150 steps at 2%)."""
     busy = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(BUSY)]
     try:
+        # no timeout: the demo is fixed work and ends; how long it takes is the machine's
+        # business (on a 2-core machine also running a dozen test processes it took over an hour)
         proc = subprocess.run([sys.executable, "-m", "encdec.cli", "demo"], cwd=tmp_path,
-                              env=ENV, capture_output=True, text=True, timeout=3600)
+                              env=ENV, capture_output=True, text=True)
     finally:
         for p in busy:
             p.kill()
