@@ -11,9 +11,7 @@ from flax import nnx
 
 from encdec.core import BertConfig, EncoderDecoderConfig, GPT2Config
 from encdec.flax import BertModel, EncoderDecoderModel, GPT2LMHeadModel
-from tests.conftest import COMPOSITES, make_batch
-
-from .conftest import max_diff
+from tests.conftest import COMPOSITES, make_batch, max_diff
 
 
 # CI: the routed arguments and the output switches in flax, eager, against transformers stay

@@ -8,9 +8,7 @@ import pytest
 from flax import nnx
 
 from encdec.flax import EncoderDecoderModel
-from tests.conftest import make_batch
-
-from .conftest import max_diff, to_torch
+from tests.conftest import make_batch, max_diff, to_torch
 
 TOL = 1e-5
 FIELDS = ("logits", "decoder_hidden_states", "decoder_attentions", "cross_attentions",

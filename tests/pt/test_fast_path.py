@@ -15,9 +15,7 @@ import torch
 
 from encdec.pt import EncoderDecoderModel
 from tests import tolerances as tol
-from tests.conftest import pair_batch
-
-from .conftest import max_diff, to_torch
+from tests.conftest import max_diff, pair_batch, to_torch
 
 SLOW = pytest.mark.slow  # the fast subset: bert2bert and bert2bart (the BERT and BART step code)
 NAMES = ["bert2bert", pytest.param("bert2gpt2", marks=SLOW), "bert2bart"]

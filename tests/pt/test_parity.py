@@ -7,9 +7,7 @@ import pytest
 import torch
 
 from encdec.pt import EncoderDecoderModel
-from tests.conftest import make_batch
-
-from .conftest import max_diff, to_torch
+from tests.conftest import make_batch, max_diff, to_torch
 
 TOL = 1e-5
 

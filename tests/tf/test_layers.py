@@ -19,9 +19,7 @@ from encdec.tf.layers import (
     cross_entropy,
     padding_mask,
 )
-from tests.conftest import make_batch
-
-from .conftest import max_diff
+from tests.conftest import make_batch, max_diff
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
