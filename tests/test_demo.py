@@ -58,8 +58,10 @@ def test_encoding_is_one_token_per_word():
         assert vocab.decode(labels[None])[0] == demo.content_words(s)
 
 
+# pt, the default: test_cli_succeeds_beside_two_busy_processes runs the same recipe (CLI, seed
+# 0) and asserts "demo OK" (>= 80%, every backend's tokens agree); a second pt run cost 6 min
 @pytest.mark.slow
-@pytest.mark.parametrize("framework", demo.FRAMEWORKS)
+@pytest.mark.parametrize("framework", [f for f in demo.FRAMEWORKS if f != "pt"])
 def test_demo_learns_the_task(framework, tmp_path, capsys):
     recipe = demo.Recipe(steps=STEPS)
     result = demo.run(framework, recipe, seed=0, n_eval=N_EVAL, out=tmp_path, progress=False,
