@@ -1,5 +1,5 @@
 """The command lines: `encdec-convert --help`, `encdec parity` in-process, and real subprocess
-runs of `encdec-convert` (offline, quiet); `encdec demo` is tested in tests/demo/test_demo.py."""
+runs of `encdec-convert` (offline, quiet); `encdec demo` is tested in tests/test_demo.py."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # TF and Flax compile every setting: minutes on 2 cores
 
 
