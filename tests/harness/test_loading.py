@@ -4,7 +4,8 @@ read (`from_pretrained`, `from_encoder_decoder_pretrained`, a backbone's `from_p
 config field is applied; and the model `from_pretrained` / `from_encoder_decoder_pretrained`
 return is finished as the reference's: in inference mode (dropout off), every parameter
 assigned (the checkpoint's values, the reference's init for what it lacks) and tied weights
-one storage. Each check reads the model through a small per-backend helper below, so a
+one storage. Each check reads the model through the adapters (`backend.variable`) and a small
+per-backend helper below (`dropout_active`), so a
 backend that skips a step fails here."""
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import pytest
 from safetensors.numpy import load_file
 
 from encdec.core.registry import encoder_decoder_table, initializers
-from encdec.core.weights import Dialect, leaf
 from tests.conftest import make_batch, tiny_kwargs
 
 BAD = ("num_beam", "quantize")
@@ -36,25 +36,7 @@ def dropout_active(name: str, model) -> bool:
     return inspect.signature(model.call).parameters["training"].default is not False
 
 
-def storage(name: str, model, canonical: str):
-    """The object holding canonical parameter `canonical` in backend `name`, or None where the
-    backend holds none (a tied LM-head matrix that reads the word embeddings: TF, Flax)."""
-    if name == "pt":
-        return model.get_parameter(canonical)
-    if name == "tf":
-        from encdec.tf import params
-
-        table = model.table()
-        return params.variables(model).get(leaf(table.by_name[canonical], Dialect.KERAS))
-    node = model
-    for part in leaf(model.table().by_name[canonical], Dialect.NNX).split("."):
-        node = node[int(part)] if part.isdigit() else getattr(node, part, None)
-        if node is None:
-            return None
-    return node
-
-
-def assert_tied(name: str, model) -> None:
+def assert_tied(backend, model) -> None:
     """Every tied parameter of the model's table is its source's storage (or holds none, where
     the backend's head reads the source; never in PyTorch)."""
     table = encoder_decoder_table(model.config)
@@ -64,9 +46,9 @@ def assert_tied(name: str, model) -> None:
         src = p
         while src.tied_to is not None:
             src = table.by_name[src.tied_to]
-        held = storage(name, model, p.name)
+        held, name = backend.variable(model, p.name), backend.name
         assert (held is not None or name != "pt") and (held is None or
-                                                       held is storage(name, model, src.name)), \
+                                                       held is backend.variable(model, src.name)), \
             f"{name}: {p.name} is not tied to {src.name}"
 
 
@@ -78,7 +60,7 @@ def assert_finished(backend, model, tmp_path) -> dict[str, np.ndarray]:
     b = {k: b[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
     first, second = (backend.forward(model, b)["logits"] for _ in range(2))
     np.testing.assert_array_equal(first, second)  # dropout 0.1 in these configs
-    assert_tied(backend.name, model)
+    assert_tied(backend, model)
     backend.save(model, tmp_path)
     return load_file(tmp_path / "model.safetensors")
 
@@ -210,7 +192,7 @@ def test_backbone_from_pretrained_finished(backend, singles, tmp_path):
             check_init(saved[p.name], init, f"{backend.name} {p.name}")
     for p in lm.table().params:
         if p.tied_to is not None:
-            held = storage(backend.name, lm, p.name)
-            assert held is None or held is storage(backend.name, lm, p.tied_to), \
+            held = backend.variable(lm, p.name)
+            assert held is None or held is backend.variable(lm, p.tied_to), \
                 f"{backend.name}: {p.name} is not tied to {p.tied_to}"
 
