@@ -74,9 +74,13 @@ class Adapter:
 
     @contextlib.contextmanager
     def training(self, model):
-        """The model in training mode inside the block, inference mode again after it (Keras
-        has no mode: `training=True` is a call argument, `train_kwargs`)."""
-        yield model
+        """The model in training mode inside the block, inference mode again after it (TF
+        overrides it: Keras has no mode, `training=True` is a call argument, `train_kwargs`)."""
+        model.train()
+        try:
+            yield model
+        finally:
+            model.eval()
 
     train_kwargs: dict = {}
 
@@ -130,17 +134,13 @@ class PT(Adapter):
     def frozen(self, model, p: Param) -> bool:
         return not model.get_parameter(leaf(p, self.dialect)).requires_grad
 
-    @contextlib.contextmanager
-    def training(self, model):
-        model.train()
-        try:
-            yield model
-        finally:
-            model.eval()
-
 
 class TF(Adapter):
     name, dialect = "tf", Dialect.KERAS
+
+    @contextlib.contextmanager
+    def training(self, model):
+        yield model  # Keras has no mode: `train_kwargs` passes training=True to the call
 
     def __init__(self):
         import tensorflow as tf
@@ -215,13 +215,5 @@ class Flax(Adapter):
 
     def n_params(self, model) -> int:
         return len(self.nnx.to_flat_state(self.nnx.state(model, self.nnx.Param)))
-
-    @contextlib.contextmanager
-    def training(self, model):
-        model.train()
-        try:
-            yield model
-        finally:
-            model.eval()
 
 ADAPTERS = {"pt": PT, "tf": TF, "flax": Flax}
