@@ -21,6 +21,7 @@ from .config import (
     BertGenerationConfig,
     CamembertConfig,
     ConfigError,
+    Data2VecTextConfig,
     DistilBertConfig,
     ElectraConfig,
     EncoderDecoderConfig,
@@ -36,7 +37,7 @@ from .config import (
 from .registry import ARCHITECTURES, Architecture, architecture
 
 __all__ = ["ARCHITECTURES", "Architecture", "BartConfig", "BertConfig", "BertGenerationConfig",
-           "CamembertConfig", "CheckpointError", "ConfigError", "DistilBertConfig",
-           "ElectraConfig", "EncoderDecoderConfig", "GenerationConfig", "GPT2Config",
-           "MarianConfig", "MBartConfig", "ModelConfig", "PegasusConfig", "RobertaConfig",
-           "XLMRobertaConfig", "architecture"]
+           "CamembertConfig", "CheckpointError", "ConfigError", "Data2VecTextConfig",
+           "DistilBertConfig", "ElectraConfig", "EncoderDecoderConfig", "GenerationConfig",
+           "GPT2Config", "MarianConfig", "MBartConfig", "ModelConfig", "PegasusConfig",
+           "RobertaConfig", "XLMRobertaConfig", "architecture"]

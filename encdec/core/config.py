@@ -426,6 +426,15 @@ class CamembertConfig(RobertaConfig):
 
 
 @dataclass
+class Data2VecTextConfig(RobertaConfig):
+    """transformers' `Data2VecTextConfig` (RoBERTa's fields and defaults)."""
+
+    model_type: ClassVar[str] = "data2vec-text"
+    vocab_size: int = 30522
+    """Number of tokens in the vocabulary (rows of the token embedding)."""
+
+
+@dataclass
 class ElectraConfig(BertConfig):
     """transformers' `ElectraConfig`: BERT's fields plus `embedding_size` (the embeddings are
     projected to `hidden_size` when the two differ)."""

@@ -37,6 +37,7 @@ from .config import (
     BertGenerationConfig,
     CamembertConfig,
     ConfigError,
+    Data2VecTextConfig,
     DistilBertConfig,
     ElectraConfig,
     EncoderDecoderConfig,
@@ -431,13 +432,13 @@ _ROBERTA_INIT = InitRules(padding_rows=(r"embeddings\.word_embeddings\.weight",
 _WORD_PAD = InitRules(padding_rows=(r"embeddings\.word_embeddings\.weight",))
 
 
-def _roberta_like(name: str, config_class: type[ModelConfig], cls: str, *,
-                  flax: bool) -> Architecture:
+def _roberta_like(name: str, config_class: type[ModelConfig], cls: str, *, flax: bool,
+                  tf: bool = True, prefix: str = "roberta") -> Architecture:
     return Architecture(
         name=name, model_types=(name,), config_class=config_class, family="bert",
-        base_class=f"{cls}Model", lm_class=f"{cls}ForCausalLM", prefix="roberta",
+        base_class=f"{cls}Model", lm_class=f"{cls}ForCausalLM", prefix=prefix,
         base_table=bert_family_model, lm_table=bert_family_lm, heads=_ROBERTA_HEADS,
-        layout=_ROBERTA_LAYOUT, init=_ROBERTA_INIT, tf=RefNaming("roberta"),
+        layout=_ROBERTA_LAYOUT, init=_ROBERTA_INIT, tf=RefNaming(prefix) if tf else None,
         flax=flax, doc=f"transformers' `{cls}Model` / `{cls}ForCausalLM`")
 
 
@@ -471,6 +472,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     _roberta_like("roberta", RobertaConfig, "Roberta", flax=True),
     _roberta_like("xlm-roberta", XLMRobertaConfig, "XLMRoberta", flax=True),
     _roberta_like("camembert", CamembertConfig, "Camembert", flax=False),  # no Flax class
+    _roberta_like("data2vec-text", Data2VecTextConfig, "Data2VecText", flax=False, tf=False,
+                  prefix="data2vec_text"),  # no TF or Flax class
     Architecture(
         name="electra", model_types=("electra",), config_class=ElectraConfig, family="bert",
         base_class="ElectraModel", lm_class="ElectraForCausalLM", prefix="electra",

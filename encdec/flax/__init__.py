@@ -41,6 +41,8 @@ from .classes import (  # noqa: E402
     BertModel,
     CamembertForCausalLM,
     CamembertModel,
+    Data2VecTextForCausalLM,
+    Data2VecTextModel,
     DistilBertModel,
     ElectraForCausalLM,
     ElectraModel,
@@ -62,8 +64,8 @@ from .encoder_decoder import (  # noqa: E402
 __all__ = [
     "EncoderDecoderModel", "FlaxEncoderDecoderModel", "BertModel", "BertLMHeadModel",
     "RobertaModel", "RobertaForCausalLM", "XLMRobertaModel", "XLMRobertaForCausalLM",
-    "CamembertModel", "CamembertForCausalLM", "ElectraModel", "ElectraForCausalLM",
-    "BertGenerationEncoder", "BertGenerationDecoder", "DistilBertModel", "GPT2Model",
-    "GPT2LMHeadModel", "BartForCausalLM", "MBartForCausalLM", "MarianForCausalLM",
-    "PegasusForCausalLM",
+    "CamembertModel", "CamembertForCausalLM", "Data2VecTextModel", "Data2VecTextForCausalLM",
+    "ElectraModel", "ElectraForCausalLM", "BertGenerationEncoder", "BertGenerationDecoder",
+    "DistilBertModel", "GPT2Model", "GPT2LMHeadModel", "BartForCausalLM", "MBartForCausalLM",
+    "MarianForCausalLM", "PegasusForCausalLM",
 ]

@@ -14,6 +14,8 @@ from .classes import (
     BertModel,
     CamembertForCausalLM,
     CamembertModel,
+    Data2VecTextForCausalLM,
+    Data2VecTextModel,
     DistilBertModel,
     ElectraForCausalLM,
     ElectraModel,
@@ -32,7 +34,8 @@ from .encoder_decoder import EncoderDecoderModel
 __all__ = [
     "EncoderDecoderModel", "BertModel", "BertLMHeadModel", "RobertaModel", "RobertaForCausalLM",
     "XLMRobertaModel", "XLMRobertaForCausalLM", "CamembertModel", "CamembertForCausalLM",
-    "ElectraModel", "ElectraForCausalLM", "BertGenerationEncoder", "BertGenerationDecoder",
-    "DistilBertModel", "GPT2Model", "GPT2LMHeadModel", "BartForCausalLM", "MBartForCausalLM",
-    "MarianForCausalLM", "PegasusForCausalLM",
+    "Data2VecTextModel", "Data2VecTextForCausalLM", "ElectraModel", "ElectraForCausalLM",
+    "BertGenerationEncoder", "BertGenerationDecoder", "DistilBertModel", "GPT2Model",
+    "GPT2LMHeadModel", "BartForCausalLM", "MBartForCausalLM", "MarianForCausalLM",
+    "PegasusForCausalLM",
 ]

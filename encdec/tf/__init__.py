@@ -51,6 +51,8 @@ from .classes import (  # noqa: E402
     BertModel,
     CamembertForCausalLM,
     CamembertModel,
+    Data2VecTextForCausalLM,
+    Data2VecTextModel,
     DistilBertModel,
     ElectraForCausalLM,
     ElectraModel,
@@ -72,7 +74,8 @@ from .encoder_decoder import (  # noqa: E402
 __all__ = [
     "EncoderDecoderModel", "TFEncoderDecoderModel", "BertModel", "BertLMHeadModel", "RobertaModel",
     "RobertaForCausalLM", "XLMRobertaModel", "XLMRobertaForCausalLM", "CamembertModel",
-    "CamembertForCausalLM", "ElectraModel", "ElectraForCausalLM", "BertGenerationEncoder",
-    "BertGenerationDecoder", "DistilBertModel", "GPT2Model", "GPT2LMHeadModel", "BartForCausalLM",
-    "MBartForCausalLM", "MarianForCausalLM", "PegasusForCausalLM",
+    "CamembertForCausalLM", "Data2VecTextModel", "Data2VecTextForCausalLM", "ElectraModel",
+    "ElectraForCausalLM", "BertGenerationEncoder", "BertGenerationDecoder", "DistilBertModel",
+    "GPT2Model", "GPT2LMHeadModel", "BartForCausalLM", "MBartForCausalLM", "MarianForCausalLM",
+    "PegasusForCausalLM",
 ]

@@ -10,6 +10,7 @@ Generated from `encdec.core.registry.ARCHITECTURES` by tools/gen_classes.py: do 
 from encdec.core.config import (
     BertGenerationConfig,
     CamembertConfig,
+    Data2VecTextConfig,
     ElectraConfig,
     MarianConfig,
     MBartConfig,
@@ -60,6 +61,19 @@ class CamembertForCausalLM(BertLMHeadModel):
     config_class = CamembertConfig
 
 
+class Data2VecTextModel(BertModel):
+    """transformers' `Data2VecTextModel`: encdec's `BertModel` with `Data2VecTextConfig`."""
+
+    config_class = Data2VecTextConfig
+
+
+class Data2VecTextForCausalLM(BertLMHeadModel):
+    """transformers' `Data2VecTextForCausalLM`: encdec's `BertLMHeadModel` with
+    `Data2VecTextConfig`."""
+
+    config_class = Data2VecTextConfig
+
+
 class ElectraModel(BertModel):
     """transformers' `ElectraModel`: encdec's `BertModel` with `ElectraConfig`."""
 
@@ -105,8 +119,8 @@ class PegasusForCausalLM(BartForCausalLM):
 
 __all__ = [
     "BertModel", "BertLMHeadModel", "RobertaModel", "RobertaForCausalLM", "XLMRobertaModel",
-    "XLMRobertaForCausalLM", "CamembertModel", "CamembertForCausalLM", "ElectraModel",
-    "ElectraForCausalLM", "BertGenerationEncoder", "BertGenerationDecoder", "DistilBertModel",
-    "GPT2Model", "GPT2LMHeadModel", "BartForCausalLM", "MBartForCausalLM", "MarianForCausalLM",
-    "PegasusForCausalLM",
+    "XLMRobertaForCausalLM", "CamembertModel", "CamembertForCausalLM", "Data2VecTextModel",
+    "Data2VecTextForCausalLM", "ElectraModel", "ElectraForCausalLM", "BertGenerationEncoder",
+    "BertGenerationDecoder", "DistilBertModel", "GPT2Model", "GPT2LMHeadModel", "BartForCausalLM",
+    "MBartForCausalLM", "MarianForCausalLM", "PegasusForCausalLM",
 ]
