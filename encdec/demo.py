@@ -6,7 +6,8 @@ the one checkpoint in the other two backends and check that all three generate t
 The task: "the red fox sees a dog near the river" -> "red fox sees dog river" (articles and
 prepositions dropped). The pretrained encoder already knows which words are function words; the
 new cross-attention learns to copy the others in order. The recipe (AdamW, constant learning
-rate, dropout off, the same batches) is the same in the three backends:
+rate, dropout off, the word embeddings frozen, the same batches) is the same in the three
+backends:
 PyTorch runs a plain loop, TensorFlow `model.compile` + `fit` on a `tf.data` dataset of dicts
 with labels (the model computes its own loss), Flax `nnx.Optimizer` with optax under `nnx.jit`.
 """
@@ -148,6 +149,11 @@ class Recipe:
     learning_rate: float = 3e-4  # AdamW, constant
     weight_decay: float = 0.01
     eps: float = 1e-8
+    # The encoder's and the decoder's word embeddings (the decoder's is also its output layer)
+    # are not trained: pretrained, they already place every word; training them was a third
+    # of a step's cost (the AdamW update and the dense gradient of two 30522 x 384 tables)
+    # and did not learn the task in fewer steps (docs/demo.md).
+    freeze_word_embeddings: bool = True
 
 
 def _clock(seconds: float) -> str:
@@ -246,11 +252,21 @@ def _batches(data: dict[str, np.ndarray], recipe: Recipe) -> Iterator[dict[str, 
         yield {k: v[sl] for k, v in data.items()}
 
 
+def _frozen(model, recipe: Recipe) -> list:
+    """The embedding layers the recipe does not train (the same two in every backend)."""
+    if not recipe.freeze_word_embeddings:
+        return []
+    return [model.encoder.get_input_embeddings(), model.decoder.get_input_embeddings()]
+
+
 def train_pt(model, data: dict[str, np.ndarray], recipe: Recipe, progress: Progress) -> None:
     """A plain PyTorch loop with AdamW."""
     import torch
 
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, eps=recipe.eps,
+    for side in _frozen(model, recipe):
+        side.weight.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                            lr=recipe.learning_rate, eps=recipe.eps,
                             weight_decay=recipe.weight_decay)
     model.train()
     for batch in _batches(data, recipe):
@@ -279,6 +295,8 @@ def train_tf(model, data: dict[str, np.ndarray], recipe: Recipe, progress: Progr
             self.last = mean
             progress.update(loss)
 
+    for side in _frozen(model, recipe):
+        side.trainable = False
     n = recipe.steps * recipe.batch_size
     ds = tf.data.Dataset.from_tensor_slices({k: v[:n].astype(np.int32) for k, v in data.items()})
     model.compile(optimizer=keras.optimizers.AdamW(
@@ -293,16 +311,20 @@ def train_flax(model, data: dict[str, np.ndarray], recipe: Recipe, progress: Pro
     import optax
     from flax import nnx
 
+    frozen_ids = {id(side.embedding) for side in _frozen(model, recipe)}
+    frozen = {tuple(path) for path, node in nnx.iter_graph(model) if id(node) in frozen_ids}
+    trained = nnx.All(nnx.Param, lambda path, _: tuple(path) not in frozen)  # paths: jit-safe
     optimizer = nnx.Optimizer(model, optax.adamw(recipe.learning_rate, eps=recipe.eps,
                                                  weight_decay=recipe.weight_decay),
-                              wrt=nnx.Param)
+                              wrt=trained)
 
     def loss_fn(model, batch):
         return model(**batch).loss
 
     @nnx.jit
     def step(model, optimizer, batch):
-        loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
+        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trained))(model,
+                                                                                    batch)
         optimizer.update(model, grads)
         return loss
 
@@ -430,7 +452,8 @@ def run(framework: str, recipe: Recipe, *, seed: int = 0, n_eval: int = 64, out:
     _show(held_out, before_texts, show)
 
     log(f"3. fine-tuning in {LABELS[framework]} ({HOW[framework]}): {recipe.steps} steps of "
-        f"{recipe.batch_size} sentences, AdamW lr {recipe.learning_rate:g}")
+        f"{recipe.batch_size} sentences, AdamW lr {recipe.learning_rate:g}"
+        + (", word embeddings frozen" if recipe.freeze_word_embeddings else ""))
     bar = Progress(recipe.steps, progress)
     try:
         TRAINERS[framework](model, train_data, recipe, bar)

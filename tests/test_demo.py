@@ -78,21 +78,50 @@ def test_demo_learns_the_task(framework, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_fails_when_the_model_does_not_learn(tmp_path):
-    """Two steps cannot learn the task: `encdec demo` must say so and exit 1, and print no
-    framework noise on the way (the progress bar is off: stderr stays empty)."""
-    argv = [sys.executable, "-m", "encdec.cli", "demo", "--backend", "pt", "--steps", "2",
-            "--eval", "8", "--no-progress", "--out", str(tmp_path / "d")]
-    proc = subprocess.run(argv, cwd=tmp_path, env=ENV, capture_output=True, text=True)
-    out = proc.stdout
-    assert proc.returncode == 1, out + proc.stderr
+def test_cli_fails_when_the_model_does_not_learn(tmp_path, capsys):
+    """Two steps cannot learn the task: `encdec demo` must say so and exit 1 (in-process: the
+    busy-machine test runs the command in a fresh process and checks it prints no framework
+    noise)."""
+    from encdec.cli import main
+
+    out_dir = tmp_path / "d"
+    code = main(["demo", "--backend", "pt", "--steps", "2", "--eval", "8", "--no-progress",
+                 "--out", str(out_dir)])
+    out = capsys.readouterr().out
+    assert code == 1, out
     assert "demo FAILED: exact match 0% -> 0%" in out and "< --min-accuracy 80%" in out, out
     for label in ("encdec.tf", "encdec.flax"):
         assert any(line.strip().startswith(label) and "same tokens as encdec.pt" in line
                    for line in out.splitlines()), out
-    assert not any(n in out + proc.stderr for n in NOISE), out + proc.stderr
-    assert proc.stderr.strip() == "", proc.stderr
-    assert (tmp_path / "d" / "model.safetensors").is_file()
+    assert (out_dir / "model.safetensors").is_file()
+
+
+# tf and flax compile a train step (~10 s each): slow; pt's loop stays in the fast subset
+@pytest.mark.parametrize("framework", [pytest.param(f, marks=pytest.mark.slow) if f != "pt" else f
+                                       for f in demo.FRAMEWORKS])
+def test_training_leaves_the_word_embeddings_alone(framework):
+    """Each backend's trainer (a tiny bert2bert, two steps) changes the model's weights but
+    not the two word-embedding tables the recipe freezes (the decoder's is its output layer
+    too)."""
+    from encdec.convert import backends
+    from tests.generation.oracle import checkpoint
+    from tests.harness.backends import ADAPTERS
+
+    adapter = ADAPTERS[framework]()
+    model = backends.load(framework, checkpoint("bert2bert"))
+    rng = np.random.default_rng(0)
+    data = {"input_ids": rng.integers(5, 99, (4, 7)), "attention_mask": np.ones((4, 7), np.int64),
+            "labels": rng.integers(5, 99, (4, 5))}
+    before = {n: np.array(v, copy=True) for n, v in adapter.state(model).items()}
+    demo.TRAINERS[framework](model, data, demo.Recipe(steps=2, batch_size=2),
+                             demo.Progress(2, False))
+    after = adapter.state(model)
+    frozen = {n for n in before if n.endswith("word_embeddings.weight")}
+    assert len(frozen) == 2, sorted(before)
+    changed = {n for n in before if not np.array_equal(before[n], after[n])}
+    assert not changed & frozen, changed & frozen
+    assert any(".crossattention." in n for n in changed) and any(n.startswith("encoder.")
+                                                                 for n in changed), changed
 
 
 @pytest.mark.parametrize("argv, message", [
