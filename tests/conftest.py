@@ -15,6 +15,25 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def cpu_settings() -> dict[str, str]:
+    """Thread counts for this process and the processes it starts: its share of the cores, so
+    that the xdist workers (and their subprocesses) do not oversubscribe them. With 2 threads
+    per process under 2 workers on 2 cores, torch's OpenMP threads spin-wait for each other: a
+    MiniLM generate took 6 CPU seconds instead of 0.5. Set before any framework is imported;
+    variables already set win."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = max(1, (cores or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    settings = {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n),  # torch, numpy
+                "TF_NUM_INTRAOP_THREADS": str(n), "TF_NUM_INTEROP_THREADS": str(n)}
+    if n == 1:  # XLA (TF's jit_compile, JAX): no Eigen thread pool of its own
+        settings["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"
+    return settings
+
+
+for _key, _value in cpu_settings().items():
+    os.environ.setdefault(_key, _value)
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 from encdec.core.registry import architecture  # noqa: E402
@@ -118,6 +137,18 @@ def reference_dir(tmp_path_factory):
         return cache[name, seed]
 
     return make
+
+
+def session_dir(tmp_path_factory, name: str) -> Path:
+    """A directory `name` shared by every xdist worker of this session (a worker's basetemp is
+    <the session's>/popen-gwN): build something once there under a `filelock.FileLock`, and
+    the other worker waits for it and reuses it."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    directory = base / name
+    directory.mkdir(exist_ok=True)
+    return directory
 
 
 def to_torch(batch: dict[str, np.ndarray]) -> dict:

@@ -13,8 +13,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 import encdec
+from tests.conftest import session_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # builds the sdist and the wheel (a subprocess)
@@ -22,11 +24,18 @@ pytestmark = pytest.mark.slow  # builds the sdist and the wheel (a subprocess)
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    # --no-isolation: the test extra's setuptools builds, offline.
-    run = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out),
-                          str(ROOT)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    """The sdist and the wheel, built once per session: two xdist workers building the same
+    tree at once race on its build directories."""
+    root = session_dir(tmp_path_factory, "dist")
+    out = root / "out"
+    with FileLock(str(root / "build.lock")):
+        if not out.is_dir():
+            tmp = root / "out.tmp"
+            # --no-isolation: the test extra's setuptools builds, offline.
+            run = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir",
+                                  str(tmp), str(ROOT)], capture_output=True, text=True)
+            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+            tmp.rename(out)
     return out
 
 

@@ -17,7 +17,7 @@ from encdec.core.registry import ARCHITECTURES
 
 from .conftest import fixture_dir, reference_pair
 
-pytestmark = pytest.mark.slow  # encdec-convert runs in subprocesses
+pytestmark = pytest.mark.slow  # parity runs every backend; one encdec-convert subprocess
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
@@ -37,16 +37,37 @@ def test_help_documents_every_option_and_exit_code(convert):
         assert code_line in out
 
 
-@pytest.mark.parametrize("name, fmt", [*(("bert2gpt2", f) for f in ("pt", "tf", "flax")),
-                                       ("bert2bart", "pt"), ("bert2bart", "flax")])
-def test_parity_every_backend(capsys, name, fmt):
-    code = encdec_main(["parity", str(fixture_dir(name, fmt))])
+LABELS = {"transformers": "transformers (reference) *", "pt": "encdec.pt", "tf": "encdec.tf",
+          "flax": "encdec.flax"}
+EVERY = ("transformers", "pt", "tf", "flax")
+
+
+def parity(capsys, ckpt, backends=EVERY, *options: str) -> tuple[int, dict[str, str]]:
+    """`encdec parity CKPT --backends ...` in-process -> (exit code, {backend: its table row});
+    every requested backend has exactly one row, no other backend has one."""
+    code = encdec_main(["parity", str(ckpt), "--backends", ",".join(backends), *options])
     out = capsys.readouterr().out
-    assert code == 0, out
-    for label in ("transformers (reference) *", "encdec.pt", "encdec.tf", "encdec.flax"):
-        line = next(line for line in out.splitlines() if line.startswith(label))
-        assert line.endswith("OK") and "agree" in line
-        d_logits, d_loss = (float(x) for x in line[len(label):].split()[:2])
+    rows = {b: [line for line in out.splitlines() if line.startswith(LABELS[b])]
+            for b in EVERY}
+    assert all(len(rows[b]) == (b in backends) for b in EVERY), out
+    return code, {b: rows[b][0] for b in backends}
+
+
+# The reference's own files of each format go through the converter (canonical_checkpoint)
+# into one float32 checkpoint that every backend then loads the same way; so each input format
+# runs against transformers and encdec.pt, and two runs take every backend through the command:
+# bert2gpt2 from pt files, and the BART family's decoder from the reference's flax files.
+@pytest.mark.parametrize("name, fmt, backends", [
+    pytest.param(n, f, b, id=f"{n}-{f}-{'+'.join(b)}") for n, f, b in (
+        ("bert2gpt2", "pt", EVERY), ("bert2gpt2", "tf", EVERY[:2]),
+        ("bert2gpt2", "flax", EVERY[:2]), ("bert2bart", "pt", EVERY[:2]),
+        ("bert2bart", "flax", EVERY))])
+def test_parity_every_backend(capsys, name, fmt, backends):
+    code, rows = parity(capsys, fixture_dir(name, fmt), backends)
+    assert code == 0, rows
+    for b, line in rows.items():
+        assert line.endswith("OK") and "agree" in line, line
+        d_logits, d_loss = (float(x) for x in line[len(LABELS[b]):].split()[:2])
         assert d_logits <= 1e-5 and d_loss <= 1e-5
 
 
@@ -62,31 +83,34 @@ def _covering_pairs() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("encoder, decoder", _covering_pairs())
 def test_parity_every_architecture(capsys, tmp_path, encoder, decoder):
-    """`encdec parity` on a checkpoint of each registered architecture, on both sides."""
+    """`encdec parity` on a checkpoint of each registered architecture, on both sides: what the
+    command does per architecture (the config read, the random batch within each side's
+    vocabulary and positions, the start and pad ids, loading) is the same for every backend, so
+    it runs against encdec.pt; every pair's forward and greedy and beam tokens in pt, tf and
+    flax against transformers: tests/harness/test_architectures.py."""
     ckpt = reference_pair(encoder, decoder, tmp_path / f"{encoder}2{decoder}")
-    code = encdec_main(["parity", str(ckpt), "--max-new-tokens", "4"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    for label in ("transformers (reference) *", "encdec.pt", "encdec.tf", "encdec.flax"):
-        line = next(line for line in out.splitlines() if line.startswith(label))
-        assert line.endswith("OK") and "agree" in line, line
+    code, rows = parity(capsys, ckpt, EVERY[:2], "--max-new-tokens", "4")
+    assert code == 0, rows
+    assert rows["pt"].endswith("OK") and "agree" in rows["pt"], rows["pt"]
 
 
 def test_parity_fails_above_the_bound(capsys, monkeypatch):
+    """A backend 2e-5 off the baseline's logits fails the command (the bound is 1e-5)."""
     real = backends.forward
 
     def drifting(framework, model, batch):
         out = real(framework, model, batch)
-        if framework == "flax":
+        if framework == "pt":
             out["logits"] = out["logits"] + np.float32(2e-5)
         return out
 
     monkeypatch.setattr(backends, "forward", drifting)
-    code = encdec_main(["parity", str(fixture_dir("bert2bert", "pt")), "--max-new-tokens", "2"])
-    out = capsys.readouterr().out
+    code, rows = parity(capsys, fixture_dir("bert2bert", "pt"), EVERY[:2],
+                        "--max-new-tokens", "2")
     assert code == 1
-    flax_line = next(line for line in out.splitlines() if line.startswith("encdec.flax"))
-    assert flax_line.endswith("FAIL")
+    assert rows["transformers"].endswith("OK")
+    assert rows["pt"].endswith("FAIL") and "agree" in rows["pt"], rows["pt"]
+    assert 1e-5 < float(rows["pt"][len(LABELS["pt"]):].split()[0]) < 1e-4
 
 
 def test_parity_bad_checkpoint(capsys, tmp_path):

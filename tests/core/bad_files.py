@@ -62,12 +62,11 @@ class BadFile:
 
 
 def _config(directory: Path) -> None:
-    config = EncoderDecoderConfig.from_encoder_decoder_configs(
-        BertConfig(vocab_size=10, hidden_size=4, num_hidden_layers=1, num_attention_heads=1,
-                   intermediate_size=4), BertConfig(vocab_size=10, hidden_size=4,
-                                                    num_hidden_layers=1, num_attention_heads=1,
-                                                    intermediate_size=4))
-    config.save_pretrained(directory)
+    def side() -> BertConfig:
+        return BertConfig(vocab_size=10, hidden_size=4, num_hidden_layers=1,
+                          num_attention_heads=1, intermediate_size=4)
+
+    EncoderDecoderConfig.from_encoder_decoder_configs(side(), side()).save_pretrained(directory)
 
 
 def _safetensors(header: dict, data: bytes = b"", *, length: int | None = None,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from encdec.core import BertConfig, CheckpointError, EncoderDecoderConfig, GPT2Config
+from encdec.core import BertConfig, EncoderDecoderConfig, GPT2Config
 from encdec.core.registry import decoder_table, encoder_decoder_table, encoder_table
 from encdec.core.weights import (
     Dialect,
@@ -109,7 +109,8 @@ def test_dialect_leaves_and_layouts():
     assert t.by_name["enc_to_dec_proj.weight"].shape == (8, 16)
 
 
-def test_load_and_export_round_trip_and_errors(reference_dir):
+def test_load_and_export_round_trip(reference_dir):
+    """Keras dialect in and out: the same keys and bits (errors: tests/harness/test_errors.py)."""
     config = EncoderDecoderConfig.from_pretrained(reference_dir("bert2gpt2"))
     table = encoder_decoder_table(config)
     state = load_file(reference_dir("bert2gpt2") / "model.safetensors")
@@ -118,16 +119,6 @@ def test_load_and_export_round_trip_and_errors(reference_dir):
     out = dict(export_state(table, store.__getitem__, Dialect.KERAS))
     assert out.keys() == state.keys()
     assert all(np.array_equal(out[k], state[k]) for k in state)
-    bad = dict(state)
-    bad["decoder.transformer.wte.weight"] = np.zeros((3, 3), np.float32)
-    with pytest.raises(CheckpointError, match=r"decoder\.transformer\.wte\.weight.*\(3, 3\)"):
-        load_state(table, bad, Dialect.PT, store.__setitem__, source="x.safetensors")
-    missing = {k: v for k, v in state.items() if k != "encoder.pooler.dense.bias"}
-    with pytest.raises(CheckpointError, match="missing.*encoder.pooler.dense.bias"):
-        load_state(table, missing, Dialect.PT, store.__setitem__)
-    with pytest.raises(CheckpointError, match="unexpected.*decoder.extra.weight"):
-        load_state(table, {**state, "decoder.extra.weight": state["encoder.pooler.dense.bias"]},
-                   Dialect.PT, store.__setitem__)
 
 
 def test_tie_encoder_decoder_shares_decoder_base():

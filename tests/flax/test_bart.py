@@ -1,7 +1,9 @@
-"""What only Flax has of the BART-family causal LM (issue 9): legacy `past_key_values` and the
-training mode under `nnx.jit` (fresh dropout masks per call of the compiled step). The causal LM
-against transformers in every backend, eagerly: tests/harness/test_causal_lm.py; a BART decoder
-in the jitted static-cache loop: tests/flax/test_decoding.py."""
+"""What only Flax has of the BART-family causal LM (issue 9): legacy `past_key_values` under
+`nnx.jit`. The causal LM against transformers in every backend, eagerly (dropout and LayerDrop
+included): tests/harness/test_causal_lm.py; a BART decoder in the compiled static-cache loop:
+`generate` in tests/harness/test_architectures.py; its training mode under `nnx.jit` (fresh
+dropout and LayerDrop masks per call of the compiled step, bert2bart):
+tests/generation/test_updated_weights.py."""
 
 from __future__ import annotations
 
@@ -60,20 +62,3 @@ def test_incremental_decoding_under_nnx_jit(saved, arch):
         past = out.past_key_values
     tol.assert_close(np.concatenate(steps, axis=1), np.asarray(full), tol.CACHE, f"{arch} jit")
 
-
-def test_training_mode_under_nnx_jit(saved):
-    """Dropout (hidden, attention, activation) and LayerDrop in train mode under `nnx.jit`:
-    a finite loss and gradient, fresh dropout masks per call; eval mode deterministic again."""
-    model = encdec.flax.BartForCausalLM.from_pretrained(
-        saved("bart"), rngs=nnx.Rngs(0, dropout=1), dropout=0.2, attention_dropout=0.2,
-        activation_dropout=0.2, decoder_layerdrop=0.5)
-    b = jnp_batch(inputs(5))
-    before = model(**b).logits
-    model.train()
-    step = nnx.jit(nnx.value_and_grad(lambda m, x: m(**x).loss))
-    (l1, g1), (l2, _) = step(model, b), step(model, b)
-    assert np.isfinite(float(l1)) and float(l1) != float(l2)  # fresh dropout masks per call
-    leaves = [np.asarray(v[...]) for _, v in nnx.to_flat_state(g1)]
-    assert all(np.isfinite(x).all() for x in leaves) and any(np.abs(x).max() > 0 for x in leaves)
-    model.eval()
-    np.testing.assert_array_equal(model(**b).logits, before)

@@ -1,10 +1,11 @@
 """What only NNX has, around the reference's API (checked in every backend against transformers
 in tests/harness/test_migration.py): forward's routed keyword arguments and the configs' output
-switches under `nnx.jit`, and tied Variables (`tie_encoder_decoder`) that stay one Variable in
-the state and through `nnx.split` / `nnx.merge`."""
+switches under `nnx.jit`, and the state through `nnx.split` / `nnx.merge` (a pytree; tied
+Variables, `tie_encoder_decoder`, stay one Variable)."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -46,15 +47,25 @@ def test_routed_kwargs_and_config_switches_under_jit():
         model(**kw, decoder_token_types=extra["token_type_ids"])
 
 
-def test_tied_variables_stay_one_variable_through_split_merge(tmp_path):
+def test_split_merge_round_trip_keeps_tied_variables(tmp_path):
+    """The state splits and merges as a pytree: one leaf per owned parameter (shared Variables
+    are one leaf), the merged model is the same class with the same config and logits, and tied
+    Variables (`tie_encoder_decoder`) stay one Variable. (The model rebuilt inside `jax.jit` from
+    its flattened arrays: every `generate` call, tests/harness/test_architectures.py.)"""
     enc_kw, dec_kw, _ = COMPOSITES["bert2bert"]
     config = EncoderDecoderConfig.from_encoder_decoder_configs(
         BertConfig(**enc_kw), BertConfig(**dec_kw, is_decoder=True, add_cross_attention=True),
         tie_encoder_decoder=True)
     EncoderDecoderModel(config=config).save_pretrained(tmp_path)
     model = EncoderDecoderModel.from_pretrained(tmp_path)
-    # shared Variables are one leaf in the state: as many leaves as the table's owned params
     assert len(nnx.to_flat_state(nnx.state(model, nnx.Param))) == len(model.table().owned)
-    merged = nnx.merge(*nnx.split(model))
+    graphdef, state = nnx.split(model)
+    merged = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))
+    assert type(merged) is EncoderDecoderModel and merged.config is model.config
+    assert len(jax.tree.leaves(state)) == len(jax.tree.leaves(nnx.split(merged)[1]))
+    b = make_batch()
+    kw = dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+              decoder_input_ids=b["decoder_input_ids"])
+    assert max_diff(model(**kw).logits, merged(**kw).logits) == 0.0
     assert merged.decoder.bert.encoder.layer[0].attention.self.query.kernel is \
         merged.encoder.encoder.layer[0].attention.self.query.kernel

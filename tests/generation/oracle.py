@@ -13,7 +13,6 @@ import numpy as np
 from encdec.core import EncoderDecoderConfig
 from tests.conftest import PAIRS, build_reference, make_batch, tie_encoder_decoder
 
-NAMES = ("bert2bert", "bert2gpt2")  # the pairs the detailed generation tests run on
 STD = 0.15  # see `reference`
 
 

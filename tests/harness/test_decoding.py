@@ -5,8 +5,9 @@ un-repeated cross K/V, with a decoder padding mask over the cache positions, and
 mode (decoding runs without dropout).
 
 One pair per decoder family's `step` (BERT; GPT-2 with `enc_to_dec_proj`; BART). The public
-forward's legacy `past_key_values`: test_architectures.py; the compiled forms (tf.function
-with one trace, XLA / `jax.jit` loops): tests/tf|flax/test_decoding.py."""
+forward's legacy `past_key_values`: test_architectures.py; the compiled forms: the whole loop
+in one XLA / `jax.jit` program is `generate`'s (test_architectures.py, tokens against
+transformers), a step under tf.function with one trace: tests/tf/test_decoding.py."""
 
 from __future__ import annotations
 

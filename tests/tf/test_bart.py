@@ -1,7 +1,8 @@
 """What only Keras has of the BART-family causal LM (issue 9): its forward and training step
 under `tf.function(jit_compile=True)` (dropout and LayerDrop draw afresh inside the compiled
-program), and `compile` + `fit` with LayerDrop on, the sinusoidal table left as it was. The
-causal LM against transformers in every backend: tests/harness/test_causal_lm.py."""
+program). The causal LM against transformers in every backend: tests/harness/test_causal_lm.py;
+`compile` + `fit` with LayerDrop on, the sinusoidal table left as it was (bert2pegasus):
+tests/generation/test_updated_weights.py."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ import tensorflow as tf
 
 import encdec.tf
 from encdec.core.registry import architecture
-from encdec.tf import EncoderDecoderModel, params
 from tests import tolerances as tol
-from tests.conftest import make_batch, tiny_kwargs
+from tests.conftest import tiny_kwargs
 from tests.harness.test_causal_lm import inputs
 
 pytestmark = pytest.mark.slow  # the same code eagerly, in the fast subset: test_causal_lm.py
@@ -60,23 +60,3 @@ def test_forward_and_dropout_under_xla():
         losses.add(float(loss))
     assert len(losses) == 3
 
-
-@pytest.mark.filterwarnings("ignore:Gradients do not exist:UserWarning")  # the BERT pooler
-@pytest.mark.parametrize("name", ["bert2bart", "bert2pegasus"])
-def test_fit_lowers_the_loss(reference_dir, name):
-    """compile(optimizer=Adam) with no loss + fit on dicts with labels, LayerDrop on; the
-    sinusoidal table (Pegasus) stays as it was."""
-    model = EncoderDecoderModel.from_pretrained(reference_dir(name))
-    model.config.decoder.decoder_layerdrop = 0.3
-    b = make_batch()
-    data = {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
-    before = float(model(**data).loss)
-    positions = params.variables(model)["decoder.model.decoder.embed_positions.embeddings"]
-    table = positions.numpy()
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3))
-    ds = tf.data.Dataset.from_tensor_slices(data).batch(3).repeat(8)
-    history = model.fit(ds, epochs=1, verbose=0, shuffle=False)
-    after = float(model(**data).loss)
-    assert np.isfinite(history.history["loss"]).all()
-    assert after < before - 0.1, (before, after)
-    assert np.array_equal(positions.numpy(), table) == (name == "bert2pegasus")
