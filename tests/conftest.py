@@ -18,7 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def cpu_settings() -> dict[str, str]:
-    """Thread counts for this process and the processes it starts: its share of the cores, so
+    """XLA's optimisation level, and thread counts for this process and the processes it
+    starts: its share of the cores, so
     that the xdist workers (and their subprocesses) do not oversubscribe them. With 2 threads
     per process under 2 workers on 2 cores, torch's OpenMP threads spin-wait for each other: a
     MiniLM generate took 6 CPU seconds instead of 0.5. Set before any framework is imported;
@@ -27,8 +28,13 @@ def cpu_settings() -> dict[str, str]:
     n = max(1, (cores or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     settings = {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n),  # torch, numpy
                 "TF_NUM_INTRAOP_THREADS": str(n), "TF_NUM_INTEROP_THREADS": str(n)}
-    if n == 1:  # XLA (TF's jit_compile, JAX): no Eigen thread pool of its own
-        settings["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"
+    # XLA (TF's jit_compile, JAX): the tests run each compiled program of a tiny model a few
+    # times, so LLVM's optimisation of the generated code costs more than it saves (tf and flax
+    # generate on three pairs: 73 -> 46 CPU s); and with one core, no Eigen pool of its own
+    flags = ["--xla_backend_optimization_level=0"]
+    if n == 1:
+        flags.append("--xla_cpu_multi_thread_eigen=false")
+    settings["XLA_FLAGS"] = " ".join(flags)
     return settings
 
 

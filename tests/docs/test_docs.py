@@ -19,20 +19,14 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGES = sorted(p for p in DOCS.glob("*.md") if "```python" in p.read_text())
 
 
-def _xla_flags() -> str:
-    """The examples run each compiled program a few times, so LLVM's optimisation of the
-    generated code costs more than it saves (thread counts: tests/conftest.py's
-    `cpu_settings`, inherited through the environment)."""
-    return (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-
-
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_docs_examples_run(page, tmp_path):
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
     assert blocks
     script = tmp_path / f"{page.stem}.py"
     script.write_text("\n\n".join(blocks))
-    env = {**os.environ, "XLA_FLAGS": _xla_flags(), "TF_CPP_MIN_LOG_LEVEL": "2",
+    # XLA's optimisation level and thread counts: tests/conftest.py's `cpu_settings`, inherited
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            "KERAS_BACKEND": "tensorflow", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(DOCS.parent)}
     run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=1800)  # loaded CI machines

@@ -50,8 +50,9 @@ print("OK", loss1, loss8)
 
 def test_data_parallel_mesh_of_8_cpu_devices(reference_dir):
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(root)}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(root)}
     run = subprocess.run([sys.executable, "-c", SCRIPT, str(reference_dir("bert2gpt2"))],
                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and "OK" in run.stdout, run.stdout[-2000:] + run.stderr[-4000:]
