@@ -1,16 +1,18 @@
-"""`encdec demo` in each backend: the warm-started bert2bert learns the task (exact match on
-held-out sentences rises from ~0 to at least 80%) in a fixed number of steps, the saved
-checkpoint generates the same tokens in the other two backends, the command succeeds with two
-CPU-bound processes beside it (fixed work, no time limit: a busy machine only makes it slower),
-a model that learns nothing makes the command fail, the data is a function of the seed and the
-progress bar reports steps, loss, rate and time left. Nothing here depends on the machine's
-speed."""
+"""`encdec demo`: the README's command learns the task (held-out exact match from ~0 to at least
+80%) in a fixed number of steps and the saved checkpoint generates the same tokens in the other
+two backends, also with two other CPU-bound processes on the 2-core machine; the three
+backends' trainers take the same steps; the run has no time limit (a clock that jumps an hour
+per reading changes nothing); a model that learns nothing makes the
+command fail; the data is a function of the seed; the progress bar reports steps, loss, rate and
+time left. Nothing here depends on the machine's speed."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,8 @@ import numpy as np
 import pytest
 
 from encdec import demo
+from encdec.convert import backends
+from tests.tolerances import FORWARD, TRAIN_STEPS, assert_close
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
@@ -32,8 +36,6 @@ NOISE = ("oneDNN", "absl::InitializeLog", "cuda", "TensorFlow binary is optimize
 STEPS = demo.Recipe().steps
 BEFORE_AT_MOST = 0.05  # the untrained cross-attention: arbitrary words
 AFTER_AT_LEAST = demo.MIN_ACCURACY  # 0.8: the acceptance bound of the demo (issues 13, 21)
-N_EVAL = 64  # the demo's default: the same data as the runs measured in docs/demo.md
-BUSY = 2  # CPU-bound processes beside the demo under load (the machine has 2 cores)
 
 def test_data_is_deterministic_and_held_out_is_unseen():
     train, held_out = demo.make_data(3, 200, 20)
@@ -58,70 +60,74 @@ def test_encoding_is_one_token_per_word():
         assert vocab.decode(labels[None])[0] == demo.content_words(s)
 
 
-# pt, the default: test_cli_succeeds_beside_two_busy_processes runs the same recipe (CLI, seed
-# 0) and asserts "demo OK" (>= 80%, every backend's tokens agree); a second pt run cost 6 min
 @pytest.mark.slow
-@pytest.mark.parametrize("framework", [f for f in demo.FRAMEWORKS if f != "pt"])
-def test_demo_learns_the_task(framework, tmp_path, capsys):
-    recipe = demo.Recipe(steps=STEPS)
-    result = demo.run(framework, recipe, seed=0, n_eval=N_EVAL, out=tmp_path, progress=False,
-                      min_accuracy=AFTER_AT_LEAST)
-    out = capsys.readouterr().out
-    assert result.steps == STEPS
-    assert np.isfinite(result.losses).all()
-    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) / 4, result.losses
-    assert result.before <= BEFORE_AT_MOST, out
-    assert result.after >= AFTER_AT_LEAST, out
-    assert result.agree == {f: True for f in demo.FRAMEWORKS}, out
-    assert result.ok
-    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
-
-
-@pytest.mark.slow
-def test_cli_fails_when_the_model_does_not_learn(tmp_path, capsys):
-    """Two steps cannot learn the task: `encdec demo` must say so and exit 1 (in-process: the
-    busy-machine test runs the command in a fresh process and checks it prints no framework
-    noise)."""
+def test_cli_fails_when_the_model_does_not_learn(tmp_path, capsys, monkeypatch):
+    """Two steps cannot learn the task: `encdec demo` must say so and exit 1. The clock runs an
+    hour per reading and nothing changes: every step is still taken (fixed work, no time
+    limit; issue 21: with a time budget a busy machine stopped it after 59 of 150 steps)."""
     from encdec.cli import main
 
+    hours = iter(range(0, 10**9, 3600))
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: float(next(hours)))
     out_dir = tmp_path / "d"
-    code = main(["demo", "--backend", "pt", "--steps", "2", "--eval", "8", "--no-progress",
-                 "--out", str(out_dir)])
-    out = capsys.readouterr().out
+    code = main(["demo", "--backend", "pt", "--steps", "2", "--eval", "8", "--out", str(out_dir)])
+    out, err = capsys.readouterr()
     assert code == 1, out
-    assert "demo FAILED: exact match 0% -> 0%" in out and "< --min-accuracy 80%" in out, out
+    assert "demo FAILED: exact match 0% -> 0% after 2 steps" in out, out
+    assert "< --min-accuracy 80%" in out, out
+    assert "2/2 steps" in err and "done in" in err, err
     for label in ("encdec.tf", "encdec.flax"):
         assert any(line.strip().startswith(label) and "same tokens as encdec.pt" in line
                    for line in out.splitlines()), out
-    assert (out_dir / "model.safetensors").is_file()
+    assert (out_dir / "model.safetensors").is_file() and (out_dir / "tokenizer.json").is_file()
 
 
-# tf and flax compile a train step (~10 s each): slow; pt's loop stays in the fast subset
-@pytest.mark.parametrize("framework", [pytest.param(f, marks=pytest.mark.slow) if f != "pt" else f
-                                       for f in demo.FRAMEWORKS])
-def test_training_leaves_the_word_embeddings_alone(framework):
-    """Each backend's trainer (a tiny bert2bert, two steps) changes the model's weights but
-    not the two word-embedding tables the recipe freezes (the decoder's is its output layer
-    too)."""
-    from encdec.convert import backends
+def _without_dropout(directory: str, out: Path) -> Path:
+    config = json.loads((Path(directory) / "config.json").read_text())
+    for side in ("encoder", "decoder"):
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            config[side][key] = 0.0
+    shutil.copytree(directory, out)
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.mark.slow  # a Keras fit and an nnx.jit step compile (~10 s each)
+def test_the_three_trainers_take_the_same_steps(tmp_path):
+    """The demo's trainers (torch AdamW, Keras `fit`, optax under `nnx.jit`) on one tiny
+    bert2bert without dropout and the same batches: the same loss at every step and the same
+    weights after, the two word-embedding tables the recipe freezes unchanged (the decoder's is
+    its output layer too). With the README's pt run learning the task
+    (`test_readme_command_on_a_busy_machine`), this is why tf and flax learn it too (their full
+    runs: docs/demo.md)."""
     from tests.generation.oracle import checkpoint
     from tests.harness.backends import ADAPTERS
 
-    adapter = ADAPTERS[framework]()
-    model = backends.load(framework, checkpoint("bert2bert"))
+    directory = _without_dropout(checkpoint("bert2bert"), tmp_path / "ckpt")
+    recipe = demo.Recipe(steps=4, batch_size=2)
     rng = np.random.default_rng(0)
-    data = {"input_ids": rng.integers(5, 99, (4, 7)), "attention_mask": np.ones((4, 7), np.int64),
-            "labels": rng.integers(5, 99, (4, 5))}
-    before = {n: np.array(v, copy=True) for n, v in adapter.state(model).items()}
-    demo.TRAINERS[framework](model, data, demo.Recipe(steps=2, batch_size=2),
-                             demo.Progress(2, False))
-    after = adapter.state(model)
-    frozen = {n for n in before if n.endswith("word_embeddings.weight")}
-    assert len(frozen) == 2, sorted(before)
-    changed = {n for n in before if not np.array_equal(before[n], after[n])}
-    assert not changed & frozen, changed & frozen
-    assert any(".crossattention." in n for n in changed) and any(n.startswith("encoder.")
-                                                                 for n in changed), changed
+    n = recipe.steps * recipe.batch_size
+    data = {"input_ids": rng.integers(5, 99, (n, 7)), "attention_mask": np.ones((n, 7), np.int64),
+            "labels": rng.integers(5, 99, (n, 5))}
+    losses, weights = {}, {}
+    for framework in demo.FRAMEWORKS:
+        adapter = ADAPTERS[framework]()
+        model = backends.load(framework, directory)
+        before = {k: np.array(v, copy=True) for k, v in adapter.state(model).items()}
+        bar = demo.Progress(recipe.steps, False)
+        demo.TRAINERS[framework](model, data, recipe, bar)
+        losses[framework], weights[framework] = bar.losses, adapter.state(model)
+        frozen = {k for k in before if k.endswith("word_embeddings.weight")}
+        assert len(frozen) == 2, sorted(before)
+        changed = {k for k in before if not np.array_equal(before[k], weights[framework][k])}
+        assert not changed & frozen, (framework, changed & frozen)
+        assert any(".crossattention." in k for k in changed), (framework, changed)
+        assert any(k.startswith("encoder.") for k in changed), (framework, changed)
+    assert len(losses["pt"]) == recipe.steps and losses["pt"][-1] < losses["pt"][0], losses
+    for framework in ("tf", "flax"):
+        assert_close(losses[framework], losses["pt"], FORWARD * 10, f"{framework} losses")
+        for k, w in weights["pt"].items():
+            assert_close(weights[framework][k], w, TRAIN_STEPS, f"{framework} {k}")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -194,25 +200,38 @@ def test_clock():
         "0:00", "0:59", "1:01", "59:59", "1:00:00", "2:02:05"]
 
 
+def _busy_processes() -> int:
+    """CPU-bound processes to start so that two run beside the demo on the 2-core machine
+    (issue 21): under xdist the other worker is one of them."""
+    return max(0, 2 - (int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) - 1))
+
+
 @pytest.mark.slow
-def test_cli_succeeds_beside_two_busy_processes(tmp_path):
-    """`encdec demo` as the README runs it (pt, the default recipe, the progress bar on) with
-    two CPU-bound processes taking the 2 cores: it only takes longer; it exits 0 with the
-    held-out exact match at least 80% and no framework noise (issue 21: with a time budget it
-    stopped after 59 of 150 steps at 2%)."""
-    busy = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(BUSY)]
+def test_readme_command_on_a_busy_machine(tmp_path):
+    """`encdec demo` as the README runs it (a fresh process, pt, the default recipe, the
+    progress bar on) with two other CPU-bound processes on the 2-core machine: it only takes
+    longer. It exits 0 with the held-out exact match at least 80% after every step, the three
+    backends generate the same tokens, and it prints no framework noise. (It has no time limit
+    at all: `test_cli_fails_when_the_model_does_not_learn` runs it on a clock that jumps an hour
+    per reading.)"""
+    busy = [subprocess.Popen([sys.executable, "-c", "while 1: pass"])
+            for _ in range(_busy_processes())]
     try:
-        # no timeout: the demo is fixed work and ends; how long it takes is the machine's
-        # business (on a 2-core machine also running a dozen test processes it took over an hour)
+        # XLA at its default optimisation level, as a user runs it (tests/conftest.py lowers it)
+        flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "")
+        # no timeout: fixed work ends; how long it takes is the machine's business
         proc = subprocess.run([sys.executable, "-m", "encdec.cli", "demo"], cwd=tmp_path,
-                              env=ENV, capture_output=True, text=True)
+                              env={**ENV, "XLA_FLAGS": flags}, capture_output=True, text=True)
     finally:
         for p in busy:
             p.kill()
             p.wait()
     out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, out + err
-    m = re.search(r"demo OK: exact match 0% -> (\d+)% after (\d+) steps", out)
-    assert m and int(m.group(1)) >= 100 * AFTER_AT_LEAST and int(m.group(2)) == STEPS, out
+    m = re.search(r"demo OK: exact match (\d+)% -> (\d+)% after (\d+) steps", out)
+    assert m, out
+    assert int(m.group(1)) <= 100 * BEFORE_AT_MOST, out
+    assert int(m.group(2)) >= 100 * AFTER_AT_LEAST and int(m.group(3)) == STEPS, out
+    assert "the three backends agree" in out, out
     assert f"{STEPS}/{STEPS} steps" in err and "done in" in err, err
     assert not any(n in out + err for n in NOISE), out + err
