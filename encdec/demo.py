@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import logging
 import math
-import shutil
 import sys
 import tempfile
 import time
@@ -473,11 +472,7 @@ def run(framework: str, recipe: Recipe, *, seed: int = 0, n_eval: int = 64, out:
     with contextlib.ExitStack() as stack:
         directory = out if out is not None else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="encdec-demo-")))
-        model.save_pretrained(directory)
-        for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
-                     "special_tokens_map.json"):
-            if (minilm / name).is_file():
-                shutil.copy2(minilm / name, directory / name)
+        model.save_pretrained(directory)  # with MiniLM's tokenizer files
         log(f"5. saved to {directory if out is not None else 'a temporary directory'} "
             "(config.json, model.safetensors: one format for every backend); loading it in "
             "each backend and generating the held-out sentences")

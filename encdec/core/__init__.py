@@ -3,7 +3,7 @@
 The modules form layers, lowest first; each imports only modules of the layers below it, never
 one inside a function (tests/core/test_import_graph.py reads this list and checks it):
 
-    checkpoint, outputs   files and the reference's output containers (no encdec import)
+    checkpoint, outputs, tokenizer_files  files, output containers, tokenizers (no encdec import)
     config                config classes; model_type -> config class (`CONFIG_CLASSES`)
     weights               the weight-table mechanism: Param, Role, Table, matching, load/export
     registry              every architecture, its weight tables and lookups (positions, init)

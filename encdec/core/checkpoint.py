@@ -858,8 +858,12 @@ def write_checkpoint(
     generation_config: Mapping[str, Any] | None = None,
     max_shard_size: int | str = "5GB",
     metadata: Mapping[str, str] | None = None,
+    files: Mapping[str, str | os.PathLike] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically and return its path.
+
+    ``files`` maps names inside the checkpoint (``"vocab.txt"``, ``"decoder_tokenizer/…"``) to
+    files copied there (the tokenizer's), in the same atomic write.
 
     ``tensors`` may be a mapping or an iterable of ``(name, array)`` pairs, consumed once,
     shard by shard, so a backend can stream its weights without a second full copy. Everything
@@ -889,7 +893,10 @@ def write_checkpoint(
             _write_json(tmp / CONFIG_NAME, dict(config))
             if generation_config is not None:
                 _write_json(tmp / GENERATION_CONFIG_NAME, dict(generation_config))
-            for name in (CONFIG_NAME, GENERATION_CONFIG_NAME):
+            for name, source in (files or {}).items():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, tmp / name)
+            for name in (CONFIG_NAME, GENERATION_CONFIG_NAME, *(files or {})):
                 if (tmp / name).exists():
                     _fsync(tmp / name)
             if target.is_dir():

@@ -39,6 +39,7 @@ from .config import (
     config_from_dict,
 )
 from .registry import architecture, config_classes, encoder_decoder_table
+from .tokenizer_files import Tokenizers
 from .weights import (
     Dialect,
     LoadReport,
@@ -100,6 +101,7 @@ def load_pretrained(backend: Backend, path_or_id: str | os.PathLike, *,
     pre = read_pretrained(path_or_id, config, caller=caller, **config_overrides)
     model = backend.build(pre.config, pre.dtype, None, None)
     model.generation_config = pre.generation_config
+    model.tokenizers = Tokenizers.of_checkpoint(pre.directory)
     report = load_weights(model.table(), pre.directory, backend.dialect,
                           lambda path, a: backend.assign(model, path, a), strict=True)
     return finish(backend, model), report
@@ -375,9 +377,11 @@ def save_backbone(directory: str | os.PathLike, architecture: str, config: Model
 
 def save_pretrained(directory: str | os.PathLike, config: EncoderDecoderConfig,
                     generation_config: GenerationConfig | None, dialect: Dialect, get: Get, *,
-                    max_shard_size: int | str = "5GB", dtype: str = "float32") -> Path:
-    """Write the composite checkpoint atomically in the reference's layout and names; `dtype`
-    (the weights' dtype) is written to config.json and its sides, as the reference does."""
+                    max_shard_size: int | str = "5GB", dtype: str = "float32",
+                    tokenizers: Tokenizers | None = None) -> Path:
+    """Write the composite checkpoint atomically in the reference's layout and names, with the
+    model's tokenizer files (`Tokenizers.files`); `dtype` (the weights' dtype) is written to
+    config.json and its sides, as the reference does."""
     table = encoder_decoder_table(config)
     config_dict = {"architectures": ["EncoderDecoderModel"], **config.to_dict(), "dtype": dtype}
     for d in (config_dict, config_dict["encoder"], config_dict["decoder"]):
@@ -386,4 +390,5 @@ def save_pretrained(directory: str | os.PathLike, config: EncoderDecoderConfig,
     return write_checkpoint(directory, export_state(table, get, dialect), config=config_dict,
                             generation_config=generation_config.to_dict()
                             if generation_config is not None else None,
-                            max_shard_size=max_shard_size)
+                            max_shard_size=max_shard_size,
+                            files=tokenizers.files() if tokenizers is not None else None)

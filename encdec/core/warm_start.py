@@ -28,6 +28,7 @@ from .modeling import (
 )
 from .registry import encoder_decoder_table
 from .seq2seq import split_kwargs
+from .tokenizer_files import Tokenizers, find
 from .weights import LoadReport, leaf
 
 logger = logging.getLogger("encdec")
@@ -91,6 +92,8 @@ def warm_start(backend: Backend, encoder_path: str | os.PathLike | None,
         logger.info("encoder config had is_decoder/add_cross_attention set: turning them off")
         enc.is_decoder = enc.add_cross_attention = False
     config = EncoderDecoderConfig.from_encoder_decoder_configs(enc, configs["decoder"], **rest)
+    tokenizers = Tokenizers(find(dirs["encoder"]), find(dirs["decoder"]))
+    set_ids_from_tokenizer(config, tokenizers, given=rest)
     dtype = warm_start_dtype(config, requested)
 
     model = backend.build(config, dtype, encoder_model, decoder_model)
@@ -122,4 +125,20 @@ def warm_start(backend: Backend, encoder_path: str | os.PathLike | None,
     own = [p.name for p in table.owned if not p.name.startswith(("encoder.", "decoder."))]
     if own:  # the composite's own weights (`enc_to_dec_proj`): no checkpoint holds them
         backend.init(model, table, config.decoder, own)
+    model.tokenizers = tokenizers
     return finish(backend, model), reports
+
+
+def set_ids_from_tokenizer(config: EncoderDecoderConfig, tokenizers: Tokenizers, *,
+                           given: dict[str, Any]) -> None:
+    """The composite's `decoder_start_token_id` and `pad_token_id`, and its `eos_token_id`
+    where the decoder's config has none, from the decoder's tokenizer
+    (`Tokenizers.composite_ids`), unless given as keywords or already set."""
+    for key, value in tokenizers.composite_ids().items():
+        if key in given:
+            continue
+        if key == "eos_token_id":
+            if config.decoder.eos_token_id is None:
+                config.extra.setdefault(key, value)
+        elif getattr(config, key) is None:
+            setattr(config, key, value)

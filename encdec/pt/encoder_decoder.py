@@ -310,10 +310,12 @@ class EncoderDecoderModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | os.PathLike,
                         max_shard_size: int | str = "5GB") -> os.PathLike:
-        """Write config.json, generation_config.json and safetensors weights atomically."""
+        """Write config.json, generation_config.json, safetensors weights and the tokenizer
+        files the model was loaded with (`encdec.core.tokenizer_files`) atomically."""
         return save_pretrained(save_directory, self.config, self.generation_config, Dialect.PT,
                                functools.partial(params.get, self), max_shard_size=max_shard_size,
-                               dtype=params.dtype_of(self))
+                               dtype=params.dtype_of(self),
+                               tokenizers=getattr(self, "tokenizers", None))
 
 
 def _build(cls: type[EncoderDecoderModel], config: EncoderDecoderConfig, dtype: str,
