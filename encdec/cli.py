@@ -3,7 +3,8 @@ reference, when installed) on one checkpoint and fails above DESIGN.md's bounds;
 warm-starts a bert2bert from all-MiniLM-L6-v2, fine-tunes it in one backend on a small task,
 and shows before/after generations and that the three backends generate the same text, offline;
 `encdec export CKPT OUT --format onnx|saved_model|jax` writes a deployment artefact verified
-token for token against encdec's generate.
+token for token against encdec's generate; `encdec generate DIR [TEXT ...]` writes the text a
+checkpoint generates, with the tokenizer saved beside it.
 
 Bounds (fp32): max |Δlogits| and |Δloss| ≤ 1e-5 against the baseline (transformers when
 installed, else encdec.pt); greedy tokens identical.
@@ -25,6 +26,7 @@ from encdec.convert.converter import ConvertError, canonical_checkpoint, read_co
 from encdec.core.seq2seq import shift_tokens_right
 from encdec.demo import add_arguments
 from encdec.export import FORMATS, ExportError, export_checkpoint
+from encdec.text import add_generate_arguments, cmd_generate
 
 PARITY_BOUND = 1e-5  # DESIGN.md: logits and loss, any backend vs the reference, fp32
 DEMO_TEXTS = (
@@ -238,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-verify", action="store_true",
                      help="skip the fresh-process token check")
     exp.set_defaults(func=cmd_export)
+    gen = sub.add_parser(
+        "generate", help="generate text from texts, stdin lines or a data file",
+        description="Load DIR (a composite checkpoint with its tokenizer files, as "
+        "save_pretrained writes them) in --backend, tokenize each input with the encoder's "
+        "tokenizer, generate, and print the decoder tokenizer's text, one line per input (or "
+        "write {source, generated} records to --output). Exit 0 on success, 2 for a bad option "
+        "value, 3 for an unreadable checkpoint or data file (named with its line).",
+        epilog="example: encdec generate my-bert2bert/ 'The tower is 324 metres tall.' "
+        "--num-beams 4 --max-new-tokens 32")
+    add_generate_arguments(gen)
+    gen.set_defaults(func=cmd_generate)
     return p
 
 
