@@ -19,7 +19,21 @@ from encdec.core.registry import architecture
 from . import params
 
 
-class PretrainedModel(keras.Model):
+class Model(keras.Model):
+    """A `keras.Model` whose first `fit` traces its train step once, not twice."""
+
+    def make_train_function(self, force: bool = False):
+        # Without a distribution strategy Keras creates the optimizer's variables inside the
+        # first trace of the train step, and TF traces a function that creates variables a
+        # second time: the first `fit` of a MiniLM bert2bert took 41.6 CPU s (without XLA),
+        # 20.5 with the optimizer built here first. (With a strategy Keras has built it.)
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+        return super().make_train_function(force)
+
+
+class PretrainedModel(Model):
     """A model saved and loaded as one of the reference's classes: its `config_class`, its
     weight `table()` (each family's), and `causal_lm` choosing the reference class it is saved
     as (the registry's `lm_class`, else its `base_class`)."""

@@ -27,6 +27,7 @@ from encdec.export import export_model
 
 from . import generation, params
 from .bart import BartDecoder, BartForCausalLM
+from .base import Model
 from .bert import BertLMHeadModel, BertModel
 from .distilbert import DistilBertModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model
@@ -68,7 +69,7 @@ def extra_forward_args(module: keras.Model) -> frozenset[str]:
 Cache = tuple[tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], ...]
 
 
-class EncoderDecoderModel(keras.Model):
+class EncoderDecoderModel(Model):
     """An encoder and a cross-attending decoder, numerically identical to the reference."""
 
     def __init__(self, config: EncoderDecoderConfig | None = None, *,
