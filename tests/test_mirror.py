@@ -46,7 +46,9 @@ EXTRA_METHODS = {
     "tf": {"EncoderDecoderModel": {"compute_loss"},  # Keras' `fit` asks for the loss here
            # a tied head as a 2-D matmul: XLA CPU copied the table transposed per einsum call
            "LMDecoder": {"tied_logits"},
-           "*": {"compute_mask"}},  # Keras' mask propagation hook (returns None: no masking)
+           # Keras' mask propagation hook (returns None: no masking); Keras' train-step
+           # builder, overridden to build the optimizer before the first trace (base.Model)
+           "*": {"compute_mask", "make_train_function"}},
     "flax": {},
 }
 # Module-level helpers a framework may have alone (module.name), and why; where two
@@ -67,6 +69,7 @@ EXTRA_HELPERS = {
            "params.torch_dtype",  # dtype name -> torch.dtype (Keras takes the name)
            "params.default_dtype"},  # weights created in the dtype to load in (NNX: `cast`)
     "tf": {"params.variables",  # path -> keras.Variable (torch has named_parameters)
+           "base.Model",  # keras.Model whose first fit traces the train step once
            "params.one_token",  # Keras creates variables on the first call
            "params.constructing", "params.skip_init", "params.skipping_init",  # as torch
            "params.default_dtype",  # variables created in the dtype to load in, as torch
