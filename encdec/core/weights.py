@@ -170,6 +170,7 @@ def match_keys(table: Table, keys: Iterable[str]) -> Match:
     ignored_re = re.compile("|".join(f"(?:{r})" for r in table.ignored) or "(?!)")
     heads_re = re.compile("|".join(f"(?:{r})" for r in table.heads) or "(?!)")
     out = Match({}, [], [], [], [])
+    stored_copies: dict[str, str] = {}  # source name -> the key of a stored tied copy
     for key in keys:
         name = key
         for pat, rep in _LEGACY:
@@ -179,6 +180,8 @@ def match_keys(table: Table, keys: Iterable[str]) -> Match:
         names = [name] + ([table.prefix + name] if table.prefix and
                           not name.startswith(table.prefix) else [])
         p = next((table.by_name[n] for n in names if n in table.by_name), None)
+        if p is not None and p.tied_to is not None and p.stored:
+            stored_copies[p.tied_to] = key
         if p is not None and p.tied_to is None:
             if p.name in out.keys:
                 raise CheckpointError(f"checkpoint holds {p.name!r} twice: {out.keys[p.name]!r} "
@@ -198,6 +201,12 @@ def match_keys(table: Table, keys: Iterable[str]) -> Match:
             for found in (out.dropped, out.unexpected):
                 if stand_in in found:
                     found.remove(stand_in)
+    # transformers 4.x saved a tied encoder-decoder's shared tensors once, under the decoder's
+    # names (its encoder modules were tied to the decoder's): they stand in for the encoder's
+    for name, key in stored_copies.items():
+        if name not in out.keys:
+            out.keys[name] = key
+            out.ignored.remove(key)
     absent = {p.name for p in table.owned if p.name not in out.keys}
     # as the reference, a tied parameter whose source is absent is reported as well
     out.missing = [p.name for p in table.params if p.name in absent or p.tied_to in absent]

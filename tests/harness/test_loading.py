@@ -106,6 +106,34 @@ def test_from_pretrained_finished(backend, reference_dir, pair, tmp_path):
     assert written["decoder_start_token_id"] == 5
 
 
+def test_tied_checkpoint_with_the_shared_tensors_once(backend, reference_dir, tmp_path):
+    """transformers 4.x saved a tied encoder-decoder (`tie_encoder_decoder=True`) with the
+    shared tensors under the decoder's names only (issue 22; 5.x writes both): it loads, every
+    parameter equal to the full file's, and the encoder and decoder still share storage."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    from encdec.core import EncoderDecoderConfig
+
+    directory = reference_dir("roberta2roberta_tied")
+    table = encoder_decoder_table(EncoderDecoderConfig.from_pretrained(directory))
+    shared = {p.tied_to for p in table.params if p.tied_to and p.tied_to.startswith("encoder.")}
+    full = load_file(directory / "model.safetensors")
+    assert shared and shared <= set(full)
+    once = tmp_path / "once"
+    shutil.copytree(directory, once)
+    save_file({k: v for k, v in full.items() if k not in shared}, once / "model.safetensors",
+              metadata={"format": "pt"})
+    model, report = backend.module.EncoderDecoderModel.from_pretrained(
+        once, output_loading_info=True)
+    assert report.missing == []
+    saved = assert_finished(backend, model, tmp_path / "saved")
+    assert set(saved) == set(full)  # written in full again, as transformers 5 writes it
+    for k, v in saved.items():
+        np.testing.assert_array_equal(v, full[k], err_msg=f"{backend.name} {k}")
+
+
 # --- from_encoder_decoder_pretrained ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
