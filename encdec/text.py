@@ -94,10 +94,12 @@ class Generator:
         self.source.no_padding()
         self.source.no_truncation()
         self.limit = max_positions(self.model.config.encoder)
-        vocab = self.model.config.encoder.vocab_size
-        if self.source.get_vocab_size() > vocab:
-            raise DataError(f"{directory}: the tokenizer has {self.source.get_vocab_size()} "
-                            f"tokens, the encoder's vocabulary {vocab}: not this model's")
+        for side, tok in (("encoder", self.source), ("decoder", self.target)):
+            vocab = getattr(self.model.config, side).vocab_size
+            if tok.get_vocab_size() > vocab:
+                raise DataError(f"{directory}: the {side}'s tokenizer has "
+                                f"{tok.get_vocab_size()} tokens, the {side}'s vocabulary "
+                                f"{vocab}: not this model's tokenizer")
         self.pad = self.model.generation_config.pad_token_id or 0
 
     def encode(self, texts: Sequence[str], truncate: bool) -> tuple[dict[str, np.ndarray], int]:

@@ -109,3 +109,18 @@ def test_bad_options_and_checkpoints(checkpoint, tmp_path, capsys):
     assert f"{bare} holds no tokenizer files" in capsys.readouterr().err
     assert main(["generate", str(tmp_path / "missing"), "w1"]) == 3
     assert "missing" in capsys.readouterr().err
+    # a tokenizer with more tokens than the model's vocabulary is not the model's
+    (bare / "vocab.txt").write_text("\n".join(WORDS + ["extra"]) + "\n")
+    assert main(["generate", str(bare), "w1"]) == 3
+    assert "the encoder's tokenizer has 100 tokens, the encoder's vocabulary 99" in \
+        capsys.readouterr().err
+
+
+def test_sampling_with_a_seed_repeats(checkpoint, capsys):
+    args = ["generate", str(checkpoint), *TEXTS, "--do-sample", "--top-k", "20",
+            "--max-new-tokens", "6"]
+    outputs = []
+    for seed in (3, 3, 4):
+        assert main([*args, "--seed", str(seed)]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] != outputs[2]
