@@ -123,15 +123,7 @@ class Generator:
     def __call__(self, texts: Sequence[str], *, truncate: bool = True,
                  **settings: Any) -> tuple[list[str], int]:
         batch, cut = self.encode(texts, truncate)
-        kwargs = {k: backends._tensor(self.framework, v) for k, v in batch.items()}
-        if self.framework == "pt":
-            import torch
-
-            with torch.no_grad():
-                out = self.model.generate(**kwargs, **settings)
-        else:
-            out = self.model.generate(**kwargs, **settings)
-        ids = backends._numpy(getattr(out, "sequences", out)).astype(np.int64)
+        ids = backends.generate(self.framework, self.model, batch, **settings)
         return self.target.decode_batch(ids.tolist(), skip_special_tokens=True), cut
 
 

@@ -159,24 +159,28 @@ def forward(framework: str, model, batch: Mapping[str, np.ndarray]) -> dict[str,
             "loss": None if loss is None else float(_numpy(loss))}
 
 
+def generate(framework: str, model, batch: Mapping[str, np.ndarray],
+             **settings: Any) -> np.ndarray:
+    """`model.generate` on `batch`'s input_ids / attention_mask with `settings` -> token ids
+    (int64 numpy), without gradients in torch."""
+    kwargs = {k: _tensor(framework, batch[k]) for k in ("input_ids", "attention_mask")}
+    if framework in ("pt", REFERENCE):
+        import torch
+
+        with torch.no_grad():
+            out = model.generate(**kwargs, **settings)
+    else:
+        out = model.generate(**kwargs, **settings)
+    return _numpy(getattr(out, "sequences", out)).astype(np.int64)
+
+
 def greedy(framework: str, model, batch: Mapping[str, np.ndarray], max_new_tokens: int,
            **ids: int | None) -> np.ndarray | None:
     """Greedy `generate` token ids, or None when the backend has no `generate` yet."""
     if not hasattr(model, "generate"):
         return None
-    kwargs = {k: _tensor(framework, batch[k]) for k in ("input_ids", "attention_mask")}
-    ids = {k: v for k, v in ids.items() if v is not None}
-    if framework in ("pt", REFERENCE):
-        import torch
-
-        with torch.no_grad():
-            out = model.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 num_beams=1, **ids)
-    else:
-        out = model.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False,
-                             num_beams=1, **ids)
-    out = getattr(out, "sequences", out)
-    return _numpy(out).astype(np.int64)
+    return generate(framework, model, batch, max_new_tokens=max_new_tokens, do_sample=False,
+                    num_beams=1, **{k: v for k, v in ids.items() if v is not None})
 
 
 def _tokens(rng: np.random.Generator, shape: tuple[int, int], vocab: int,

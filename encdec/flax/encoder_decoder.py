@@ -28,6 +28,7 @@ from encdec.core.seq2seq import (
     route_forward_kwargs,
     shift_token_ids,
 )
+from encdec.core.tokenizer_files import Tokenizers
 from encdec.core.warm_start import warm_start
 from encdec.core.weights import Dialect
 from encdec.export import export_model
@@ -98,6 +99,7 @@ class EncoderDecoderModel(nnx.Module):
         rngs = default_rngs(rngs)
         self.config = config
         self.generation_config = GenerationConfig.from_model_config(config)
+        self.tokenizers = Tokenizers()  # set by the loaders: the checkpoint's
         if encoder is None:
             encoder = encoder_class(config.encoder)(config.encoder, rngs=rngs)
         if decoder is None:
@@ -287,7 +289,7 @@ class EncoderDecoderModel(nnx.Module):
         return save_pretrained(save_directory, self.config, self.generation_config, Dialect.NNX,
                                functools.partial(params.get, self), max_shard_size=max_shard_size,
                                dtype=params.dtype_of(self),
-                               tokenizers=getattr(self, "tokenizers", None))
+                               tokenizers=self.tokenizers)
 
 
 def _build(cls: type[EncoderDecoderModel], rngs: nnx.Rngs | None,

@@ -29,6 +29,7 @@ from encdec.core.seq2seq import (
     route_forward_kwargs,
     shift_token_ids,
 )
+from encdec.core.tokenizer_files import Tokenizers
 from encdec.core.warm_start import warm_start
 from encdec.core.weights import Dialect
 from encdec.export import export_model
@@ -107,6 +108,7 @@ class EncoderDecoderModel(nn.Module):
                              f"{type(config).__name__}")
         self.config = config
         self.generation_config = GenerationConfig.from_model_config(config)
+        self.tokenizers = Tokenizers()  # set by the loaders: the checkpoint's
         with params.constructing() as c:
             if encoder is None:
                 encoder = encoder_class(config.encoder)(config.encoder)
@@ -315,7 +317,7 @@ class EncoderDecoderModel(nn.Module):
         return save_pretrained(save_directory, self.config, self.generation_config, Dialect.PT,
                                functools.partial(params.get, self), max_shard_size=max_shard_size,
                                dtype=params.dtype_of(self),
-                               tokenizers=getattr(self, "tokenizers", None))
+                               tokenizers=self.tokenizers)
 
 
 def _build(cls: type[EncoderDecoderModel], config: EncoderDecoderConfig, dtype: str,

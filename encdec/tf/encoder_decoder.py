@@ -21,6 +21,7 @@ from encdec.core.config import EncoderDecoderConfig, GenerationConfig, ModelConf
 from encdec.core.modeling import Backend, load_pretrained, save_pretrained
 from encdec.core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec.core.registry import check_length, family_class
+from encdec.core.tokenizer_files import Tokenizers
 from encdec.core.warm_start import warm_start
 from encdec.core.weights import Dialect
 from encdec.export import export_model
@@ -90,6 +91,7 @@ class EncoderDecoderModel(Model):
             check_decoder(decoder)
         self.config = config
         self.generation_config = GenerationConfig.from_model_config(config)
+        self.tokenizers = Tokenizers()  # set by the loaders: the checkpoint's
         if decoder is not None and config.tie_encoder_decoder:
             raise ValueError("tie_encoder_decoder=True needs the decoder built by the model "
                              "(pass a config, not a decoder object)")
@@ -300,7 +302,7 @@ class EncoderDecoderModel(Model):
         return save_pretrained(save_directory, self.config, self.generation_config,
                                Dialect.KERAS, functools.partial(params.get, self),
                                max_shard_size=max_shard_size, dtype=params.dtype_of(self),
-                               tokenizers=getattr(self, "tokenizers", None))
+                               tokenizers=self.tokenizers)
 
 
 def _build(cls: type[EncoderDecoderModel], config: EncoderDecoderConfig, dtype: str,
